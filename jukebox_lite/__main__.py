@@ -1,0 +1,3 @@
+from jukebox_lite.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""Audio I/O and signal helpers: decode, resample, downmix, loudness, trim, write.
+
+No torchaudio (it does not import on CPU machines): soundfile reads wav/flac/ogg/opus/mp3, PyAV
+(FFmpeg inside its wheel) reads whatever soundfile cannot (m4a, odd mp3s), soxr resamples.
+Arrays here are numpy float32 shaped (channels, time).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import scipy.signal
+import soundfile as sf
+import soxr
+
+from jukebox_lite.atomic import atomic_path
+
+MIN_SOURCE_RATE = 4000  # below this a file is not music we can use
+MAX_SOURCE_RATE = 768000
+
+
+class AudioError(Exception):
+    """A file that cannot be used as audio; the message is the readable reason stored in rejects."""
+
+
+def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Decode any supported file to float32 (channels, time) and its sample rate, or raise AudioError."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise AudioError(f"cannot read file ({e.strerror})") from None
+    if size == 0:
+        raise AudioError("file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise AudioError("cannot read file (permission denied)")
+    try:
+        audio, sr = _load_soundfile(path)
+    except AudioError:
+        raise
+    except Exception:
+        audio, sr = _load_pyav(path)
+    if not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
+        raise AudioError(f"sample rate {sr} Hz is outside {MIN_SOURCE_RATE}-{MAX_SOURCE_RATE} Hz")
+    if audio.shape[1] == 0:
+        raise AudioError("file holds no audio samples")
+    if not np.isfinite(audio).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    return audio, sr
+
+
+def _load_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(path) as f:
+        expected = f.frames
+        sr = f.samplerate
+        data = f.read(dtype="float32", always_2d=True)
+    if expected > 0 and data.shape[0] < expected:
+        raise AudioError(
+            f"truncated: the header promises {expected / sr:.1f} s but only {data.shape[0] / sr:.1f} s are present"
+        )
+    return np.ascontiguousarray(data.T), sr
+
+
+def _load_pyav(path: Path) -> tuple[np.ndarray, int]:
+    import av  # imported lazily: only files soundfile cannot read need FFmpeg
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError("file has no audio stream")
+            stream = container.streams.audio[0]
+            sr = stream.rate
+            resampler = av.AudioResampler(format="fltp")  # planar float → (channels, samples)
+            chunks = []
+            for frame in container.decode(stream):
+                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    except AudioError:
+        raise
+    except Exception as e:  # FFmpeg's errors are many; the first line says enough
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise AudioError(f"not decodable as audio ({reason})") from None
+    if not chunks or not sr:
+        raise AudioError("not decodable as audio (no audio frames)")
+    return np.ascontiguousarray(np.concatenate(chunks, axis=1), dtype=np.float32), int(sr)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """(channels, time) → (1, time) by averaging the channels."""
+    return audio.mean(axis=0, keepdims=True, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """High-quality (soxr VHQ) resampling of (channels, time)."""
+    if sr_in == sr_out:
+        return audio
+    out = soxr.resample(audio.T, sr_in, sr_out, quality="VHQ")  # soxr wants (time, channels)
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def _k_weighting(sr: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """ITU-R BS.1770 K-weighting (high shelf + high pass) as two biquads, designed for any rate."""
+    # High shelf: the analogue prototype behind the standard's 48 kHz coefficients.
+    f0, gain_db, q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
+    k = math.tan(math.pi * f0 / sr)
+    vh = 10 ** (gain_db / 20)
+    vb = vh**0.4996667741545416
+    a0 = 1 + k / q + k * k
+    shelf_b = np.array([vh + vb * k / q + k * k, 2 * (k * k - vh), vh - vb * k / q + k * k]) / a0
+    shelf_a = np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0])
+    # High pass (RLB weighting).
+    f0, q = 38.13547087602444, 0.5003270373238773
+    k = math.tan(math.pi * f0 / sr)
+    a0 = 1 + k / q + k * k
+    hp_b = np.array([1.0, -2.0, 1.0])
+    hp_a = np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0])
+    return [(shelf_b, shelf_a), (hp_b, hp_a)]
+
+
+def integrated_loudness(audio: np.ndarray, sr: int) -> float:
+    """Gated integrated loudness in LUFS (ITU-R BS.1770-4) of (channels, time); -inf for silence."""
+    x = audio.astype(np.float64)
+    for b, a in _k_weighting(sr):
+        x = scipy.signal.lfilter(b, a, x, axis=1)
+    block, step = int(0.4 * sr), int(0.1 * sr)  # 400 ms blocks, 75 % overlap
+    if x.shape[1] < block:
+        block = step = x.shape[1]
+    starts = range(0, x.shape[1] - block + 1, step)
+    power = np.array([(x[:, s : s + block] ** 2).mean(axis=1).sum() for s in starts])  # channel weights 1
+    with np.errstate(divide="ignore"):
+        loudness = -0.691 + 10 * np.log10(power)
+    gated = power[loudness > -70.0]  # absolute gate
+    if gated.size == 0:
+        return float("-inf")
+    relative = -0.691 + 10 * np.log10(gated.mean()) - 10.0  # relative gate
+    with np.errstate(divide="ignore"):
+        gated = gated[-0.691 + 10 * np.log10(gated) > relative]
+    return float(-0.691 + 10 * np.log10(gated.mean()))
+
+
+def normalize_loudness(audio: np.ndarray, sr: int, target_lufs: float, peak_dbfs: float) -> np.ndarray:
+    """Scale to `target_lufs`, then down again if the peak would exceed `peak_dbfs`."""
+    loudness = integrated_loudness(audio, sr)
+    if not math.isfinite(loudness):
+        return audio
+    gain = 10 ** ((target_lufs - loudness) / 20)
+    peak = float(np.abs(audio).max()) * gain
+    ceiling = 10 ** (peak_dbfs / 20)
+    if peak > ceiling:
+        gain *= ceiling / peak
+    return (audio * gain).astype(np.float32)
+
+
+def nonsilent_span(audio: np.ndarray, sr: int, threshold_dbfs: float, frame_seconds: float = 0.05) -> tuple[int, int]:
+    """Sample range [start, end) from the first to the last frame louder (RMS) than the threshold.
+
+    Returns (0, 0) when every frame is quieter: the file is silent.
+    """
+    frame = max(1, int(frame_seconds * sr))
+    n = audio.shape[1] // frame
+    if n == 0:
+        return (0, 0)
+    frames = audio[:, : n * frame].reshape(audio.shape[0], n, frame)  # (channels, frames, frame)
+    rms = np.sqrt((frames.astype(np.float64) ** 2).mean(axis=(0, 2)))
+    loud = np.flatnonzero(rms > 10 ** (threshold_dbfs / 20))
+    if loud.size == 0:
+        return (0, 0)
+    return int(loud[0] * frame), int(min(audio.shape[1], (loud[-1] + 1) * frame))
+
+
+def write_flac(path: str | os.PathLike, audio: np.ndarray, sr: int) -> None:
+    """Write (channels, time) as 24-bit FLAC, atomically (a killed write leaves no file)."""
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0).T, sr, subtype="PCM_24", format="FLAC")

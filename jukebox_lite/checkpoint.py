@@ -1,0 +1,60 @@
+"""Our checkpoint file: one `.pt` per stage, written atomically, read with `weights_only=True`.
+
+Layout (a plain dict of tensors, numbers, strings, lists and dicts, so no code is unpickled):
+    format_version  int     bumped when the layout changes
+    kind            str     "vqvae", "prior", "refiner", ... (a checkpoint of another kind is refused)
+    config          dict    the stage's config section, enough to rebuild the model
+    model           dict    state_dict
+    ...             any further entries the stage keeps (ema, optimizer, step, rng, ...)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jukebox_lite.atomic import atomic_path
+from jukebox_lite.errors import UserError
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "last.pt"
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder (holding last.pt) or a .pt file → the .pt file, or a clear error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"Checkpoint '{path}' does not exist; run the stage that makes it first.")
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, kind: str, config: dict, model: dict, **extra: Any) -> None:
+    """Write atomically: if the disk fills or the process dies, the previous file survives intact."""
+    state = {"format_version": FORMAT_VERSION, "kind": kind, "config": config, "model": model, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_location: str = "cpu") -> dict:
+    """Load safely (no code runs) and check format and kind; any problem is one UserError naming the file."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"Checkpoint '{path}' is corrupt or not a jukebox-lite checkpoint ({reason}).") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise UserError(f"Checkpoint '{path}' is not a jukebox-lite checkpoint; import foreign weights with import-jukebox.")
+    if state["format_version"] > FORMAT_VERSION:
+        raise UserError(
+            f"Checkpoint '{path}' has format {state['format_version']}, newer than this jukebox-lite "
+            f"understands ({FORMAT_VERSION}); upgrade jukebox-lite."
+        )
+    if kind is not None and state.get("kind") != kind:
+        raise UserError(f"Checkpoint '{path}' holds a {state.get('kind')} model, not a {kind}.")
+    return state

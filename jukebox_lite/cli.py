@@ -1,0 +1,64 @@
+"""The `jukebox-lite` command: one subcommand per pipeline stage; the Makefile calls these.
+
+Each stage module exposes `add_arguments(parser)` and `run(args)`; this file only wires them up,
+sets up logging, and turns a `UserError` into one clear line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from jukebox_lite.errors import UserError
+
+# subcommand → (module, one-line help). Modules are imported only when their stage runs.
+STAGES = {
+    "demo-corpus": ("data_prep.demo_corpus", "synthesize the built-in demo corpus (no downloads)"),
+    "prepare": ("data_prep.ingest", "data stage: vocal removal, resample, label, split → RUN/data"),
+    "separate": ("jukebox_lite.separation", "remove vocals from one file (Spleeter 2 stems)"),
+}
+
+log = logging.getLogger("jukebox_lite")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every stage that reads a recipe takes: --config and key=value overrides."""
+    parser.add_argument("--config", "-c", help="recipe YAML in pipelines/ (defaults if omitted)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override recipe keys, e.g. data.workers=4"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jukebox-lite", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, (module_name, help_text) in STAGES.items():
+        module = importlib.import_module(module_name)
+        stage = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(stage)
+        stage.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"jukebox-lite {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jukebox-lite {args.stage}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

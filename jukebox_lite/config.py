@@ -1,0 +1,200 @@
+"""Typed recipe configs: YAML in `pipelines/` → nested dataclasses, strictly checked.
+
+A recipe is one YAML file with a section per stage. Every key maps to a dataclass field; an unknown
+key, a value of the wrong type, or a bad `key=value` override is a `UserError` naming the key. The
+resolved config (recipe + overrides) is saved beside each stage's outputs so a run can be repeated.
+
+Each stage adds its own section dataclass here, so one file shows everything a recipe can set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jukebox_lite.atomic import atomic_path
+from jukebox_lite.errors import UserError
+
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3", "m4a")
+SEPARATION_BACKENDS = ("torch", "spleeter-cli", "none")
+
+
+@dataclass
+class SeparationConfig:
+    """Vocal removal with Spleeter's 2-stem model; the accompaniment stem is kept."""
+
+    backend: str = "torch"  # torch (our port, in-process) | spleeter-cli (official, own env) | none
+    device: str = "auto"  # auto | cpu | cuda
+    segment_seconds: float = 30.0  # audio is separated in overlapping segments to bound memory
+    overlap_seconds: float = 2.0
+    batch_size: int = 4  # segments per forward pass
+    spleeter_command: str = "spleeter"  # executable of the official CLI, for backend spleeter-cli
+
+    def validate(self) -> None:
+        if self.backend not in SEPARATION_BACKENDS:
+            raise UserError(
+                f"separation.backend is '{self.backend}'; choose one of {', '.join(SEPARATION_BACKENDS)}."
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"separation.device is '{self.device}'; choose auto, cpu or cuda.")
+        if not 0 <= self.overlap_seconds < self.segment_seconds / 2:
+            raise UserError("separation.overlap_seconds must be at least 0 and under half of segment_seconds.")
+        if self.batch_size < 1:
+            raise UserError("separation.batch_size must be at least 1.")
+
+
+@dataclass
+class DataConfig:
+    """The data stage: decode, separate, downmix, resample, normalise, trim, label, split."""
+
+    sample_rate: int = 44100
+    extensions: list[str] = field(default_factory=lambda: list(AUDIO_EXTENSIONS))
+    min_seconds: float = 12.0  # a file shorter than this (after trimming) cannot fill a training window
+    loudness_lufs: float = -16.0  # integrated loudness (ITU-R BS.1770) every file is normalised to
+    peak_dbfs: float = -1.0  # after loudness normalisation the peak is limited to this level
+    silence_dbfs: float = -50.0  # leading/trailing audio quieter than this is trimmed; all of it → "silent"
+    valid_fraction: float = 0.1  # share of files, chosen by content hash, held out for validation
+    workers: int = 2  # parallel decode/separate processes
+    separation: SeparationConfig = field(default_factory=SeparationConfig)
+
+    def validate(self) -> None:
+        if not 8000 <= self.sample_rate <= 192000:
+            raise UserError(f"data.sample_rate is {self.sample_rate}; use a rate between 8000 and 192000 Hz.")
+        unknown = sorted(set(self.extensions) - set(AUDIO_EXTENSIONS))
+        if unknown:
+            raise UserError(
+                f"data.extensions has {', '.join(unknown)}; supported are {', '.join(AUDIO_EXTENSIONS)}."
+            )
+        if self.min_seconds <= 0:
+            raise UserError("data.min_seconds must be positive.")
+        if not 0 <= self.valid_fraction < 1:
+            raise UserError("data.valid_fraction must be in [0, 1).")
+        if self.workers < 1:
+            raise UserError("data.workers must be at least 1.")
+        self.separation.validate()
+
+
+@dataclass
+class RecipeConfig:
+    """A whole recipe: one section per stage."""
+
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        self.data.validate()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading, overrides, saving
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, building nested dataclasses; int is accepted as float."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"Config key '{key}' must be a mapping of {tp.__name__} fields, not {value!r}.")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        raise UserError(f"Config key '{key}' is {value!r}; expected {_type_name(tp)}.")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"Config key '{key}' must be a list, not {value!r}.")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise UserError(f"Config key '{key}' is {value!r}; expected {tp.__name__}.")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise UserError(f"Config key '{key}' is {value!r}; expected {tp.__name__}.")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(
+            f"Unknown config key '{prefix}{unknown[0]}'; known keys here are {', '.join(sorted(names))}."
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"Override '{dotted}' goes inside '{p}', which is not a section.")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`data.sample_rate=22050` → ('data.sample_rate', 22050); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"Override '{text}' is not of the form key=value (e.g. data.workers=4).")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
+    """Read a recipe (or start from the defaults), apply `key=value` overrides, build and validate it."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"Recipe '{path}' does not exist; pick one from pipelines/ (e.g. pipelines/demo.yaml).")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"Recipe '{path}' is not valid YAML ({str(e).splitlines()[0]}).") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"Recipe '{path}' must be a YAML mapping of sections.")
+    for text in overrides:
+        _set_dotted(tree, *parse_override(text))
+    cfg = _build(RecipeConfig, tree)
+    cfg.validate()
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RecipeConfig, path: str | Path) -> None:
+    """Save the resolved config (atomically) beside a stage's outputs."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
