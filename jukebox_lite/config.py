@@ -81,15 +81,89 @@ class DataConfig:
 
 
 @dataclass
+class VQVAEConfig:
+    """The 3-level VQ-VAE; the defaults are OpenAI Jukebox's released 'vqvae' hparams (hop 8/32/128)."""
+
+    sample_rate: int = 44100
+    sample_length: int = 262144  # training window in samples; a multiple of the top level's hop
+    levels: int = 3
+    downs_t: list[int] = field(default_factory=lambda: [3, 2, 2])  # downsampling steps added per level
+    strides_t: list[int] = field(default_factory=lambda: [2, 2, 2])  # stride of each step, per level
+    emb_width: int = 64  # codebook vector size
+    l_bins: int = 2048  # codebook size per level
+    width: int = 32  # conv channels (times the level's multiplier)
+    depth: int = 4  # residual units per resnet (times the level's multiplier)
+    m_conv: float = 1.0  # residual units' hidden width as a multiple of width
+    dilation_growth_rate: int = 3
+    dilation_cycle: int | None = None
+    multipliers: list[int] = field(default_factory=lambda: [2, 1, 1])  # per-level width and depth factor
+    reverse_decoder_dilation: bool = True
+    mu: float = 0.99  # EMA decay of the codebooks
+    commit: float = 0.02  # commitment loss weight
+    revival_threshold: float = 1.0  # codes whose EMA count falls below this are restarted
+    l2_weight: float = 1.0
+    linf_weight: float = 0.02  # weight of the mean of the top linf_k squared errors
+    linf_k: int = 2048
+    multispectral_weight: float = 1.0
+    stft_n_fft: list[int] = field(default_factory=lambda: [2048, 1024, 512])
+    stft_hop_length: list[int] = field(default_factory=lambda: [240, 120, 50])
+    stft_window_size: list[int] = field(default_factory=lambda: [1200, 600, 240])
+
+    @property
+    def hop_lengths(self) -> list[int]:
+        hops, hop = [], 1
+        for down, stride in zip(self.downs_t, self.strides_t):
+            hop *= stride**down
+            hops.append(hop)
+        return hops
+
+    def validate(self) -> None:
+        if self.levels < 1:
+            raise UserError(f"vqvae.levels is {self.levels}; use at least 1.")
+        for name in ("downs_t", "strides_t", "multipliers"):
+            if len(getattr(self, name)) != self.levels:
+                raise UserError(f"vqvae.{name} has {len(getattr(self, name))} entries; give one per level ({self.levels}).")
+        if min(self.downs_t) < 1 or min(self.strides_t) < 2 or min(self.multipliers) < 1:
+            raise UserError("vqvae.downs_t and vqvae.multipliers must be at least 1 and vqvae.strides_t at least 2.")
+        if any(s % 2 for s in self.strides_t):
+            raise UserError(f"vqvae.strides_t is {self.strides_t}; strides must be even so each step halves exactly.")
+        for name in ("emb_width", "l_bins", "width", "depth", "dilation_growth_rate", "linf_k", "sample_rate"):
+            if getattr(self, name) < 1:
+                raise UserError(f"vqvae.{name} is {getattr(self, name)}; it must be at least 1.")
+        if self.dilation_cycle is not None and self.dilation_cycle < 1:
+            raise UserError("vqvae.dilation_cycle must be at least 1, or null for no cycle.")
+        top_hop = self.hop_lengths[-1]
+        if self.sample_length < top_hop or self.sample_length % top_hop:
+            raise UserError(
+                f"vqvae.sample_length is {self.sample_length}; use a positive multiple of the top hop {top_hop} "
+                f"(e.g. {max(1, round(self.sample_length / top_hop)) * top_hop})."
+            )
+        if self.linf_k > self.sample_length:
+            raise UserError(f"vqvae.linf_k is {self.linf_k}; it cannot exceed sample_length ({self.sample_length}).")
+        if not 0.0 <= self.mu < 1.0:
+            raise UserError(f"vqvae.mu is {self.mu}; the EMA decay must be in [0, 1).")
+        if not len(self.stft_n_fft) == len(self.stft_hop_length) == len(self.stft_window_size):
+            raise UserError("vqvae.stft_n_fft, stft_hop_length and stft_window_size must have the same length.")
+        for n_fft, hop, window in zip(self.stft_n_fft, self.stft_hop_length, self.stft_window_size):
+            if not 0 < hop <= window <= n_fft:
+                raise UserError(
+                    f"vqvae STFT setting n_fft {n_fft}, hop {hop}, window {window} is invalid; "
+                    "need 0 < hop <= window <= n_fft."
+                )
+
+
+@dataclass
 class RecipeConfig:
     """A whole recipe: one section per stage."""
 
     name: str = "default"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
 
     def validate(self) -> None:
         self.data.validate()
+        self.vqvae.validate()
 
 
 # ----------------------------------------------------------------------------------------------
