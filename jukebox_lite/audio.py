@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from jukebox_lite.atomic import atomic_path
 
 MIN_SOURCE_RATE = 4000  # below this a file is not music we can use
 MAX_SOURCE_RATE = 768000
+FFMPEG_SUFFIXES = {".mp3", ".m4a"}  # FFmpeg decodes these gaplessly; libsndfile cannot read m4a at all
 
 
 class AudioError(Exception):
@@ -37,12 +39,13 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise AudioError("file is empty (0 bytes)")
     if not os.access(path, os.R_OK):
         raise AudioError("cannot read file (permission denied)")
-    try:
-        audio, sr = _load_soundfile(path)
-    except AudioError:
-        raise
-    except Exception:
-        audio, sr = _load_pyav(path)
+    handle = None
+    if path.suffix.lower() not in FFMPEG_SUFFIXES:
+        try:
+            handle = sf.SoundFile(path)
+        except Exception:  # a format libsndfile does not know: let FFmpeg try
+            pass
+    audio, sr = _read_soundfile(handle) if handle is not None else _load_pyav(path)
     if not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
         raise AudioError(f"sample rate {sr} Hz is outside {MIN_SOURCE_RATE}-{MAX_SOURCE_RATE} Hz")
     if audio.shape[1] == 0:
@@ -52,11 +55,20 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return audio, sr
 
 
-def _load_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    with sf.SoundFile(path) as f:
-        expected = f.frames
-        sr = f.samplerate
-        data = f.read(dtype="float32", always_2d=True)
+def _read_soundfile(handle: sf.SoundFile) -> tuple[np.ndarray, int]:
+    """Read an opened file; a read error or fewer frames than the header promises means corrupt/truncated."""
+    with handle:
+        expected, sr = handle.frames, handle.samplerate
+        try:
+            data = handle.read(dtype="float32", always_2d=True)
+        except Exception as e:
+            raise AudioError(f"corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        # libsndfile quietly shortens a WAV/AIFF whose data chunk runs past the end of the file; its log says so.
+        torn = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", handle.extra_info, re.MULTILINE)
+    if torn and int(torn.group(1)) not in (0, 0xFFFFFFFF):  # 0 / 0xFFFFFFFF: streamed files, size unknown
+        present = data.shape[0] / sr
+        promised = present * int(torn.group(1)) / max(1, int(torn.group(2)))
+        raise AudioError(f"truncated: the header promises {promised:.1f} s but only {present:.1f} s are present")
     if expected > 0 and data.shape[0] < expected:
         raise AudioError(
             f"truncated: the header promises {expected / sr:.1f} s but only {data.shape[0] / sr:.1f} s are present"
@@ -81,7 +93,7 @@ def _load_pyav(path: Path) -> tuple[np.ndarray, int]:
     except AudioError:
         raise
     except Exception as e:  # FFmpeg's errors are many; the first line says enough
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = str(e).splitlines()[0].replace(f": '{path}'", "") if str(e) else type(e).__name__
         raise AudioError(f"not decodable as audio ({reason})") from None
     if not chunks or not sr:
         raise AudioError("not decodable as audio (no audio frames)")

@@ -31,27 +31,33 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only `stage`'s module is imported, so one stage's imports never slow or break another."""
     parser = argparse.ArgumentParser(prog="jukebox-lite", description=__doc__.splitlines()[0])
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, (module_name, help_text) in STAGES.items():
-        module = importlib.import_module(module_name)
-        stage = sub.add_parser(name, help=help_text, description=module.__doc__)
-        module.add_arguments(stage)
-        stage.set_defaults(run=module.run)
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == stage:
+            module = importlib.import_module(module_name)
+            stage_parser.description = module.__doc__
+            stage_parser.formatter_class = argparse.RawDescriptionHelpFormatter
+            module.add_arguments(stage_parser)
+            stage_parser.set_defaults(stage_main=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    stage = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(stage).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
-        return int(args.run(args) or 0)
+        return int(args.stage_main(args) or 0)
     except UserError as e:
         print(f"jukebox-lite {args.stage}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,106 @@
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jukebox_lite import audio
+from tests.conftest import synth_music, write_audio
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("a.wav", {}), ("a.flac", {}), ("a.ogg", {"format": "OGG", "subtype": "VORBIS"}), ("a.mp3", {"format": "MP3"})],
+)
+def test_load_formats_soundfile_writes(tmp_path, name, kwargs):
+    x = synth_music(2.0, 44100, channels=2)
+    path = write_audio(tmp_path / name, x, 44100, **kwargs)
+    y, sr = audio.load_audio(path)
+    assert sr == 44100 and y.dtype == np.float32 and y.shape[0] == 2
+    assert abs(y.shape[1] - x.shape[1]) < 0.1 * sr  # lossy codecs pad a little
+
+
+def test_load_opus_and_m4a(tmp_path):
+    x = synth_music(2.0, 48000, channels=1)
+    y, sr = audio.load_audio(write_audio(tmp_path / "a.opus", x, 48000, format="OGG", subtype="OPUS"))
+    assert sr == 48000 and y.shape[0] == 1
+    m4a = tmp_path / "a.m4a"  # AAC in MP4: soundfile cannot read it, FFmpeg (PyAV) must
+    with av.open(str(m4a), "w") as container:
+        stream = container.add_stream("aac", rate=44100)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(synth_music(2.0, 44100, channels=1), format="flt", layout="mono")
+        frame.sample_rate = 44100
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    y, sr = audio.load_audio(m4a)
+    assert sr == 44100 and y.shape[0] == 1 and y.shape[1] >= 2 * 44100
+    assert np.abs(y).max() > 0.1
+
+
+def test_bad_files_raise_readable_reasons(tmp_path):
+    x = synth_music(3.0, 44100, channels=1)
+    wav = write_audio(tmp_path / "full.wav", x, 44100).read_bytes()
+    (tmp_path / "cut.wav").write_bytes(wav[: len(wav) // 2])
+    flac = write_audio(tmp_path / "full.flac", x, 44100).read_bytes()
+    (tmp_path / "cut.flac").write_bytes(flac[: len(flac) // 2])
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.mp3").write_text("these are not the samples you are looking for\n" * 20)
+    write_audio(tmp_path / "slow.wav", x[:, :1000], 1000)
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "missing.wav")
+    expected = {
+        "cut.wav": "truncated",
+        "cut.flac": "corrupt or truncated",
+        "empty.wav": "empty",
+        "text.mp3": "not decodable",
+        "slow.wav": "sample rate 1000 Hz",
+        "gone.wav": "cannot read",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(audio.AudioError, match=reason):
+            audio.load_audio(tmp_path / name)
+
+
+def test_resample_keeps_a_tone_and_length():
+    sr_in, sr_out = 48000, 22050
+    t = np.arange(sr_in) / sr_in
+    x = np.sin(2 * np.pi * 1000 * t)[None].astype(np.float32)
+    y = audio.resample(x, sr_in, sr_out)
+    assert y.shape == (1, sr_out)
+    spectrum = np.abs(np.fft.rfft(y[0]))
+    assert abs(np.argmax(spectrum) * sr_out / y.shape[1] - 1000) < 2
+
+
+def test_loudness_matches_bs1770_reference_tone():
+    # BS.1770: a full-scale 997 Hz sine in one channel reads -3.01 LKFS, at any sample rate.
+    for sr in (44100, 48000, 22050):
+        t = np.arange(5 * sr) / sr
+        tone = np.sin(2 * np.pi * 997 * t)[None].astype(np.float32)
+        assert audio.integrated_loudness(tone, sr) == pytest.approx(-3.01, abs=0.05)
+        assert audio.integrated_loudness(0.1 * tone, sr) == pytest.approx(-23.01, abs=0.05)
+    assert audio.integrated_loudness(np.zeros((1, 48000), np.float32), 48000) == float("-inf")
+
+
+def test_normalize_loudness_hits_target_and_respects_peak():
+    sr = 44100
+    x = 0.01 * synth_music(5.0, sr, channels=1)
+    y = audio.normalize_loudness(x, sr, target_lufs=-20.0, peak_dbfs=0.0)
+    assert audio.integrated_loudness(y, sr) == pytest.approx(-20.0, abs=0.1)
+    z = audio.normalize_loudness(x, sr, target_lufs=0.0, peak_dbfs=-6.0)  # unreachable without clipping
+    assert np.abs(z).max() == pytest.approx(10 ** (-6 / 20), rel=1e-4)
+
+
+def test_nonsilent_span_trims_edges_and_detects_silence():
+    sr = 1000
+    x = np.zeros((1, 5 * sr), np.float32)
+    x[:, 2000:3000] = 0.5
+    start, end = audio.nonsilent_span(x, sr, threshold_dbfs=-40, frame_seconds=0.05)
+    assert (start, end) == (2000, 3000)
+    assert audio.nonsilent_span(np.zeros((1, sr), np.float32), sr, -40) == (0, 0)
+
+
+def test_write_flac_round_trips_and_is_atomic(tmp_path):
+    x = synth_music(1.0, 22050, channels=1)
+    path = tmp_path / "out" / "a.flac"
+    audio.write_flac(path, x, 22050)
+    y, sr = sf.read(path, dtype="float32", always_2d=True)
+    assert sr == 22050 and np.abs(y.T - x).max() < 1e-5  # 24-bit
+    assert [p.name for p in path.parent.iterdir()] == ["a.flac"]  # no temporary left behind

@@ -1,0 +1,198 @@
+"""The data stage on synthesized corpora: good files, every kind of bad file, resume, labels, splits."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_prep import ingest
+from jukebox_lite import audio
+from jukebox_lite.cli import main
+from jukebox_lite.errors import UserError
+from tests.conftest import synth_music, write_audio
+
+FAST = ["data.separation.backend=none", "data.workers=1", "data.min_seconds=2", "data.sample_rate=22050"]
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Three good files in genre/artist folders and one of every kind of bad file."""
+    root = tmp_path / "music"
+    good = {
+        "deep/ann/one.wav": write_audio(root / "deep/ann/one.wav", synth_music(3.0, 48000, seed=1), 48000),
+        "deep/ann/two.flac": write_audio(root / "deep/ann/two.flac", synth_music(4.0, 44100, seed=2), 44100),
+        "tech/bo/three.mp3": write_audio(
+            root / "tech/bo/three.mp3", synth_music(3.0, 44100, seed=3), 44100, format="MP3"
+        ),
+    }
+    x = synth_music(3.0, 44100, seed=4, channels=1)
+    wav = write_audio(tmp_path / "whole.wav", x, 44100).read_bytes()
+    flac = write_audio(tmp_path / "whole.flac", x, 44100).read_bytes()
+    bad = root / "rejects"
+    bad.mkdir()
+    (bad / "truncated.wav").write_bytes(wav[: len(wav) // 2])
+    (bad / "corrupt.flac").write_bytes(flac[: len(flac) // 2])
+    (bad / "zero.ogg").write_bytes(b"")
+    (bad / "notes.mp3").write_text("not audio at all\n" * 50)
+    write_audio(bad / "silent.wav", np.zeros((2, 3 * 44100), np.float32), 44100)
+    write_audio(bad / "squeak.wav", synth_music(3.0, 2000, seed=5), 2000)
+    (bad / "unreadable.flac").symlink_to(tmp_path / "nowhere.flac")
+    (bad / "copy.wav").write_bytes(good["deep/ann/one.wav"].read_bytes())
+    quiet_edges = np.concatenate([np.zeros((2, 44100)), synth_music(1.0, 44100, seed=6), np.zeros((2, 44100))], 1)
+    write_audio(bad / "short.wav", quiet_edges.astype(np.float32), 44100)
+    (root / "cover.jpg").write_bytes(b"\xff\xd8 not scanned")
+    return root
+
+
+def test_good_files_accepted_and_every_bad_file_rejected_with_a_reason(corpus, tmp_path):
+    run = tmp_path / "run"
+    summary = ingest.prepare(None, FAST, corpus, run, labels_from_folders=True)
+    manifest = read(run / "data/manifest.jsonl")
+    rejected = {row["source"]: row["reason"] for row in read(run / "data/rejected.jsonl")}
+
+    assert sorted(row["source"] for row in manifest) == ["deep/ann/one.wav", "deep/ann/two.flac", "tech/bo/three.mp3"]
+    assert rejected == {
+        "rejects/truncated.wav": pytest.approx(rejected["rejects/truncated.wav"]),
+        "rejects/corrupt.flac": pytest.approx(rejected["rejects/corrupt.flac"]),
+        "rejects/zero.ogg": "file is empty (0 bytes)",
+        "rejects/notes.mp3": pytest.approx(rejected["rejects/notes.mp3"]),
+        "rejects/silent.wav": "silent: nothing louder than -50 dBFS",
+        "rejects/squeak.wav": "sample rate 2000 Hz is outside 4000-768000 Hz",
+        "rejects/unreadable.flac": pytest.approx(rejected["rejects/unreadable.flac"]),
+        "rejects/copy.wav": "duplicate: same content as deep/ann/one.wav",
+        "rejects/short.wav": pytest.approx(rejected["rejects/short.wav"]),
+    }
+    assert rejected["rejects/truncated.wav"].startswith("truncated")
+    assert rejected["rejects/corrupt.flac"].startswith("corrupt or truncated")
+    assert rejected["rejects/notes.mp3"].startswith("not decodable as audio")
+    assert rejected["rejects/unreadable.flac"].startswith("cannot read file")
+    assert rejected["rejects/short.wav"].startswith("too short: 1.0 s")
+    assert summary.accepted_new == 3 and summary.rejected_new == 9
+
+    for row in manifest:
+        assert set(row) >= {"id", "source", "sha256", "duration", "sample_rate", "labels", "split"}
+        y, sr = sf.read(run / "data" / row["path"], dtype="float32", always_2d=True)
+        assert sr == 22050 and y.shape[1] == 1  # resampled and downmixed
+        assert y.shape[0] / sr == pytest.approx(row["duration"], abs=1e-3)
+        assert audio.integrated_loudness(y.T, sr) == pytest.approx(-16.0, abs=0.5)
+        assert row["split"] == ingest.split_for(row["sha256"], 0.1)
+    labels = {row["source"]: row["labels"] for row in manifest}
+    assert labels["deep/ann/one.wav"] == {"genre": "deep", "artist": "ann"}
+    assert labels["tech/bo/three.mp3"] == {"genre": "tech", "artist": "bo"}
+    assert (run / "data/config.yaml").exists()
+
+
+def test_rerun_skips_finished_files_and_picks_up_new_ones(corpus, tmp_path):
+    run = tmp_path / "run"
+    ingest.prepare(None, FAST, corpus, run)
+    manifest_before = (run / "data/manifest.jsonl").read_text()
+    rejected_before = (run / "data/rejected.jsonl").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in (run / "data/audio").iterdir()}
+
+    again = ingest.prepare(None, FAST, corpus, run)
+    assert (again.accepted_new, again.rejected_new, again.accepted_before) == (0, 0, 3)
+    assert (run / "data/manifest.jsonl").read_text() == manifest_before
+    assert (run / "data/rejected.jsonl").read_text() == rejected_before
+    assert {p: p.stat().st_mtime_ns for p in (run / "data/audio").iterdir()} == mtimes
+
+    write_audio(corpus / "late.wav", synth_music(3.0, 44100, seed=9), 44100)
+    third = ingest.prepare(None, FAST, corpus, run)
+    assert third.accepted_new == 1 and len(read(run / "data/manifest.jsonl")) == 4
+
+
+def test_a_killed_run_leaves_no_partial_file_and_resumes(corpus, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_write = audio.write_flac
+    calls = []
+
+    def dies_on_second_write(path, wav, sr):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}"), "wb") as f:
+                f.write(b"fLaC half")  # what a kill mid-write leaves: only a temporary
+            raise KeyboardInterrupt
+        real_write(path, wav, sr)
+
+    monkeypatch.setattr(audio, "write_flac", dies_on_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        ingest.prepare(None, FAST, corpus, run)
+    monkeypatch.setattr(audio, "write_flac", real_write)
+    assert len(read(run / "data/manifest.jsonl")) == 1
+    finished = [p.name for p in (run / "data/audio").iterdir() if not p.name.startswith(".")]
+    assert len(finished) == 1  # the half-written file is only a hidden temporary
+
+    summary = ingest.prepare(None, FAST, corpus, run)
+    assert summary.accepted == 3 and summary.accepted_new == 2
+    ids = [row["id"] for row in read(run / "data/manifest.jsonl")]
+    assert len(ids) == len(set(ids)) == 3
+    assert sorted(p.name for p in (run / "data/audio").iterdir()) == sorted(f"{i}.flac" for i in ids)
+
+
+def test_label_sources_and_their_priority(tmp_path):
+    root = tmp_path / "music"
+    for name in ("a.wav", "b.wav"):
+        write_audio(root / "folder_genre" / name, synth_music(3.0, 22050, seed=len(name) + ord(name[0])), 22050)
+    (root / "labels.csv").write_text("path,genre,artist\nfolder_genre/a.wav,deep_house,kim\n")
+    ingest.prepare(None, FAST, root, tmp_path / "r1", labels_from_folders=True)
+    labels = {row["source"]: row["labels"] for row in read(tmp_path / "r1/data/manifest.jsonl")}
+    assert labels == {"folder_genre/a.wav": {"genre": "deep_house", "artist": "kim"}, "folder_genre/b.wav": {"genre": "folder_genre"}}
+
+    (root / "labels.csv").unlink()
+    (root / "labels.json").write_text(json.dumps({"folder_genre/b.wav": {"genre": "garage"}}))
+    ingest.prepare(None, FAST, root, tmp_path / "r2", cli_labels={"genre": None, "artist": "lee"})
+    labels = {row["source"]: row["labels"] for row in read(tmp_path / "r2/data/manifest.jsonl")}
+    assert labels == {"folder_genre/a.wav": {"artist": "lee"}, "folder_genre/b.wav": {"genre": "garage", "artist": "lee"}}
+
+    ingest.prepare(None, FAST, root, tmp_path / "r3", cli_labels={"genre": "techno"})
+    assert {row["labels"]["genre"] for row in read(tmp_path / "r3/data/manifest.jsonl")} == {"techno"}
+
+    (root / "labels.json").write_text("{broken")
+    with pytest.raises(UserError, match="labels.json"):
+        ingest.prepare(None, FAST, root, tmp_path / "r4")
+
+
+def test_split_is_deterministic_and_near_the_fraction():
+    hashes = [f"{i * 2654435761 % 2**32:08x}" + "0" * 56 for i in range(4000)]
+    splits = [ingest.split_for(h, 0.2) for h in hashes]
+    assert splits == [ingest.split_for(h, 0.2) for h in hashes]
+    assert 0.17 < splits.count("valid") / len(splits) < 0.23
+    assert ingest.split_for("f" * 64, 0.0) == "train"
+
+
+def test_parallel_workers_give_the_same_corpus(corpus, tmp_path):
+    ingest.prepare(None, FAST, corpus, tmp_path / "one")
+    ingest.prepare(None, [*FAST, "data.workers=2"], corpus, tmp_path / "two")
+    one, two = read(tmp_path / "one/data/manifest.jsonl"), read(tmp_path / "two/data/manifest.jsonl")
+    assert one == two
+    for row in one:
+        assert (tmp_path / "one/data" / row["path"]).read_bytes() == (tmp_path / "two/data" / row["path"]).read_bytes()
+
+
+def test_folder_errors_and_all_rejected_are_one_clear_sentence(tmp_path, capsys):
+    assert main(["prepare", "--audio", str(tmp_path / "absent"), "--run", str(tmp_path / "r"), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err and "Traceback" not in err
+
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", "--audio", str(tmp_path / "empty"), "--run", str(tmp_path / "r"), *FAST]) == 2
+    assert "No audio files" in capsys.readouterr().err
+
+    write_audio(tmp_path / "hush" / "quiet.wav", np.zeros((1, 44100 * 3), np.float32), 44100)
+    assert main(["prepare", "--audio", str(tmp_path / "hush"), "--run", str(tmp_path / "r"), *FAST]) == 2
+    assert "every file was rejected" in capsys.readouterr().err
+    assert read(tmp_path / "r/data/rejected.jsonl")[0]["reason"].startswith("silent")
+
+
+def test_changed_settings_on_an_existing_run_are_refused(corpus, tmp_path):
+    run = tmp_path / "run"
+    ingest.prepare(None, FAST, corpus, run)
+    before = (run / "data/manifest.jsonl").read_text()
+    with pytest.raises(UserError, match="sample_rate"):
+        ingest.prepare(None, [*FAST, "data.sample_rate=16000"], corpus, run)
+    assert (run / "data/manifest.jsonl").read_text() == before
