@@ -153,6 +153,135 @@ class VQVAEConfig:
 
 
 @dataclass
+class PriorConfig:
+    """One level's prior: a sparse transformer over that level's codes (OpenAI's names in comments).
+
+    Level 2 (top) is conditioned on genre/artist and timing labels; levels 1 and 0 (upsamplers) on
+    the codes of the level above through a conditioner (a dilated resnet that upsamples them 4×).
+    Defaults are OpenAI's `small_prior` (top) and `small_upsampler` sizes (the two subclasses below).
+    """
+
+    level: int = 2  # 2 top; 1 and 0 upsamplers
+    n_ctx: int = 8192  # tokens per window
+    width: int = 1024  # prior_width
+    depth: int = 48  # prior_depth
+    heads: int = 1
+    attn_order: int = 2  # 0 dense; 1 row/column; 2 row/column/previous row; 3 row/row-ends
+    blocks: int = 64  # a window is `blocks` rows of n_ctx // blocks tokens
+    m_attn: float = 0.25  # attention width = m_attn · width
+    m_mlp: float = 1.0  # MLP width = m_mlp · width
+    init_scale: float = 0.7
+    bins: int = 2048  # codebook size of the VQ-VAE (l_bins)
+    merged_decoder: bool = False  # OpenAI 5b top prior: untied output layer, conditioning not re-added
+    hop_length: int = 128  # audio samples per token at this level (raw_to_tokens): 8, 32, 128
+    # labels (y_emb): start token = sum of genre embeddings + artist embedding
+    labels: bool = True
+    n_genres: int = 10  # y_bins[0]
+    n_artists: int = 100  # y_bins[1]
+    max_bow_genre_size: int = 1  # genre slots per label vector (-1 pads)
+    # timing embeddings (top level only): total length, absolute and relative position, t_bins each
+    t_bins: int = 64
+    sample_rate: int = 44100
+    min_duration: float = 60.0  # seconds; total_length must lie in [min_duration, max_duration)
+    max_duration: float = 600.0
+    # upsampler conditioner on the level above (conditioner_blocks.0)
+    cond_down_t: int = 2  # ConvTranspose1d steps; upper codes are upsampled cond_stride_t**cond_down_t ×
+    cond_stride_t: int = 2
+    cond_width: int = 512
+    cond_depth: int = 16
+    cond_m_conv: float = 1.0
+    cond_dilation_growth_rate: int = 3
+    cond_dilation_cycle: int | None = 8
+    cond_zero_out: bool = False
+    cond_res_scale: bool = False
+    cond_c_res: int = 1  # 1: resnet units kept in `blocks` (OpenAI's released key layout), recomputed in backward
+    # training
+    batch_size: int = 4
+    steps: int = 100000
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    clip: float = 1.0
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    anneal_start: int | None = None  # step where the LR starts its linear decay to zero (None: no annealing)
+    anneal_steps: int = 10000  # steps of that decay
+    ema: float = 0.999  # EMA decay of the weights kept for sampling (0 disables)
+    # sampling
+    hop_fraction: float = 0.125  # long tracks: a new window every hop_fraction · n_ctx tokens
+
+    @property
+    def block_ctx(self) -> int:
+        return self.n_ctx // self.blocks
+
+    @property
+    def is_upsampler(self) -> bool:
+        return self.level < 2
+
+    @property
+    def cond_downsample(self) -> int:
+        """Tokens of this level per token of the level above."""
+        return self.cond_stride_t**self.cond_down_t
+
+    def validate(self, section: str = "prior") -> None:
+        if self.level not in (0, 1, 2):
+            raise UserError(f"{section}.level is {self.level}; use 2 (top prior), 1 or 0 (upsamplers).")
+        for name in ("n_ctx", "width", "depth", "heads", "blocks", "bins", "hop_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{section}.{name} must be at least 1.")
+        if self.attn_order not in (0, 1, 2, 3):
+            raise UserError(f"{section}.attn_order is {self.attn_order}; choose 0, 1, 2 or 3.")
+        if self.n_ctx % self.blocks:
+            raise UserError(f"{section}.n_ctx ({self.n_ctx}) must be a multiple of {section}.blocks ({self.blocks}).")
+        n_state = int(self.m_attn * self.width)
+        if n_state < 1 or n_state % self.heads:
+            raise UserError(
+                f"{section}: attention width m_attn·width = {n_state} must be a positive multiple of heads ({self.heads})."
+            )
+        if int(self.m_mlp * self.width) < 1:
+            raise UserError(f"{section}.m_mlp is too small for width {self.width}.")
+        if self.labels and (self.n_genres < 1 or self.n_artists < 1 or self.max_bow_genre_size < 1):
+            raise UserError(f"{section}: n_genres, n_artists and max_bow_genre_size must be at least 1 with labels on.")
+        if self.labels and not self.is_upsampler and not 0 < self.min_duration < self.max_duration:
+            raise UserError(f"{section}: need 0 < min_duration < max_duration (seconds).")
+        if self.labels and self.t_bins < 1:
+            raise UserError(f"{section}.t_bins must be at least 1.")
+        if self.is_upsampler:
+            if self.n_ctx % self.cond_downsample:
+                raise UserError(
+                    f"{section}.n_ctx ({self.n_ctx}) must be a multiple of cond_stride_t**cond_down_t ({self.cond_downsample})."
+                )
+            if self.cond_width < 1 or self.cond_depth < 0 or self.cond_down_t < 1 or self.cond_stride_t < 1:
+                raise UserError(f"{section}: cond_width, cond_down_t, cond_stride_t must be positive, cond_depth not negative.")
+        if self.lr <= 0 or self.clip <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise UserError(f"{section}: lr and clip must be positive, warmup_steps and weight_decay not negative.")
+        if self.anneal_start is not None and (self.anneal_start < 0 or self.anneal_steps < 1):
+            raise UserError(f"{section}: anneal_start must be at least 0 and anneal_steps at least 1.")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"{section}.ema must be in [0, 1).")
+        if not 0 < self.hop_fraction <= 1:
+            raise UserError(f"{section}.hop_fraction must be in (0, 1].")
+
+
+@dataclass
+class PriorLevel1Config(PriorConfig):
+    """The level-1 upsampler's section: the same fields, defaults for hop 32 (a recipe need not set level)."""
+
+    level: int = 1
+    hop_length: int = 32
+    hop_fraction: float = 0.5
+
+
+@dataclass
+class PriorLevel0Config(PriorConfig):
+    """The level-0 upsampler's section: the same fields, defaults for hop 8."""
+
+    level: int = 0
+    hop_length: int = 8
+    hop_fraction: float = 0.5
+
+
+@dataclass
 class RecipeConfig:
     """A whole recipe: one section per stage."""
 
@@ -160,10 +289,18 @@ class RecipeConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
+    prior_level2: PriorConfig = field(default_factory=PriorConfig)
+    prior_level1: PriorLevel1Config = field(default_factory=PriorLevel1Config)
+    prior_level0: PriorLevel0Config = field(default_factory=PriorLevel0Config)
 
     def validate(self) -> None:
         self.data.validate()
         self.vqvae.validate()
+        for level in (2, 1, 0):
+            prior = getattr(self, f"prior_level{level}")
+            if prior.level != level:
+                raise UserError(f"prior_level{level}.level is {prior.level}; it must be {level} (or be left out).")
+            prior.validate(f"prior_level{level}")
 
 
 # ----------------------------------------------------------------------------------------------
