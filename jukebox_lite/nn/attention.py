@@ -1,0 +1,160 @@
+"""Factorized (sparse) attention of Jukebox's priors: which key each query may see, and the kernels.
+
+A window of `n_ctx` tokens is seen as `blocks` rows of `block_ctx = n_ctx // blocks` tokens. Each
+layer attends with one pattern (`attn_func`), and `attn_order` cycles the patterns over the layers:
+
+    0  dense causal: every earlier position and itself
+    1  row: earlier positions of the query's own row, and itself
+    2  column: the same offset in every earlier row, and itself
+    3  previous row: the whole row before the query's row
+    4  summary: the last position of each row up to the query
+
+Patterns 3 and 4 also see a *null key* (key and value all zeros) at position -1. OpenAI's code gets
+it by zero-padding: row 0 has no previous row, so pattern 3 attends to a row of zeros (and returns
+exactly zero), and pattern 4 always has one zero slot in front of the row ends. Keeping it makes our
+outputs equal theirs. Exactly as in their training forward, pattern 4 lets a row end see itself,
+except the window's very last position (their summaries cover rows 0..blocks-2).
+
+Everything is written with explicit query and key positions, so one rule (`allowed`) drives the
+dense masks used on CPU, the FlexAttention block masks used on CUDA, and the KV-cache during
+sampling, where the cached keys are a sparse subset of the past.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+ATTN_FUNCS = (0, 1, 2, 3, 4)
+# attn_order → the cycle of attn_func over layers, as in OpenAI's Transformer.
+ATTN_ORDERS = {0: (0,), 1: (1, 2), 2: (1, 2, 3), 3: (1, 4)}
+NULL_POSITION = -1  # the position of the all-zero key of patterns 3 and 4
+EMPTY_POSITION = 1 << 40  # position recorded in an unused cache slot: no query may see it
+
+
+def attn_func_for_layer(attn_order: int, layer: int) -> int:
+    cycle = ATTN_ORDERS[attn_order]
+    return cycle[layer % len(cycle)]
+
+
+def uses_null_key(attn_func: int) -> bool:
+    return attn_func in (3, 4)
+
+
+def allowed(attn_func: int, q: torch.Tensor, k: torch.Tensor, block_ctx: int, n_ctx: int) -> torch.Tensor:
+    """True where the query at position `q` may attend to the key at position `k` (broadcasting).
+
+    Positions are window positions (0..n_ctx-1); `k == NULL_POSITION` is the null key.
+    """
+    real = (k >= 0) & (k <= q)
+    if attn_func == 0:
+        return real
+    if attn_func == 1:
+        return real & (k // block_ctx == q // block_ctx)
+    if attn_func == 2:
+        return real & (k % block_ctx == q % block_ctx)
+    if attn_func == 3:
+        previous_row = (k >= 0) & (k // block_ctx == q // block_ctx - 1)
+        return previous_row | ((k == NULL_POSITION) & (q < block_ctx))
+    if attn_func == 4:
+        row_end = real & (k % block_ctx == block_ctx - 1) & (k < n_ctx - 1)
+        return row_end | (k == NULL_POSITION)
+    raise ValueError(f"attn_func {attn_func} is not one of {ATTN_FUNCS}")
+
+
+def dense_mask(attn_func: int, length: int, block_ctx: int, n_ctx: int) -> torch.Tensor:
+    """(length, length + null) bool mask for a teacher-forced window; the null key, if any, comes first."""
+    q = torch.arange(length)
+    k = torch.arange(length)
+    if uses_null_key(attn_func):
+        k = torch.cat([torch.tensor([NULL_POSITION]), k])
+    return allowed(attn_func, q[:, None], k[None, :], block_ctx, n_ctx)
+
+
+def with_null_key(
+    k: torch.Tensor, v: torch.Tensor, k_pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prepend the all-zero key/value at NULL_POSITION. k, v: (B, H, L, D) → (B, H, L+1, D)."""
+    zero = k.new_zeros(*k.shape[:2], 1, k.shape[3])
+    null = torch.full((1,), NULL_POSITION, dtype=k_pos.dtype, device=k_pos.device)
+    return torch.cat([zero, k], 2), torch.cat([zero, v], 2), torch.cat([null, k_pos])
+
+
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    attn_func: int,
+    block_ctx: int,
+    n_ctx: int,
+) -> torch.Tensor:
+    """Masked attention at explicit positions; works for full windows and for KV-cache steps alike.
+
+    q: (B, H, Tq, D), k/v: (B, H, Tk, D), q_pos: (Tq,), k_pos: (Tk,) → (B, H, Tq, D). The null key is
+    added here for patterns that use it. Every query sees at least one key, so no row is all-masked.
+    """
+    if uses_null_key(attn_func):
+        k, v, k_pos = with_null_key(k, v, k_pos)
+    mask = allowed(attn_func, q_pos[:, None], k_pos[None, :], block_ctx, n_ctx)  # (Tq, Tk)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def flex_mask_mod(attn_func: int, block_ctx: int, n_ctx: int):
+    """FlexAttention mask_mod for a teacher-forced window whose keys are [null?, 0..T-1]."""
+    shift = 1 if uses_null_key(attn_func) else 0
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed(attn_func, q_idx, kv_idx - shift, block_ctx, n_ctx)
+
+    return mask_mod
+
+
+@functools.lru_cache(maxsize=64)
+def _flex_block_mask(attn_func: int, length: int, block_ctx: int, n_ctx: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    kv_len = length + (1 if uses_null_key(attn_func) else 0)
+    return create_block_mask(flex_mask_mod(attn_func, block_ctx, n_ctx), None, None, length, kv_len, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attention_window(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_func: int, block_ctx: int, n_ctx: int, compiled: bool = True
+) -> torch.Tensor:
+    """Teacher-forced window with FlexAttention: blocks that the pattern masks out are skipped.
+
+    q/k/v: (B, H, T, D) at positions 0..T-1 → (B, H, T, D). `compiled=False` runs the eager reference
+    (slow, but it runs on CPU, which the tests use to check it against the SDPA path).
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    length = q.shape[2]
+    if uses_null_key(attn_func):
+        pos = torch.arange(length, device=q.device)
+        k, v, _ = with_null_key(k, v, pos)
+    block_mask = _flex_block_mask(attn_func, length, block_ctx, n_ctx, str(q.device))
+    kernel = _compiled_flex_attention() if compiled else flex_attention
+    return kernel(q, k, v, block_mask=block_mask)
+
+
+def window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_func: int, block_ctx: int, n_ctx: int
+) -> torch.Tensor:
+    """A whole teacher-forced window (positions 0..T-1): FlexAttention on CUDA, SDPA with a mask elsewhere."""
+    if q.is_cuda:
+        return flex_attention_window(q, k, v, attn_func, block_ctx, n_ctx)
+    pos = torch.arange(q.shape[2], device=q.device)
+    return sdpa_attention(q, k, v, pos, pos, attn_func, block_ctx, n_ctx)
