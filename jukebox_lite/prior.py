@@ -1,0 +1,559 @@
+"""The prior: a sparse transformer over one level's VQ-VAE codes, in OpenAI Jukebox's key layout.
+
+Read top to bottom: the transformer pieces (Conv1D, attention, MLP, block), the token model that
+OpenAI calls `prior` (embeddings, transformer, tied output), the two conditioners (labels for the
+top level, codes of the level above for the upsamplers), then `Prior`, which ties them together,
+and the loaders (ours, and OpenAI's checkpoints).
+
+Teacher forcing: the input at position t is the code at t-1 (the start token at t = 0), so the
+logits at t predict codes[:, t]. Conditioning (`cond`, one vector per position: timing embeddings
+on the top level, the upsampled upper codes on the upsamplers) is added to the input embeddings and
+again to the transformer's output, as in OpenAI's code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from jukebox_lite.checkpoint import load_checkpoint
+from jukebox_lite.config import PriorConfig
+from jukebox_lite.errors import UserError
+from jukebox_lite.nn.attention import attn_func_for_layer, window_attention
+from jukebox_lite.nn.conv import DecoderConvBlock
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer
+
+
+class Conv1D(nn.Module):
+    """A linear layer whose weight is stored (in, out) as `w`, like OpenAI's (and GPT-2's) Conv1D."""
+
+    def __init__(self, n_in: int, n_out: int, init_scale: float = 1.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(n_in, n_out) * (0.02 * init_scale))
+        self.b = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.w.t(), self.b)
+
+
+class FactorizedAttention(nn.Module):
+    """Multi-head self-attention restricted to one factorized pattern (see nn/attention.py)."""
+
+    def __init__(self, cfg: PriorConfig, attn_func: int):
+        super().__init__()
+        self.n_state = int(cfg.m_attn * cfg.width)
+        self.heads, self.attn_func = cfg.heads, attn_func
+        self.block_ctx, self.n_ctx = cfg.block_ctx, cfg.n_ctx
+        self.c_attn = Conv1D(cfg.width, 3 * self.n_state, cfg.init_scale)
+        self.c_proj = Conv1D(self.n_state, cfg.width, cfg.init_scale)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache=None) -> torch.Tensor:
+        B, L, _ = x.shape
+        # (B, L, 3·n_state) → 3 × (B, H, L, n_state/H): q, k, v are contiguous thirds, heads contiguous slices
+        q, k, v = (
+            t.view(B, L, self.heads, -1).transpose(1, 2) for t in self.c_attn(x).chunk(3, dim=-1)
+        )
+        if cache is None:  # a whole window from position 0
+            a = window_attention(q, k, v, self.attn_func, self.block_ctx, self.n_ctx)
+        else:
+            a = cache.attend(q, k, v, positions)
+        a = a.transpose(1, 2).reshape(B, L, self.n_state)  # merge heads
+        return self.c_proj(a)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        hidden = int(cfg.m_mlp * cfg.width)
+        self.c_fc = Conv1D(cfg.width, hidden, cfg.init_scale)
+        self.c_proj = Conv1D(hidden, cfg.width, cfg.init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        return self.c_proj(h * torch.sigmoid(1.702 * h))  # quick-GELU
+
+
+class ResAttnBlock(nn.Module):
+    """x + a + m with a = attn(ln_0(x)), m = mlp(ln_1(x + a)): OpenAI's block (no final layer norm)."""
+
+    def __init__(self, cfg: PriorConfig, attn_func: int):
+        super().__init__()
+        self.attn = FactorizedAttention(cfg, attn_func)
+        self.ln_0 = nn.LayerNorm(cfg.width)
+        self.mlp = MLP(cfg)
+        self.ln_1 = nn.LayerNorm(cfg.width)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache=None) -> torch.Tensor:
+        a = self.attn(self.ln_0(x), positions, cache)
+        m = self.mlp(self.ln_1(x + a))
+        return x + a + m
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self._attn_mods = nn.ModuleList(
+            ResAttnBlock(cfg, attn_func_for_layer(cfg.attn_order, d)) for d in range(cfg.depth)
+        )
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches=None) -> torch.Tensor:
+        for i, block in enumerate(self._attn_mods):
+            x = block(x, positions, None if caches is None else caches[i])
+        return x
+
+
+class PositionEmbedding(nn.Module):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.pos_emb = nn.Parameter(torch.randn(cfg.n_ctx, cfg.width) * (0.01 * cfg.init_scale))
+
+
+class TokenModel(nn.Module):
+    """Embeddings → transformer → logits over the codebook (OpenAI's `ConditionalAutoregressive2D`)."""
+
+    def __init__(self, cfg: PriorConfig, learned_start: bool):
+        super().__init__()
+        if learned_start:  # registered first, as in OpenAI's state dicts
+            self.start_token = nn.Parameter(torch.randn(1, cfg.width) * (0.01 * cfg.init_scale))
+        self.x_emb = nn.Embedding(cfg.bins, cfg.width)
+        nn.init.normal_(self.x_emb.weight, std=0.02 * cfg.init_scale)
+        self.pos_emb = PositionEmbedding(cfg)
+        self.transformer = Transformer(cfg)
+        self.x_out = nn.Linear(cfg.width, cfg.bins, bias=False)
+        self.tied = not cfg.merged_decoder
+        if self.tied:
+            self.x_out.weight = self.x_emb.weight
+
+    def forward(
+        self, h: torch.Tensor, positions: torch.Tensor, cond: torch.Tensor | None, caches=None
+    ) -> torch.Tensor:
+        """h: (B, L, W) input embeddings at `positions` (L,), cond: (B, L, W) or None → logits (B, L, bins)."""
+        h = h + self.pos_emb.pos_emb[positions]
+        if cond is not None:
+            h = h + cond
+        h = self.transformer(h, positions, caches)
+        if cond is not None and self.tied:  # OpenAI's merged decoder does not add it again
+            h = h + cond
+        return self.x_out(h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Label conditioning (y_emb): genre/artist start token, timing embeddings
+
+
+class SimpleEmbedding(nn.Module):
+    def __init__(self, bins: int, width: int, init_scale: float):
+        super().__init__()
+        self.emb = nn.Embedding(bins, width)
+        nn.init.normal_(self.emb.weight, std=0.01 * init_scale)
+
+
+class RangeEmbedding(nn.Module):
+    """Embeds positions in [pos_min, pos_max) by cutting the range into `bins` equal bins.
+
+    With n_time > 1 the window [start, end) is spread over n_time positions, so each token of the
+    window gets the bin of its own time. Float32 arithmetic in OpenAI's order, so bins match exactly.
+    """
+
+    def __init__(self, n_time: int, bins: int, pos_range: tuple[float, float], width: int, init_scale: float, clamp=False):
+        super().__init__()
+        self.n_time, self.bins, self.clamp = n_time, bins, clamp
+        self.pos_min, self.pos_max = pos_range
+        self.emb = nn.Embedding(bins, width)
+        nn.init.normal_(self.emb.weight, std=0.01 * init_scale)
+
+    def forward(self, start: torch.Tensor, end: torch.Tensor | None = None) -> torch.Tensor:
+        """start, end: (B, 1) float → (B, n_time, W)."""
+        if end is not None and self.clamp:
+            end = end.clamp(self.pos_min, self.pos_max)
+        position = start
+        if self.n_time != 1:
+            fraction = torch.arange(self.n_time, dtype=torch.float, device=start.device).view(1, -1) / self.n_time
+            position = start + (end - start) * fraction
+        normalised = (position - self.pos_min) / (self.pos_max - self.pos_min)
+        return self.emb((self.bins * normalised).floor().long())
+
+
+class LabelConditioner(nn.Module):
+    """y = [total_length, offset, sample_length, artist, genre_1..genre_G] (samples; genre -1 = none)
+    → start embedding (B, W) and, on the top level, timing embeddings (B, n_ctx, W)."""
+
+    def __init__(self, cfg: PriorConfig, timing: bool):
+        super().__init__()
+        self.cfg, self.timing = cfg, timing
+        self.bow_genre_emb = SimpleEmbedding(cfg.n_genres, cfg.width, cfg.init_scale)
+        self.artist_emb = SimpleEmbedding(cfg.n_artists, cfg.width, cfg.init_scale)
+        if timing:
+            sr, t_bins, W, s = cfg.sample_rate, cfg.t_bins, cfg.width, cfg.init_scale
+            self.total_length_emb = RangeEmbedding(1, t_bins, (cfg.min_duration * sr, cfg.max_duration * sr), W, s)
+            self.absolute_pos_emb = RangeEmbedding(cfg.n_ctx, t_bins, (0.0, cfg.max_duration * sr), W, s)
+            self.relative_pos_emb = RangeEmbedding(cfg.n_ctx, t_bins, (0.0, 1.0), W, s, clamp=True)
+
+    def check(self, y: torch.Tensor) -> None:
+        """One clear UserError for a label vector the embeddings cannot take."""
+        cfg = self.cfg
+        if y.dim() != 2 or y.shape[1] != 4 + cfg.max_bow_genre_size:
+            raise UserError(
+                f"Labels have shape {tuple(y.shape)}; expected (batch, {4 + cfg.max_bow_genre_size}) = "
+                "[total_length, offset, sample_length, artist, genres...] with max_bow_genre_size genres."
+            )
+        artist, genre = y[:, 3], y[:, 4:]
+        if ((artist < 0) | (artist >= cfg.n_artists)).any():
+            raise UserError(f"Artist index {artist.tolist()} is unknown; this prior knows artists 0..{cfg.n_artists - 1}.")
+        if ((genre < -1) | (genre >= cfg.n_genres)).any():
+            raise UserError(
+                f"Genre index {genre.tolist()} is unknown; this prior knows genres 0..{cfg.n_genres - 1} (-1 = empty slot)."
+            )
+        if self.timing:
+            sr = cfg.sample_rate
+            total, offset, end = y[:, 0], y[:, 1], y[:, 1] + y[:, 2]
+            if ((total < cfg.min_duration * sr) | (total >= cfg.max_duration * sr)).any():
+                raise UserError(
+                    f"Total length {(total / sr).tolist()} s is outside this prior's timing range "
+                    f"[{cfg.min_duration}, {cfg.max_duration}) s; ask for a length inside it."
+                )
+            if ((offset < 0) | (offset >= total) | (end > cfg.max_duration * sr)).any():
+                raise UserError(
+                    f"Window offset {(offset / sr).tolist()} s (+ {(y[:, 2] / sr).tolist()} s) lies beyond the track "
+                    f"or the timing embeddings ({cfg.max_duration} s); shorten the track."
+                )
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        artist, genre = y[:, 3:4], y[:, 4:]
+        present = (genre >= 0).unsqueeze(-1).float()
+        start = (self.bow_genre_emb.emb(genre.clamp(min=0)) * present).sum(1) + self.artist_emb.emb(artist)[:, 0]
+        if not self.timing:
+            return start, None
+        total, begin = y[:, 0:1].float(), y[:, 1:2].float()
+        end = (y[:, 1:2] + y[:, 2:3]).float()
+        timing = (
+            self.total_length_emb(total)
+            + self.absolute_pos_emb(begin, end)
+            + self.relative_pos_emb(begin / total, end / total)
+        )
+        return start, timing  # (B, W), (B, n_ctx, W)
+
+
+@dataclass
+class LabelMix:
+    """Two label sets and a weight in [0, 1]: the label embeddings are (1 - weight)·a + weight·b.
+
+    Changing the weight from window to window morphs a track from one genre (or artist) to another.
+    `weight` is a float or a (B,) tensor.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    weight: float | torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------
+# Upsampler conditioning (conditioner_blocks.0): codes of the level above
+
+
+class UpperConditioner(nn.Module):
+    """Upper codes (B, U) → embeddings → dilated resnet + ConvTranspose1d upsampling → LayerNorm → (B, U·s, W)."""
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.x_emb = nn.Embedding(cfg.bins, cfg.width)
+        nn.init.normal_(self.x_emb.weight, std=0.02 * cfg.init_scale)
+        self.cond = DecoderConvBlock(
+            cfg.width,
+            cfg.width,
+            cfg.cond_down_t,
+            cfg.cond_stride_t,
+            width=cfg.cond_width,
+            depth=cfg.cond_depth,
+            m_conv=cfg.cond_m_conv,
+            dilation_growth_rate=cfg.cond_dilation_growth_rate,
+            dilation_cycle=cfg.cond_dilation_cycle,
+            zero_out=cfg.cond_zero_out,
+            res_scale=cfg.cond_res_scale,
+            checkpoint_res=bool(cfg.cond_c_res),
+        )
+        self.ln = nn.LayerNorm(cfg.width)
+
+    def forward(self, upper: torch.Tensor) -> torch.Tensor:
+        x = self.x_emb(upper).transpose(1, 2)  # (B, W, U)
+        x = self.cond(x).transpose(1, 2)  # (B, U·s, W)
+        return self.ln(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# The prior
+
+
+@dataclass
+class Conditioning:
+    """What a window is conditioned on: start embedding (B, W) and per-position cond (B, T, W) or None."""
+
+    start: torch.Tensor
+    cond: torch.Tensor | None
+
+
+class Prior(nn.Module):
+    """One level's prior. Keys: `conditioner_blocks.0.*` (upsamplers), `y_emb.*` (labels), `prior.*`."""
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        if cfg.is_upsampler:
+            self.conditioner_blocks = nn.ModuleList([UpperConditioner(cfg)])
+        if cfg.labels:
+            self.y_emb = LabelConditioner(cfg, timing=not cfg.is_upsampler)
+        self.prior = TokenModel(cfg, learned_start=not cfg.labels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.prior.x_emb.weight.device
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    def _label_embeddings(self, labels, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(labels, LabelMix):
+            start_a, timing_a = self._label_embeddings(labels.a, batch)
+            start_b, timing_b = self._label_embeddings(labels.b, batch)
+            w = torch.as_tensor(labels.weight, dtype=start_a.dtype, device=start_a.device)
+            if w.dim() == 0:
+                w = w.expand(batch)
+            if ((w < 0) | (w > 1)).any():
+                raise UserError(f"Label mix weight {w.tolist()} must lie in [0, 1].")
+            start = torch.lerp(start_a, start_b, w[:, None])
+            timing = None if timing_a is None else torch.lerp(timing_a, timing_b, w[:, None, None])
+            return start, timing
+        if not torch.is_tensor(labels) or labels.dtype not in (torch.int32, torch.int64):
+            raise UserError("Labels must be an integer tensor (batch, 4 + max_bow_genre_size) or a LabelMix.")
+        y = labels.to(self.device, torch.long)
+        if y.dim() == 2 and y.shape[0] != batch:
+            raise UserError(f"Labels are given for {y.shape[0]} items but the batch has {batch}.")
+        self.y_emb.check(y)
+        return self.y_emb(y)
+
+    def conditioning(self, batch: int, length: int, upper_codes=None, labels=None) -> Conditioning:
+        """Everything a window of `length` tokens (from position 0) is conditioned on."""
+        cfg = self.cfg
+        if length > cfg.n_ctx:
+            raise UserError(f"A window of {length} tokens is longer than this prior's n_ctx ({cfg.n_ctx}).")
+        cond = None
+        if cfg.labels:
+            if labels is None:
+                raise UserError(f"The level-{cfg.level} prior is labelled; pass labels (genre, artist, timing).")
+            start, timing = self._label_embeddings(labels, batch)
+            if timing is not None:
+                cond = timing[:, :length]
+        else:
+            if labels is not None:
+                raise UserError(f"The level-{cfg.level} prior was trained without labels; leave labels out.")
+            start = self.prior.start_token.expand(batch, -1)
+        if cfg.is_upsampler:
+            cond = self.upper_conditioning(upper_codes, batch, length)
+        elif upper_codes is not None:
+            raise UserError("The top-level prior takes no upper codes; pass upper_codes only to upsamplers.")
+        return Conditioning(start, cond)
+
+    def upper_conditioning(self, upper_codes, batch: int, length: int) -> torch.Tensor:
+        cfg, s = self.cfg, self.cfg.cond_downsample
+        if upper_codes is None:
+            raise UserError(f"The level-{cfg.level} upsampler needs the level-{cfg.level + 1} codes (upper_codes).")
+        if upper_codes.dim() != 2 or upper_codes.shape[0] != batch or not length <= upper_codes.shape[1] * s <= cfg.n_ctx:
+            raise UserError(
+                f"Upper codes have shape {tuple(upper_codes.shape)}; for {batch} × {length} tokens at level {cfg.level} "
+                f"they must be ({batch}, U) with {length} <= {s}·U <= n_ctx ({cfg.n_ctx})."
+            )
+        self._check_codes(upper_codes, f"level-{cfg.level + 1} codes")
+        return self.conditioner_blocks[0](upper_codes.to(self.device, torch.long))[:, :length]
+
+    def _check_codes(self, codes: torch.Tensor, what: str) -> None:
+        if codes.dtype not in (torch.int32, torch.int64):
+            raise UserError(f"The {what} must be an integer tensor, not {codes.dtype}.")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.bins):
+            raise UserError(f"The {what} hold values outside 0..{self.cfg.bins - 1}; were they made by the same VQ-VAE?")
+
+    # -- teacher forcing ------------------------------------------------------------------------
+
+    def logits(self, codes: torch.Tensor, upper_codes=None, labels=None) -> torch.Tensor:
+        """codes (B, T) → float logits (B, T, bins); position t predicts codes[:, t]."""
+        if codes.dim() != 2:
+            raise UserError(f"Codes have shape {tuple(codes.shape)}; expected (batch, time).")
+        self._check_codes(codes, f"level-{self.cfg.level} codes")
+        B, T = codes.shape
+        codes = codes.to(self.device, torch.long)
+        with self.autocast():
+            c = self.conditioning(B, T, upper_codes, labels)
+            x = self.prior.x_emb(codes)  # (B, T, W)
+            h = torch.cat([c.start[:, None].to(x.dtype), x[:, :-1]], dim=1)  # shift right, start token first
+            logits = self.prior(h, torch.arange(T, device=self.device), c.cond)
+        return logits.float()
+
+    def loss(self, codes: torch.Tensor, upper_codes=None, labels=None) -> torch.Tensor:
+        """Mean cross-entropy (nats per token); divide by ln 2 for OpenAI's bits per token."""
+        logits = self.logits(codes, upper_codes, labels)
+        return F.cross_entropy(logits.reshape(-1, self.cfg.bins), codes.to(logits.device, torch.long).reshape(-1))
+
+    def autocast(self):
+        """bf16 autocast on CUDA; float32 elsewhere."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        length: int,
+        labels=None,
+        temperature: float = 1.0,
+        prime: torch.Tensor | None = None,
+        upper_codes: torch.Tensor | None = None,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        generator: torch.Generator | None = None,
+        hop_fraction: float | None = None,
+    ) -> torch.Tensor:
+        """Sample (n, length) codes with the KV cache; longer than n_ctx → overlapping windows.
+
+        `prime` (n, P) are given first tokens; `upper_codes` (n, length / cond_downsample) the level
+        above (upsamplers); `labels` a label tensor (offset = the track position of token 0) or a
+        LabelMix. See `jukebox_lite.sampling` for the window rules.
+        """
+        from jukebox_lite.sampling import sample_track
+
+        return sample_track(
+            self, n, length, labels=labels, prime=prime, upper_codes=upper_codes, temperature=temperature,
+            top_k=top_k, top_p=top_p, generator=generator, hop_fraction=hop_fraction,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def prior_from_config_dict(config: dict) -> Prior:
+    known = {f.name for f in dataclasses.fields(PriorConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise UserError(f"The prior checkpoint's config has unknown keys ({', '.join(unknown)}); upgrade jukebox-lite.")
+    return Prior(PriorConfig(**config))
+
+
+def load_prior(path: str | os.PathLike, map_location: str = "cpu", use_ema: bool = True) -> Prior:
+    """Our prior checkpoint (a run folder or .pt) → Prior in eval mode; EMA weights preferred."""
+    state = load_checkpoint(path, kind="prior", map_location=map_location)
+    prior = prior_from_config_dict(state["config"])
+    weights = state.get("ema") if use_ema and state.get("ema") else state["model"]
+    load_state(prior, weights, str(path))
+    return prior.eval()
+
+
+def load_state(prior: Prior, state_dict: dict, source: str) -> None:
+    """Load weights with one clear error naming missing/unexpected keys or wrong shapes."""
+    own = prior.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise UserError(f"Weights in '{source}' do not fit this prior config ({detail}).")
+    prior.load_state_dict(state_dict)
+
+
+# OpenAI's hparams of the released priors that a state dict cannot tell (jukebox/hparams.py).
+_OPENAI_DEFAULTS = dict(
+    heads=1, attn_order=2, blocks=128, m_attn=0.25, init_scale=1.0, merged_decoder=False, sr=44100,
+    t_bins=128, max_bow_genre_size=5, min_duration=60.0, max_duration=600.0,
+    cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_res_scale=False, cond_zero_out=False, cond_m_conv=1.0,
+)
+_OPENAI_HOPS = {2: 128, 1: 32, 0: 8}  # released VQ-VAE: downs_t (3, 2, 2), strides 2
+
+
+def strip_ddp_prefix(state_dict: dict) -> dict:
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def prior_config_from_openai(hps: dict, state_dict: dict) -> PriorConfig:
+    """Our PriorConfig for an OpenAI prior: sizes from the weights, the rest from its hparams.
+
+    Unknown hparams fall back to those of OpenAI's released models. Lyrics priors (prime/encoder
+    weights) are not supported: they raise a UserError.
+    """
+    sd = strip_ddp_prefix(state_dict)
+    hps = {**_OPENAI_DEFAULTS, **{k: v for k, v in dict(hps or {}).items() if v is not None}}
+    if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd) or "prior.x_emb.weight" not in sd:
+        raise UserError("This OpenAI checkpoint is not a plain prior (a lyrics prior or another model); it cannot be imported.")
+    bins, width = sd["prior.x_emb.weight"].shape
+    n_ctx = sd["prior.pos_emb.pos_emb"].shape[0]
+    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("prior.transformer._attn_mods."))
+    n_state = sd["prior.transformer._attn_mods.0.attn.c_attn.w"].shape[1] // 3
+    hidden = sd["prior.transformer._attn_mods.0.mlp.c_fc.w"].shape[1]
+    upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
+    level = int(hps.get("level", 1 if upsampler else 2))
+    labels = "y_emb.artist_emb.emb.weight" in sd
+    fields: dict = dict(
+        level=level, n_ctx=n_ctx, width=width, depth=depth, heads=int(hps["heads"]), attn_order=int(hps["attn_order"]),
+        blocks=int(hps["blocks"]), m_attn=n_state / width, m_mlp=hidden / width, init_scale=float(hps["init_scale"]),
+        bins=bins, merged_decoder=bool(hps["merged_decoder"]), hop_length=_OPENAI_HOPS[level], labels=labels,
+        sample_rate=int(hps["sr"]), min_duration=float(hps["min_duration"]), max_duration=float(hps["max_duration"]),
+    )
+    if labels:
+        fields.update(
+            n_genres=sd["y_emb.bow_genre_emb.emb.weight"].shape[0],
+            n_artists=sd["y_emb.artist_emb.emb.weight"].shape[0],
+            max_bow_genre_size=int(hps["max_bow_genre_size"]),
+        )
+        if "y_emb.total_length_emb.emb.weight" in sd:
+            fields["t_bins"] = sd["y_emb.total_length_emb.emb.weight"].shape[0]
+    if upsampler:
+        prefix = "conditioner_blocks.0.cond.model."
+        steps = sorted({int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)} - {0})
+        first = f"{prefix}1.1.weight"
+        units = {k.split(".")[7] for k in sd if k.startswith(f"{prefix}1.0.")}
+        fields.update(
+            cond_down_t=len(steps),
+            cond_stride_t=sd[first].shape[2] // 2,
+            cond_width=sd[f"{prefix}0.weight"].shape[0],
+            cond_depth=len(units),
+            cond_c_res=int(any(k.startswith(f"{prefix}1.0.blocks.") for k in sd)),
+            cond_m_conv=float(hps["cond_m_conv"]),
+            cond_dilation_growth_rate=int(hps["cond_dilation_growth_rate"]),
+            cond_dilation_cycle=hps["cond_dilation_cycle"],
+            cond_zero_out=bool(hps["cond_zero_out"]),
+            cond_res_scale=bool(hps["cond_res_scale"]),
+        )
+    cfg = PriorConfig(**fields)
+    cfg.validate("imported prior")
+    return cfg
+
+
+def prior_from_openai(hps: dict, state_dict: dict) -> Prior:
+    """Build our Prior from an OpenAI prior's hparams and state dict (keys are the same)."""
+    sd = strip_ddp_prefix(state_dict)
+    prior = Prior(prior_config_from_openai(hps, sd))
+    if prior.prior.tied and "prior.x_out.weight" in sd and not torch.equal(sd["prior.x_out.weight"], sd["prior.x_emb.weight"]):
+        raise UserError("The OpenAI checkpoint has an untied output layer; import it with merged_decoder=True (the 5b top prior).")
+    load_state(prior, {k: v.float() for k, v in sd.items()}, "OpenAI checkpoint")
+    return prior.eval()
+
+
+def load_openai_prior(path: str | os.PathLike, hps_overrides: dict | None = None) -> Prior:
+    """An OpenAI prior checkpoint (e.g. 5b/prior_level_1.pth.tar) → our Prior, via the safe loader."""
+    from jukebox_lite.jukebox_import import load_openai_checkpoint
+
+    hps, state_dict = load_openai_checkpoint(path)
+    return prior_from_openai({**dict(hps or {}), **(hps_overrides or {})}, state_dict)

@@ -1,0 +1,195 @@
+"""The prior model: OpenAI's key layout, equivalence with OpenAI's logits, labels, errors, learning."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.config import PriorConfig, PriorLevel1Config
+from jukebox_lite.errors import UserError
+from jukebox_lite.prior import LabelMix, Prior, load_prior, prior_config_from_openai, prior_from_openai
+
+FORMAT = Path("/work/shared/jukebox-format")
+FIXTURES = Path(__file__).parent / "fixtures"
+SR = 44100
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is far faster than two threads spinning on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+def read_tsv(name: str) -> list[tuple[str, tuple]]:
+    rows = []
+    for line in (FORMAT / name).read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
+    return rows
+
+
+TINY = dict(n_ctx=512, width=128, depth=6, heads=1, attn_order=2, blocks=16, bins=2048)
+
+
+@pytest.mark.parametrize(
+    "name,cfg",
+    [
+        ("prior_top_unlabelled_small.tsv", PriorConfig(**TINY, labels=False)),
+        ("prior_top_labelled_small.tsv", PriorConfig(**TINY, n_genres=10, n_artists=5, t_bins=64, max_bow_genre_size=1)),
+        (
+            "upsampler_level1_small.tsv",
+            PriorLevel1Config(
+                **TINY, n_genres=10, n_artists=5, cond_width=64, cond_depth=4,
+                cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_c_res=1,
+            ),
+        ),
+    ],
+)
+def test_state_dict_keys_and_shapes_match_openai(name, cfg):
+    ours = [(k, tuple(v.shape)) for k, v in Prior(cfg).state_dict().items()]
+    assert ours == read_tsv(name)
+
+
+def load_fixture(name):
+    return torch.load(FIXTURES / f"openai_prior_{name}.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["top_unlabelled", "top_labelled", "upsampler_level1"])
+def test_logits_equal_openai(name):
+    f = load_fixture(name)
+    prior = prior_from_openai(f["hps"], f["state_dict"])
+    assert list(prior.state_dict()) == list(f["state_dict"])
+    ours = prior.logits(f["codes"], upper_codes=f["upper_codes"], labels=f["labels"])
+    torch.testing.assert_close(ours, f["logits"], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["0", "1", "3"])
+def test_logits_equal_openai_other_attention_orders(order):
+    """attn_order 0, 1 (with OpenAI's untied 'merged decoder' output) and 3 (row ends, with its null key)."""
+    f = load_fixture("attn_orders")[order]
+    prior = prior_from_openai(f["hps"], f["state_dict"])
+    assert prior.cfg.attn_order == int(order)
+    torch.testing.assert_close(prior.logits(f["codes"]), f["logits"], atol=2e-5, rtol=1e-5)
+
+
+def test_config_from_openai_reads_sizes_from_weights():
+    f = load_fixture("upsampler_level1")
+    cfg = prior_config_from_openai(f["hps"], {"module." + k: v for k, v in f["state_dict"].items()})
+    assert (cfg.level, cfg.n_ctx, cfg.width, cfg.depth, cfg.bins) == (1, 64, 32, 3, 64)
+    assert (cfg.cond_width, cfg.cond_depth, cfg.cond_down_t, cfg.cond_c_res, cfg.cond_res_scale) == (16, 2, 2, 1, True)
+    assert (cfg.n_genres, cfg.n_artists, cfg.labels) == (5, 4, True)
+
+
+def small_top(labels=True, **kw) -> PriorConfig:
+    base = dict(
+        n_ctx=32, width=32, depth=3, heads=2, blocks=4, bins=16, init_scale=5.0, labels=labels, n_genres=3,
+        n_artists=2, max_bow_genre_size=2, t_bins=8, min_duration=10.0, max_duration=100.0, hop_length=128,
+    )
+    return PriorConfig(**{**base, **kw})
+
+
+def label(total_s=60, offset_s=5, artist=1, genres=(2, -1)):
+    return torch.tensor([[total_s * SR, offset_s * SR, 32 * 128, artist, *genres]])
+
+
+def test_checkpoint_round_trip_prefers_ema(tmp_path):
+    torch.manual_seed(0)
+    cfg = small_top()
+    model, ema = Prior(cfg), Prior(cfg)
+    import dataclasses
+
+    save_checkpoint(tmp_path / "last.pt", "prior", dataclasses.asdict(cfg), model.state_dict(), ema=ema.state_dict())
+    loaded = load_prior(tmp_path)
+    codes = torch.randint(0, 16, (1, 32))
+    torch.testing.assert_close(loaded.logits(codes, labels=label()), ema.eval().logits(codes, labels=label()))
+    assert not torch.allclose(loaded.logits(codes, labels=label()), model.eval().logits(codes, labels=label()))
+
+
+@pytest.mark.parametrize(
+    "kwargs,phrase",
+    [
+        (dict(labels=label(artist=2)), "Artist index"),
+        (dict(labels=label(genres=(3, -1))), "Genre index"),
+        (dict(labels=label(total_s=200)), "Total length"),
+        (dict(labels=label(total_s=60, offset_s=61)), "beyond the track or the timing"),
+        (dict(labels=None), "labelled"),
+    ],
+)
+def test_bad_labels_are_user_errors(kwargs, phrase):
+    prior = Prior(small_top()).eval()
+    with pytest.raises(UserError, match=phrase):
+        prior.logits(torch.zeros(1, 32, dtype=torch.long), **kwargs)
+
+
+def test_bad_codes_and_lengths_are_user_errors():
+    prior = Prior(small_top(labels=False)).eval()
+    with pytest.raises(UserError, match="outside 0..15"):
+        prior.logits(torch.full((1, 8), 16))
+    with pytest.raises(UserError, match="longer than this prior's n_ctx"):
+        prior.logits(torch.zeros(1, 33, dtype=torch.long))
+    up = Prior(PriorLevel1Config(**{**small_top(labels=False).__dict__, "level": 1, "cond_width": 8, "cond_depth": 1})).eval()
+    with pytest.raises(UserError, match="Upper codes have shape"):
+        up.logits(torch.zeros(1, 32, dtype=torch.long), upper_codes=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(UserError, match="needs the level-2 codes"):
+        up.logits(torch.zeros(1, 32, dtype=torch.long))
+
+
+def test_upsampler_conditioning_shapes_and_effect():
+    cfg = PriorLevel1Config(n_ctx=32, width=16, depth=2, blocks=4, bins=16, labels=False, cond_width=8, cond_depth=2)
+    prior = Prior(cfg).eval()
+    upper = torch.randint(0, 16, (3, 8))
+    cond = prior.conditioning(3, 32, upper_codes=upper).cond
+    assert cond.shape == (3, 32, 16)  # 4× the upper codes, at the prior's width
+    part = prior.conditioning(3, 20, upper_codes=upper).cond
+    assert part.shape == (3, 20, 16)
+    codes = torch.randint(0, 16, (3, 32))
+    other = (upper + 1) % 16
+    assert not torch.allclose(prior.logits(codes, upper_codes=upper), prior.logits(codes, upper_codes=other))
+
+
+def test_label_mix_interpolates_label_embeddings():
+    prior = Prior(small_top()).eval()
+    a, b = label(artist=0, genres=(0, -1)), label(artist=1, genres=(1, 2))
+    start_a, timing_a = prior.y_emb(a)
+    start_b, _ = prior.y_emb(b)
+    mixed = prior.conditioning(1, 32, labels=LabelMix(a, b, 0.25))
+    torch.testing.assert_close(mixed.start, 0.75 * start_a + 0.25 * start_b)
+    torch.testing.assert_close(prior.conditioning(1, 32, labels=LabelMix(a, b, 0.0)).start, start_a)
+    torch.testing.assert_close(mixed.cond, timing_a[:, :32])  # same timing in both label sets
+    with pytest.raises(UserError, match="mix weight"):
+        prior.conditioning(1, 32, labels=LabelMix(a, b, 1.5))
+
+
+def test_genre_padding_is_ignored():
+    prior = Prior(small_top()).eval()
+    start, _ = prior.y_emb(label(genres=(2, -1)))
+    expected = prior.y_emb.bow_genre_emb.emb.weight[2] + prior.y_emb.artist_emb.emb.weight[1]
+    torch.testing.assert_close(start[0], expected)
+
+
+def test_tiny_prior_learns_a_repeating_pattern():
+    torch.manual_seed(0)
+    cfg = PriorConfig(n_ctx=32, width=32, depth=2, heads=1, blocks=4, bins=8, labels=False, init_scale=1.0)
+    prior = Prior(cfg)
+    pattern = torch.tensor([3, 1, 4, 1, 5, 7, 2, 6]).repeat(4)[None]  # period 8
+    codes = torch.cat([pattern.roll(-s, 1) for s in range(4)])  # four phases of it
+    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss = prior.loss(codes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    prior.eval()
+    logits = prior.logits(codes)
+    # everything after the first period is determined by what came before
+    assert prior.loss(codes).item() < 0.6
+    accuracy = (logits[:, 8:].argmax(-1) == codes[:, 8:]).float().mean().item()
+    assert accuracy == 1.0
+    assert torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 8), codes[:, 8:].reshape(-1)).item() < 0.05
