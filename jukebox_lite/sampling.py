@@ -1,0 +1,270 @@
+"""Sampling from a prior with a KV cache: ancestral, primed, upsampling, and long tracks in windows.
+
+Each layer's cache keeps only the keys and values its attention pattern can still use, in slots
+laid out so that one decoding step reads a contiguous slice:
+
+    pattern 0 (dense)         every position              slot = t                      reads [0, t)
+    pattern 1 (row)           the current row            slot = t mod block_ctx        reads all
+    pattern 2 (column)        every position, by column  slot = column·blocks + row    reads the column
+    pattern 3 (previous row)  previous and current row   slot = t mod 2·block_ctx      reads all
+    pattern 4 (row ends)      the last position of rows  slot = row                    reads all
+
+Every slot remembers its position, so stale slots are masked by the same rule as in training
+(`nn.attention.allowed`): the cached logits equal the teacher-forced ones up to float rounding.
+
+Long tracks: windows of n_ctx tokens start every hop = hop_fraction·n_ctx tokens; a new window
+keeps the last n_ctx - hop tokens as its context (fed through the cache in chunks) and samples the
+rest. Each window's labels carry its own offset in the track (offset += start · hop_length, and
+sample_length = n_ctx · hop_length, as in OpenAI's sampler); an upsampler window reads the matching
+slice of the level above, cond_downsample times fewer tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from jukebox_lite.errors import UserError
+from jukebox_lite.nn.attention import EMPTY_POSITION, sdpa_attention
+from jukebox_lite.prior import Conditioning, LabelMix, Prior
+
+log = logging.getLogger(__name__)
+
+
+class LayerCache:
+    """Keys and values of one layer that later queries can still attend to (batched, lazily allocated)."""
+
+    def __init__(self, attn_func: int, n_ctx: int, block_ctx: int):
+        self.attn_func, self.n_ctx, self.block_ctx = attn_func, n_ctx, block_ctx
+        self.blocks = n_ctx // block_ctx
+        self.capacity = {0: n_ctx, 1: block_ctx, 2: n_ctx, 3: 2 * block_ctx, 4: self.blocks}[attn_func]
+        self.k = self.v = self.pos = None
+
+    def _slots(self, pos: torch.Tensor) -> torch.Tensor:
+        f, bc = self.attn_func, self.block_ctx
+        if f == 0:
+            return pos
+        if f == 1:
+            return pos % bc
+        if f == 2:
+            return (pos % bc) * self.blocks + pos // bc
+        if f == 3:
+            return pos % (2 * bc)
+        return pos // bc
+
+    def _worth_keeping(self, pos: torch.Tensor, next_pos: int) -> torch.Tensor:
+        """Which of the new positions a query at `next_pos` or later may still see."""
+        f, bc = self.attn_func, self.block_ctx
+        if f in (0, 2):
+            return torch.ones_like(pos, dtype=torch.bool)
+        if f == 1:
+            return pos // bc == next_pos // bc
+        if f == 3:
+            return pos // bc >= next_pos // bc - 1
+        return pos % bc == bc - 1
+
+    def _cached(self, q_pos: torch.Tensor):
+        """The cached slots the queries may need: one step reads a slice, a chunk reads everything."""
+        if q_pos.numel() == 1 and self.attn_func in (0, 2):
+            t = int(q_pos[0])
+            if self.attn_func == 0:
+                window = slice(0, t)
+            else:
+                column = t % self.block_ctx
+                window = slice(column * self.blocks, (column + 1) * self.blocks)
+            return self.k[:, :, window], self.v[:, :, window], self.pos[window]
+        return self.k, self.v, self.pos
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+        """q/k/v (B, H, L, D) of the new positions q_pos (L,) → attention output (B, H, L, D); caches k, v."""
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k = k.new_zeros(B, H, self.capacity, D)
+            self.v = v.new_zeros(B, H, self.capacity, D)
+            self.pos = torch.full((self.capacity,), EMPTY_POSITION, dtype=torch.long, device=k.device)
+        ck, cv, cpos = self._cached(q_pos)
+        out = sdpa_attention(
+            q, torch.cat([ck, k], 2), torch.cat([cv, v], 2), q_pos, torch.cat([cpos, q_pos]),
+            self.attn_func, self.block_ctx, self.n_ctx,
+        )
+        keep = self._worth_keeping(q_pos, int(q_pos[-1]) + 1)
+        slots = self._slots(q_pos[keep])
+        self.k[:, :, slots] = k[:, :, keep].to(self.k.dtype)
+        self.v[:, :, slots] = v[:, :, keep].to(self.v.dtype)
+        self.pos[slots] = q_pos[keep]
+        return out
+
+
+class IncrementalDecoder:
+    """Runs a prior over one window a chunk at a time, keeping per-layer KV caches.
+
+    `start()` gives the logits for position 0 (input: the start token); each `feed(codes)` takes the
+    next known codes as inputs and gives the logits for the positions after them.
+    """
+
+    def __init__(self, prior: Prior, conditioning: Conditioning):
+        self.prior, self.conditioning = prior, conditioning
+        cfg = prior.cfg
+        self.caches = [
+            LayerCache(block.attn.attn_func, cfg.n_ctx, cfg.block_ctx) for block in prior.prior.transformer._attn_mods
+        ]
+        self.length = cfg.n_ctx if conditioning.cond is None else conditioning.cond.shape[1]
+        self.t = 0  # next position
+
+    def _run(self, h: torch.Tensor) -> torch.Tensor:
+        L = h.shape[1]
+        if self.t + L > self.length:
+            raise UserError(f"Cannot decode past position {self.length} of this window.")
+        positions = torch.arange(self.t, self.t + L, device=h.device)
+        cond = None if self.conditioning.cond is None else self.conditioning.cond[:, self.t : self.t + L]
+        with self.prior.autocast():
+            logits = self.prior.prior(h, positions, cond, self.caches)
+        self.t += L
+        return logits.float()
+
+    def start(self) -> torch.Tensor:
+        """→ (B, bins) logits for position 0."""
+        return self._run(self.conditioning.start[:, None])[:, 0]
+
+    def feed(self, codes: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+        """codes (B, L): the codes at positions t-1..t+L-2 → (B, L, bins) logits for positions t..t+L-1."""
+        out = [self._run(self.prior.prior.x_emb(c)) for c in codes.split(chunk_size, dim=1)]
+        return torch.cat(out, dim=1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Keep the top_k most likely codes and/or the smallest set whose probability reaches top_p."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p > 0.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs > top_p  # the more likely codes already hold top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
+    """(B, bins) logits → (B,) codes."""
+    probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def sample_window(
+    prior: Prior,
+    conditioning: Conditioning,
+    length: int,
+    context: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One window from position 0: keep `context` (B, P) and sample up to `length` → (B, length)."""
+    decoder = IncrementalDecoder(prior, conditioning)
+    logits = decoder.start()
+    tokens = [] if context is None else [context]
+    P = 0 if context is None else context.shape[1]
+    if 0 < P < length:
+        logits = decoder.feed(context)[:, -1]
+    for t in range(P, length):
+        code = draw(logits, temperature, top_k, top_p, generator)
+        tokens.append(code[:, None])
+        if t + 1 < length:
+            logits = decoder.feed(code[:, None])[:, 0]
+    return torch.cat(tokens, dim=1)[:, :length]
+
+
+def window_starts(length: int, n_ctx: int, hop: int) -> list[int]:
+    """Window starts covering `length` tokens; the last window ends exactly at `length`."""
+    if length <= n_ctx:
+        return [0]
+    return [min(start, length - n_ctx) for start in range(0, length - n_ctx + hop, hop)]
+
+
+def _labels_at(prior: Prior, labels, start: int):
+    """The labels of the window starting at token `start`: the track's labels with its own offset."""
+    if labels is None:
+        return None
+    if callable(labels):
+        labels = labels(start)
+    if isinstance(labels, LabelMix):
+        return LabelMix(_labels_at(prior, labels.a, start), _labels_at(prior, labels.b, start), labels.weight)
+    cfg = prior.cfg
+    y = labels.clone().long()
+    if y.dim() == 2 and y.shape[1] >= 3:
+        y[:, 1] += start * cfg.hop_length
+        y[:, 2] = cfg.n_ctx * cfg.hop_length
+    return y
+
+
+def morph(labels_a: torch.Tensor, labels_b: torch.Tensor, length: int) -> Callable[[int], LabelMix]:
+    """Labels for a track that morphs from labels_a to labels_b: window at `start` mixes start/length of b."""
+    return lambda start: LabelMix(labels_a, labels_b, min(1.0, start / max(1, length)))
+
+
+@torch.no_grad()
+def sample_track(
+    prior: Prior,
+    n: int,
+    length: int,
+    labels=None,
+    prime: torch.Tensor | None = None,
+    upper_codes: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    generator: torch.Generator | None = None,
+    hop_fraction: float | None = None,
+) -> torch.Tensor:
+    """(n, length) codes of one level, in windows when longer than n_ctx (see the module docstring).
+
+    labels: a label tensor for the whole track (offset = the track position of token 0), a LabelMix,
+    or a function of the window's start token returning either (e.g. `morph(a, b, length)`).
+    """
+    cfg = prior.cfg
+    if n < 1 or length < 1:
+        raise UserError(f"Asked for {n} samples of {length} tokens; both must be at least 1.")
+    if temperature <= 0:
+        raise UserError(f"Temperature is {temperature}; it must be positive.")
+    device = prior.device
+    tokens = torch.zeros(n, 0, dtype=torch.long, device=device)
+    if prime is not None:
+        if prime.dim() != 2 or prime.shape[0] != n or prime.shape[1] > length:
+            raise UserError(f"Prime codes have shape {tuple(prime.shape)}; expected ({n}, P) with P <= {length}.")
+        prior._check_codes(prime, f"level-{cfg.level} prime codes")
+        tokens = prime.to(device, torch.long)
+    s = cfg.cond_downsample
+    if cfg.is_upsampler:
+        if upper_codes is None or length % s or tuple(upper_codes.shape) != (n, length // s):
+            shape = None if upper_codes is None else tuple(upper_codes.shape)
+            raise UserError(
+                f"Upper codes have shape {shape}; {n} × {length} level-{cfg.level} tokens need ({n}, {length // s}) "
+                f"level-{cfg.level + 1} codes (and a length that is a multiple of {s})."
+            )
+        upper_codes = upper_codes.to(device, torch.long)
+    elif upper_codes is not None:
+        raise UserError("The top-level prior takes no upper codes; pass upper_codes only to upsamplers.")
+
+    hop_fraction = cfg.hop_fraction if hop_fraction is None else hop_fraction
+    if not 0 < hop_fraction <= 1:
+        raise UserError(f"hop_fraction is {hop_fraction}; it must be in (0, 1].")
+    step = s if cfg.is_upsampler else 1
+    hop = max(step, int(hop_fraction * cfg.n_ctx) // step * step)
+    starts = window_starts(length, cfg.n_ctx, hop)
+    for start in starts:
+        window = min(length, cfg.n_ctx)
+        if tokens.shape[1] >= start + window:
+            continue  # the prime already covers this window
+        upper = None if upper_codes is None else upper_codes[:, start // s : (start + window) // s]
+        conditioning = prior.conditioning(n, window, upper, _labels_at(prior, labels, start))
+        context = tokens[:, start:]
+        log.debug("level %d: window at %d, %d context tokens, %d new", cfg.level, start, context.shape[1], start + window - tokens.shape[1])
+        sampled = sample_window(prior, conditioning, window, context, temperature, top_k, top_p, generator)
+        tokens = torch.cat([tokens, sampled[:, context.shape[1] :]], dim=1)
+    return tokens

@@ -1,0 +1,209 @@
+"""KV-cache sampling: cached logits equal teacher-forced ones; ancestral, primed, upsampling, long tracks."""
+
+import pytest
+import torch
+
+from jukebox_lite.config import PriorConfig, PriorLevel1Config
+from jukebox_lite.errors import UserError
+from jukebox_lite.nn.attention import EMPTY_POSITION, allowed
+from jukebox_lite.prior import LabelMix, Prior
+from jukebox_lite.sampling import IncrementalDecoder, LayerCache, filter_logits, morph, window_starts
+
+SR = 44100
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is far faster than two threads spinning on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def top_config(attn_order=2, labels=True, **kw):
+    base = dict(
+        n_ctx=32, width=32, depth=3, heads=2, blocks=4, bins=16, init_scale=5.0, attn_order=attn_order, labels=labels,
+        n_genres=3, n_artists=2, max_bow_genre_size=2, t_bins=8, min_duration=10.0, max_duration=100.0, hop_length=128,
+    )
+    return PriorConfig(**{**base, **kw})
+
+
+def up_config(**kw):
+    base = dict(n_ctx=32, width=32, depth=3, heads=1, blocks=4, bins=16, init_scale=5.0, labels=False, cond_width=8, cond_depth=2)
+    return PriorLevel1Config(**{**base, **kw})
+
+
+def labels_for(batch=2):
+    return torch.tensor([[60 * SR, 5 * SR, 32 * 128, 1, 2, -1], [30 * SR, 0, 32 * 128, 0, 0, 1]])[:batch]
+
+
+def cached_logits(prior, codes, cond_kwargs, chunks=None):
+    """Teacher forcing through the KV cache: one position at a time, or in the given chunk sizes."""
+    B, T = codes.shape
+    decoder = IncrementalDecoder(prior, prior.conditioning(B, T, **cond_kwargs))
+    out, t = [decoder.start()[:, None]], 0
+    for size in chunks or [1] * (T - 1):
+        out.append(decoder.feed(codes[:, t : t + size]))
+        t += size
+    return torch.cat(out, dim=1)
+
+
+CASES = [
+    ("order0-unlabelled", lambda: top_config(0, labels=False), False),
+    ("order0-labelled", lambda: top_config(0), False),
+    ("order2-unlabelled", lambda: top_config(2, labels=False), False),
+    ("order2-labelled", lambda: top_config(2), False),
+    ("order3-labelled", lambda: top_config(3), False),
+    ("upsampler-order2", lambda: up_config(), True),
+]
+
+
+@pytest.mark.parametrize("name,make_config,upsampler", CASES, ids=[c[0] for c in CASES])
+def test_cached_steps_equal_full_forward(name, make_config, upsampler):
+    torch.manual_seed(0)
+    prior = Prior(make_config()).eval()
+    codes = torch.randint(0, 16, (2, 32))
+    kwargs = dict(upper_codes=torch.randint(0, 16, (2, 8))) if upsampler else dict(labels=labels_for())
+    if not upsampler and not prior.cfg.labels:
+        kwargs = {}
+    full = prior.logits(codes, **kwargs)
+    assert full.std() > 0.1  # far from uniform, so a masking mistake would show
+    torch.testing.assert_close(cached_logits(prior, codes, kwargs), full, atol=2e-5, rtol=1e-5)
+    # primed in uneven chunks that straddle rows
+    torch.testing.assert_close(cached_logits(prior, codes, kwargs, chunks=[5, 11, 1, 14]), full, atol=2e-5, rtol=1e-5)
+
+
+def test_cache_keeps_only_what_each_pattern_needs():
+    n_ctx, block_ctx = 32, 8
+    expected_capacity = {0: 32, 1: 8, 2: 32, 3: 16, 4: 4}
+    for attn_func, capacity in expected_capacity.items():
+        cache = LayerCache(attn_func, n_ctx, block_ctx)
+        for t in range(21):  # up to the middle of row 2
+            q = torch.randn(1, 1, 1, 4)
+            cache.attend(q, q.clone(), q.clone(), torch.tensor([t]))
+        assert cache.k.shape[2] == capacity
+        held = sorted(p for p in cache.pos.tolist() if p != EMPTY_POSITION)
+        wanted = {
+            0: list(range(21)),
+            1: list(range(16, 21)),  # current row only (stale slots of row 1 are masked, then overwritten)
+            2: list(range(21)),
+            3: list(range(8, 21)),  # previous and current row
+            4: [7, 15],  # row ends
+        }[attn_func]
+        assert set(wanted) <= set(held)
+        stale = torch.tensor(sorted(set(held) - set(wanted)), dtype=torch.long)
+        future = torch.arange(21, n_ctx)
+        assert not allowed(attn_func, future[:, None], stale[None, :], block_ctx, n_ctx).any()
+
+
+def test_sampling_is_seeded_and_batched():
+    prior = Prior(top_config(labels=False)).eval()
+    a = prior.sample(3, 20, generator=torch.Generator().manual_seed(1))
+    b = prior.sample(3, 20, generator=torch.Generator().manual_seed(1))
+    c = prior.sample(3, 20, generator=torch.Generator().manual_seed(2))
+    assert a.shape == (3, 20) and a.dtype == torch.long
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.min()) >= 0 and int(a.max()) < 16
+
+
+def test_greedy_sampling_follows_teacher_forced_argmax():
+    """top_k=1 must pick the argmax of the same logits the full forward gives, at every position."""
+    prior = Prior(top_config()).eval()
+    y = labels_for()
+    codes = prior.sample(2, 32, labels=y, top_k=1)
+    sampled_y = y.clone()
+    sampled_y[:, 2] = 32 * 128  # the sampler sets sample_length to one window
+    assert torch.equal(prior.logits(codes, labels=sampled_y).argmax(-1), codes)
+
+
+def test_primed_sampling_keeps_the_prime_and_continues_from_it():
+    prior = Prior(top_config(labels=False)).eval()
+    prime = torch.randint(0, 16, (2, 13))
+    codes = prior.sample(2, 32, prime=prime, top_k=1)
+    assert torch.equal(codes[:, :13], prime)
+    assert torch.equal(prior.logits(codes)[:, 13:].argmax(-1), codes[:, 13:])
+
+
+def test_upsampling_reads_the_upper_codes():
+    prior = Prior(up_config()).eval()
+    upper = torch.randint(0, 16, (2, 8))
+    codes = prior.sample(2, 32, upper_codes=upper, top_k=1)
+    assert torch.equal(prior.logits(codes, upper_codes=upper).argmax(-1), codes)
+    with pytest.raises(UserError, match="Upper codes have shape"):
+        prior.sample(2, 32, upper_codes=upper[:, :7])
+    with pytest.raises(UserError, match="Upper codes have shape"):
+        prior.sample(2, 32)
+
+
+def test_filter_logits():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, False, False, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.97)).tolist() == [[False, False, False, False]]
+
+
+def test_window_starts():
+    assert window_starts(20, 32, 4) == [0]
+    assert window_starts(64, 32, 16) == [0, 16, 32]
+    assert window_starts(70, 32, 16) == [0, 16, 32, 38]  # the last window ends at the track's end
+
+
+def record_windows(prior):
+    """Wrap prior.conditioning to record what each window was conditioned on."""
+    seen, original = [], prior.conditioning
+
+    def spy(batch, length, upper_codes=None, labels=None):
+        seen.append((length, upper_codes, labels))
+        return original(batch, length, upper_codes, labels)
+
+    prior.conditioning = spy
+    return seen
+
+
+def test_long_top_level_track_windows_and_timing():
+    prior = Prior(top_config()).eval()
+    seen = record_windows(prior)
+    y = labels_for(1)
+    codes = prior.sample(1, 80, labels=y, top_k=1, hop_fraction=0.25)  # hop 8 tokens
+    assert codes.shape == (1, 80)
+    starts = window_starts(80, 32, 8)
+    assert len(seen) == len(starts)
+    for start, (length, _, window_labels) in zip(starts, seen):
+        assert length == 32
+        assert int(window_labels[0, 1]) == int(y[0, 1]) + start * 128  # offset in samples
+        assert int(window_labels[0, 2]) == 32 * 128
+    # each window continues its kept context greedily: check the last one against a full forward
+    last = starts[-1]
+    window = codes[:, last : last + 32]
+    prior.conditioning = type(prior).conditioning.__get__(prior)
+    assert torch.equal(prior.logits(window, labels=seen[-1][2])[:, 32 - 8 :].argmax(-1), window[:, 32 - 8 :])
+
+
+def test_long_upsampled_track_reads_matching_slices():
+    prior = Prior(up_config()).eval()
+    seen = record_windows(prior)
+    upper = torch.randint(0, 16, (2, 24))
+    codes = prior.sample(2, 96, upper_codes=upper, hop_fraction=0.5)
+    assert codes.shape == (2, 96)
+    for start, (length, window_upper, _) in zip(window_starts(96, 32, 16), seen):
+        assert torch.equal(window_upper, upper[:, start // 4 : (start + 32) // 4])
+
+
+def test_genre_morph_changes_labels_along_the_track():
+    prior = Prior(top_config()).eval()
+    seen = record_windows(prior)
+    a, b = labels_for(1), torch.tensor([[60 * SR, 5 * SR, 32 * 128, 0, 0, 1]])
+    prior.sample(1, 64, labels=morph(a, b, 64), hop_fraction=0.5)
+    weights = [window_labels.weight for _, _, window_labels in seen]
+    assert weights == [0.0, 0.25, 0.5]
+    assert all(isinstance(w[2], LabelMix) for w in seen)
+    assert int(seen[-1][2].b[0, 1]) == 5 * SR + 32 * 128  # both label sets carry the window offset
+
+
+def test_track_longer_than_timing_embeddings_is_a_user_error():
+    prior = Prior(top_config()).eval()
+    y = torch.tensor([[int(99.99 * SR), int(99.9 * SR), 0, 1, 2, -1]])  # later windows end after 100 s
+    with pytest.raises(UserError, match="timing embeddings"):
+        prior.sample(1, 64, labels=y, hop_fraction=0.5)
