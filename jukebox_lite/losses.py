@@ -1,0 +1,131 @@
+"""VQ-VAE reconstruction losses and the data "bandwidth" that normalises them.
+
+Jukebox divides every loss term by a statistic of the training audio (its variance for the sample
+losses, the mean STFT-magnitude norm for the spectral ones), so the weights in the config mean the
+same thing whatever the loudness of the corpus. `compute_bandwidth` measures those statistics once
+per dataset; the model keeps them in buffers so they travel inside its checkpoint.
+
+Spectra use torch.stft (no torchaudio) and always run in float32, also under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+# Jukebox's single-resolution STFT, used for the bandwidth statistic and the spectral-convergence metric.
+BANDWIDTH_STFT = (2048, 256, 1536)  # n_fft, hop_length, window_size
+
+
+def _magnitude(x: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -> torch.Tensor:
+    """(batch, time) → |STFT| (batch, n_fft//2 + 1, frames), centred with reflect padding as in
+    Jukebox (zero padding for clips too short to reflect)."""
+    pad_mode = "reflect" if x.shape[-1] > n_fft // 2 else "constant"
+    spec = torch.stft(
+        x,
+        n_fft,
+        hop_length,
+        win_length=window.shape[0],
+        window=window,
+        center=True,
+        pad_mode=pad_mode,
+        return_complex=True,
+    )
+    return spec.abs()
+
+
+def _mono(x: torch.Tensor) -> torch.Tensor:
+    """(batch, channels, time) → float32 (batch, time), averaging the channels."""
+    return x.float().mean(dim=1) if x.dim() == 3 else x.float()
+
+
+def _per_item_norm(x: torch.Tensor) -> torch.Tensor:
+    """(batch, ...) → (batch,) Euclidean norm of each item."""
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+
+
+def l2_loss(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over everything."""
+    return torch.mean((pred - target) ** 2)
+
+
+def linf_loss(target: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of each item's k largest squared errors: a soft L∞ that punishes clicks and spikes."""
+    squared = ((pred - target) ** 2).reshape(target.shape[0], -1)  # (batch, channels·time)
+    return torch.topk(squared, min(k, squared.shape[1]), dim=1, sorted=False).values.mean()
+
+
+class MultiSpectralLoss(nn.Module):
+    """Mean over STFT resolutions of ‖|STFT(target)| − |STFT(pred)|‖₂ per item, averaged over the batch.
+
+    The Hann windows are non-persistent buffers: they follow the module to its device but stay out of
+    the state dict (so checkpoints keep OpenAI's key layout).
+    """
+
+    def __init__(self, n_ffts: Sequence[int], hop_lengths: Sequence[int], window_sizes: Sequence[int]):
+        super().__init__()
+        self.settings = list(zip(n_ffts, hop_lengths, window_sizes))
+        for i, (_, _, window_size) in enumerate(self.settings):
+            self.register_buffer(f"window_{i}", torch.hann_window(window_size), persistent=False)
+
+    def forward(self, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            target, pred = _mono(target), _mono(pred)  # (batch, time) float32
+            per_item = 0.0
+            for i, (n_fft, hop, _) in enumerate(self.settings):
+                window = getattr(self, f"window_{i}")
+                diff = _magnitude(target, n_fft, hop, window) - _magnitude(pred, n_fft, hop, window)
+                per_item = per_item + _per_item_norm(diff)
+            return (per_item / len(self.settings)).mean()
+
+
+def spectral_convergence(target: torch.Tensor, pred: torch.Tensor, epsilon: float = 2e-3) -> torch.Tensor:
+    """‖|S(target)| − |S(pred)|‖ / ‖S(target)‖ per item (0 where the target is silent), batch mean.
+
+    A metric, not a training loss: it is comparable across corpora without a bandwidth.
+    """
+    n_fft, hop, window_size = BANDWIDTH_STFT
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        window = torch.hann_window(window_size, device=pred.device)
+        spec_target = _magnitude(_mono(target), n_fft, hop, window)
+        spec_pred = _magnitude(_mono(pred), n_fft, hop, window)
+        target_norm = _per_item_norm(spec_target)
+        residual_norm = _per_item_norm(spec_target - spec_pred)
+        mask = (target_norm > epsilon).float()
+        return (residual_norm * mask / target_norm.clamp(min=epsilon)).mean()
+
+
+@torch.no_grad()
+def compute_bandwidth(
+    clips: Iterable[torch.Tensor | np.ndarray], process_group: dist.ProcessGroup | None = None
+) -> dict[str, float]:
+    """Statistics of the training audio that normalise the losses: {'l1', 'l2', 'spec'}.
+
+    Feed clips of the training window length (`vqvae.sample_length`, as (channels, time) or (time,)):
+    'spec' is the mean norm of a clip's STFT magnitude, so it depends on the clip length, exactly as
+    the spectral loss of a training window does. 'l2' is the sample variance, 'l1' the mean |x|.
+    Under torch.distributed each rank passes its own share and all ranks get the global statistics.
+    """
+    n_fft, hop, window_size = BANDWIDTH_STFT
+    window = torch.hann_window(window_size, dtype=torch.float64)
+    # [n_samples, sum, sum of squares, sum of |x|, sum of spectral norms, n_clips]
+    totals = torch.zeros(6, dtype=torch.float64)
+    for clip in clips:
+        x = torch.as_tensor(clip, dtype=torch.float64)
+        if x.dim() == 2:
+            x = x.mean(dim=0)  # (channels, time) → (time,)
+        spec_norm = torch.linalg.vector_norm(_magnitude(x[None], n_fft, hop, window))
+        totals += torch.stack(
+            [x.new_tensor(x.numel()), x.sum(), (x**2).sum(), x.abs().sum(), spec_norm, x.new_tensor(1.0)]
+        )
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals, group=process_group)
+    n, total, total_sq, total_abs, spec_total, n_clips = totals.tolist()
+    if n == 0:
+        raise ValueError("compute_bandwidth needs at least one clip")
+    mean = total / n
+    return {"l1": total_abs / n, "l2": total_sq / n - mean**2, "spec": spec_total / n_clips}
