@@ -1,5 +1,6 @@
 """The prior model: OpenAI's key layout, equivalence with OpenAI's logits, labels, errors, learning."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,6 @@ def test_checkpoint_round_trip_prefers_ema(tmp_path):
     torch.manual_seed(0)
     cfg = small_top()
     model, ema = Prior(cfg), Prior(cfg)
-    import dataclasses
-
     save_checkpoint(tmp_path / "last.pt", "prior", dataclasses.asdict(cfg), model.state_dict(), ema=ema.state_dict())
     loaded = load_prior(tmp_path)
     codes = torch.randint(0, 16, (1, 32))
@@ -193,3 +192,20 @@ def test_tiny_prior_learns_a_repeating_pattern():
     accuracy = (logits[:, 8:].argmax(-1) == codes[:, 8:]).float().mean().item()
     assert accuracy == 1.0
     assert torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 8), codes[:, 8:].reshape(-1)).item() < 0.05
+
+
+def test_load_openai_prior_from_a_checkpoint_file(tmp_path):
+    """The import path a later `import-jukebox --prior-level-N` uses: OpenAI's file layout, DDP prefix."""
+    from jukebox_lite.prior import load_openai_prior
+
+    f = load_fixture("upsampler_level1")
+    path = tmp_path / "prior_level_1.pth.tar"
+    torch.save({"hps": f["hps"], "model": {"module." + k: v for k, v in f["state_dict"].items()}, "step": 3}, path)
+    prior = load_openai_prior(path)
+    torch.testing.assert_close(prior.logits(f["codes"], f["upper_codes"], f["labels"]), f["logits"], atol=2e-5, rtol=1e-5)
+
+
+def test_untied_openai_output_needs_merged_decoder():
+    f = load_fixture("attn_orders")["1"]
+    with pytest.raises(UserError, match="merged_decoder"):
+        prior_from_openai({**f["hps"], "merged_decoder": False}, f["state_dict"])
