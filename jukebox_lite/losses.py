@@ -72,15 +72,22 @@ class MultiSpectralLoss(nn.Module):
         for i, (_, _, window_size) in enumerate(self.settings):
             self.register_buffer(f"window_{i}", torch.hann_window(window_size), persistent=False)
 
+    def spectra(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Audio (batch, channels, time) → its magnitude spectrogram at each resolution."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            mono = _mono(x)  # (batch, time) float32
+            return [
+                _magnitude(mono, n_fft, hop, getattr(self, f"window_{i}"))
+                for i, (n_fft, hop, _) in enumerate(self.settings)
+            ]
+
+    def from_spectra(self, target_spectra: list[torch.Tensor], pred: torch.Tensor) -> torch.Tensor:
+        """The loss against a target whose `spectra` were computed once (the VQ-VAE reuses them per level)."""
+        per_item = sum(_per_item_norm(t - p) for t, p in zip(target_spectra, self.spectra(pred)))
+        return (per_item / len(self.settings)).mean()
+
     def forward(self, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=pred.device.type, enabled=False):
-            target, pred = _mono(target), _mono(pred)  # (batch, time) float32
-            per_item = 0.0
-            for i, (n_fft, hop, _) in enumerate(self.settings):
-                window = getattr(self, f"window_{i}")
-                diff = _magnitude(target, n_fft, hop, window) - _magnitude(pred, n_fft, hop, window)
-                per_item = per_item + _per_item_norm(diff)
-            return (per_item / len(self.settings)).mean()
+        return self.from_spectra(self.spectra(target), pred)
 
 
 def spectral_convergence(target: torch.Tensor, pred: torch.Tensor, epsilon: float = 2e-3) -> torch.Tensor:

@@ -348,6 +348,7 @@ class VQVAE(nn.Module):
         target = x.float()
         update = self.training
         bw_l2, bw_spec = self.bandwidth_l2, self.bandwidth_spec
+        target_spectra = self.multispectral.spectra(target)  # shared by the levels
         reconstructions, metrics = [], {}
         loss = x.new_zeros((), dtype=torch.float32)
         for level in range(self.levels):
@@ -357,7 +358,7 @@ class VQVAE(nn.Module):
             terms = {
                 "l2": l2_loss(target, recon) / bw_l2,
                 "linf": linf_loss(target, recon, cfg.linf_k) / bw_l2,
-                "multispectral": self.multispectral(target, recon) / bw_spec,
+                "multispectral": self.multispectral.from_spectra(target_spectra, recon) / bw_spec,
                 "commit": commit,
             }
             level_loss = (
