@@ -358,3 +358,32 @@ def test_tiny_vqvae_learns_to_reconstruct():
     assert last / 5 < 0.3 * (first / 5), (first / 5, last / 5)
     assert held_out["l2_l0"] < 0.5 * first / 5
     assert held_out["perplexity_l0"] > 2.0  # more than a couple of codes in use
+
+
+def _two_rank_worker(rank: int, store: str, results) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = VQVAE.from_config(tiny_config(l_bins=64, revival_threshold=5.0)).train()  # many restarts
+        torch.manual_seed(100 + rank)  # each rank draws different random numbers
+        restarts = 0.0
+        for step in range(3):
+            _, metrics = model(synth_audio(2, 1024, seed=10 * step + rank))  # and sees different data
+            restarts += float(metrics["restarts_l0"])
+        blocks = model.bottleneck.level_blocks
+        results[rank] = (torch.cat([b.k.flatten() for b in blocks] + [b.k_elem for b in blocks]), restarts)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_codebooks_stay_identical_across_two_ranks(tmp_path):
+    """Two gloo processes with different data and seeds end with the same codebooks and EMA state."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_two_rank_worker, args=(str(tmp_path / "store"), results), nprocs=2)
+        (k0, restarts), (k1, _) = results[0], results[1]
+    assert restarts > 0  # the broadcast of restart vectors ran
+    assert torch.equal(k0, k1)
