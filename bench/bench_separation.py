@@ -1,0 +1,120 @@
+"""How fast the torch Spleeter port removes vocals: seconds of audio separated per second of wall time.
+
+Two measurements per device (CPU, and CUDA when present):
+  separator  the data stage's path: numpy (2, T) at 44.1 kHz → accompaniment (segments, cross-fade)
+  model      the torch API on a (batch, 2, T) tensor, in variants: fp32, channels_last, bf16 autocast
+Each is warmed up once, then timed `--repeats` times; the table shows the best and the median run.
+The input is the example song shipped with the weights, tiled to `--seconds`.
+
+    python bench/bench_separation.py [--seconds 60] [--repeats 3] [--threads N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jukebox_lite.audio import load_audio
+from jukebox_lite.config import SeparationConfig
+from jukebox_lite.separation import SAMPLE_RATE, Spleeter2Stems, make_separator, spleeter_asset
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def example_audio(seconds: float) -> np.ndarray:
+    song, sr = load_audio(spleeter_asset("audio_example.mp3"))
+    assert sr == SAMPLE_RATE
+    length = int(seconds * SAMPLE_RATE)
+    return np.ascontiguousarray(np.tile(song, (1, length // song.shape[1] + 1))[:, :length])
+
+
+def timed(fn, repeats: int, sync) -> list[float]:
+    fn()  # warm-up: oneDNN / cuDNN pick and cache their kernels on the first call
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_device(device: str, audio: np.ndarray, args) -> list[dict]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    seconds = audio.shape[1] / SAMPLE_RATE
+    rows = []
+
+    def record(name: str, audio_seconds: float, times: list[float]) -> None:
+        rows.append({
+            "device": device, "measure": name, "audio_seconds": audio_seconds,
+            "best_x_realtime": audio_seconds / min(times), "median_x_realtime": audio_seconds / statistics.median(times),
+            "times_s": times,
+        })
+
+    cfg = SeparationConfig(device=device, batch_size=args.batch_size, segment_seconds=args.segment_seconds)
+    separator = make_separator(cfg)
+    record("separator (numpy, stereo 44.1k)", seconds, timed(lambda: separator(audio, SAMPLE_RATE), args.repeats, sync))
+
+    model = Spleeter2Stems.pretrained(device)
+    batch = torch.from_numpy(audio).to(device).unsqueeze(0).expand(args.batch_size, -1, -1).contiguous()
+    variants = {
+        "fp32": (torch.contiguous_format, contextlib.nullcontext),
+        "channels_last": (torch.channels_last, contextlib.nullcontext),
+        "bf16 autocast": (torch.contiguous_format, lambda: torch.autocast(device, dtype=torch.bfloat16)),
+    }
+    for name, (memory_format, autocast) in variants.items():
+        model.to(memory_format=memory_format)
+
+        def run():
+            with torch.inference_mode(), autocast():
+                model(batch)
+
+        record(f"model {name} (batch {args.batch_size})", args.batch_size * seconds, timed(run, args.repeats, sync))
+    model.to(memory_format=torch.contiguous_format)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the stereo input")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4, help="separation.batch_size, and the model batch")
+    parser.add_argument("--segment-seconds", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
+    parser.add_argument("--json", type=Path, help="where to write results (default bench/results/...)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    audio = example_audio(args.seconds)
+    devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
+    rows = [row for device in devices for row in bench_device(device, audio, args)]
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
+    print(f"{'device':6}  {'measure':40}  {'audio s':>8}  {'best x RT':>9}  {'median x RT':>11}")
+    for r in rows:
+        print(f"{r['device']:6}  {r['measure']:40}  {r['audio_seconds']:8.1f}  "
+              f"{r['best_x_realtime']:9.1f}  {r['median_x_realtime']:11.1f}")
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.json or RESULTS / f"separation-{platform.node()}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "args": {k: str(v) for k, v in vars(args).items()}, "host": platform.node(), "utc": stamp}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
