@@ -31,7 +31,7 @@ import numpy as np
 import scipy.signal
 from tqdm import tqdm
 
-from jukebox_lite.atomic import atomic_path
+from jukebox_lite.atomic import atomic_path, remove_stale_temporaries
 from jukebox_lite.audio import AudioError, load_audio, write_flac
 from jukebox_lite.errors import UserError
 from jukebox_lite.separation import spleeter_asset
@@ -566,21 +566,6 @@ def _is_complete(path: Path, frames: int, sample_rate: int) -> bool:
     return audio.shape == (2, frames) and sr == sample_rate
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete temporary files that a killed earlier run left behind (atomic_path's `.name.tmpPID.ext`)."""
-    for tmp in out_dir.rglob(".*.tmp*"):
-        match = re.search(r"\.tmp(\d+)\.[^.]+$", tmp.name)
-        if match is None or not tmp.is_file():
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:  # its writer is gone
-            log.info("removing %s, left by an interrupted run", tmp)
-            tmp.unlink(missing_ok=True)
-        except PermissionError:  # alive, someone else's
-            pass
-
-
 def _write_if_changed(path: Path, text: str) -> None:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
@@ -607,7 +592,7 @@ def write_demo_corpus(
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"'{out_dir}' is a file; pass a folder to --out.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir)
 
     frames = int(round(seconds * sample_rate))
     rows, paths, written = [], [], 0

@@ -29,7 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from jukebox_lite import audio
-from jukebox_lite.atomic import append_line, read_jsonl
+from jukebox_lite.atomic import append_line, read_jsonl, remove_stale_temporaries
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.config import DataConfig, load_config, save_config
 from jukebox_lite.errors import UserError
@@ -217,8 +217,7 @@ def prepare(
     data_dir = run_dir / "data"
     _check_settings(data_dir, cfg)
     (data_dir / "audio").mkdir(parents=True, exist_ok=True)
-    for stale in (data_dir / "audio").glob(".*.tmp*"):  # left by a run killed mid-write
-        stale.unlink()
+    remove_stale_temporaries(data_dir / "audio")
     save_config(recipe, data_dir / "config.yaml")
     manifest_path, rejected_path = data_dir / "manifest.jsonl", data_dir / "rejected.jsonl"
     manifest = read_jsonl(manifest_path)

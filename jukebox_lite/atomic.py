@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -28,6 +32,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporaries of `atomic_path` below `folder` whose writing process no longer exists.
+
+    A SIGKILL skips every cleanup, so the next run does it; a live writer's file is left alone.
+    """
+    for tmp in Path(folder).rglob(".*.tmp*"):
+        match = re.search(r"\.tmp(\d+)(\.[^.]+)?$", tmp.name)
+        if match is None or not tmp.is_file():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:  # its writer is gone
+            log.info("removing %s, left by an interrupted run", tmp)
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, someone else's
+            pass
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

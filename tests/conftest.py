@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 
 def synth_music(seconds: float, sr: int, seed: int = 0, channels: int = 2) -> np.ndarray:
@@ -31,3 +32,12 @@ def write_audio(path: Path, audio: np.ndarray, sr: int, **kwargs) -> Path:
 @pytest.fixture
 def music():
     return synth_music
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests use tiny tensors: one intra-op thread is far faster than two spinning on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,16 +19,6 @@ from jukebox_lite.nn.attention import (
 SHAPES = [(16, 4), (24, 6), (32, 2)]  # (n_ctx, blocks)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is far faster than two threads spinning on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def brute_force_keys(attn_func: int, q: int, n_ctx: int, blocks: int) -> set:
     """The keys a query sees, listed the slow way; 'null' is the all-zero key."""
     row_len = n_ctx // blocks

@@ -1,7 +1,7 @@
 """The data stage on synthesized corpora: good files, every kind of bad file, resume, labels, splits."""
 
 import json
-import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -114,7 +114,9 @@ def test_a_killed_run_leaves_no_partial_file_and_resumes(corpus, tmp_path, monke
     def dies_on_second_write(path, wav, sr):
         calls.append(path)
         if len(calls) == 2:
-            with open(path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}"), "wb") as f:
+            killed = subprocess.Popen(["true"])
+            killed.wait()  # a writer process that no longer exists, as after a SIGKILL
+            with open(path.with_name(f".{path.stem}.tmp{killed.pid}{path.suffix}"), "wb") as f:
                 f.write(b"fLaC half")  # what a kill mid-write leaves: only a temporary
             raise KeyboardInterrupt
         real_write(path, wav, sr)

@@ -21,15 +21,6 @@ from jukebox_lite.vqvae import load_vqvae
 TSV = Path("/work/shared/jukebox-format/vqvae_released_hparams.tsv")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads make these tiny ops far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def released_shapes() -> dict[str, tuple[int, ...]]:
     rows = [line.split("\t") for line in TSV.read_text().splitlines() if not line.startswith("#")]
     return {key: tuple(int(v) for v in shape.strip("()").split(",") if v.strip()) for key, shape in rows}
@@ -234,3 +225,32 @@ def test_cli_run_writes_into_the_run_folder(openai_file, tmp_path):
     assert jukebox_import.run(parser.parse_args([*map(str, ["--vqvae", path, "--out", tmp_path / "run"]), "--force"])) == 0
     with pytest.raises(UserError, match="no file to import"):
         jukebox_import.run(parser.parse_args(["--out", str(tmp_path / "run")]))
+
+
+def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path, capsys):
+    from jukebox_lite.cli import main
+    from jukebox_lite.prior import load_prior
+
+    fixtures = Path(__file__).parent / "fixtures"
+    files = {}
+    for name in ("upsampler_level1", "top_labelled"):
+        recorded = torch.load(fixtures / f"openai_prior_{name}.pt", weights_only=True)
+        files[name] = tmp_path / f"{name}.pth.tar"  # OpenAI's container: hps + DDP-prefixed state dict
+        model = {f"module.{k}": v for k, v in recorded["state_dict"].items()}
+        torch.save({"hps": recorded["hps"], "model": model, "step": 7}, files[name])
+        files[name + "_recorded"] = recorded
+
+    run = tmp_path / "run"
+    argv = ["import-jukebox", "--prior-level-1", str(files["upsampler_level1"]), "--prior-level-2", str(files["top_labelled"])]
+    assert main([*argv, "--out", str(run)]) == 0
+    for name, level in (("upsampler_level1", 1), ("top_labelled", 2)):
+        recorded = files[name + "_recorded"]
+        prior = load_prior(run / f"prior_level{level}")
+        assert prior.cfg.level == level
+        logits = prior.logits(recorded["codes"], upper_codes=recorded.get("upper_codes"), labels=recorded["labels"])
+        torch.testing.assert_close(logits, recorded["logits"], atol=2e-5, rtol=1e-5)
+
+    assert main(["import-jukebox", "--prior-level-0", str(files["top_labelled"]), "--out", str(tmp_path / "r2")]) == 2
+    assert "holds a top-level prior, not a level-0 prior" in capsys.readouterr().err
+    assert main([*argv, "--out", str(run)]) == 2  # nothing is overwritten without --force
+    assert "already exists" in capsys.readouterr().err

@@ -16,16 +16,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SR = 44100
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is far faster than two threads spinning on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def read_tsv(name: str) -> list[tuple[str, tuple]]:
     rows = []
     for line in (FORMAT / name).read_text().splitlines():
@@ -82,7 +72,7 @@ def test_logits_equal_openai_other_attention_orders(order):
 
 def test_config_from_openai_reads_sizes_from_weights():
     f = load_fixture("upsampler_level1")
-    cfg = prior_config_from_openai(f["hps"], {"module." + k: v for k, v in f["state_dict"].items()})
+    cfg = prior_config_from_openai(f["hps"], f["state_dict"])  # load_openai_checkpoint strips "module."
     assert (cfg.level, cfg.n_ctx, cfg.width, cfg.depth, cfg.bins) == (1, 64, 32, 3, 64)
     assert (cfg.cond_width, cfg.cond_depth, cfg.cond_down_t, cfg.cond_c_res, cfg.cond_res_scale) == (16, 2, 2, 1, True)
     assert (cfg.n_genres, cfg.n_artists, cfg.labels) == (5, 4, True)

@@ -12,15 +12,6 @@ from jukebox_lite.sampling import IncrementalDecoder, LayerCache, filter_logits,
 SR = 44100
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is far faster than two threads spinning on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def top_config(attn_order=2, labels=True, **kw):
     base = dict(
         n_ctx=32, width=32, depth=3, heads=2, blocks=4, bins=16, init_scale=5.0, attn_order=attn_order, labels=labels,

@@ -19,15 +19,6 @@ FORMAT_DIR = Path("/work/shared/jukebox-format")
 FIXTURE = Path(__file__).parent / "fixtures" / "openai_vqvae_small.pt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads make these tiny ops far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**changes) -> VQVAEConfig:
     values = dict(
         sample_length=1024,
