@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from jukebox_lite.atomic import atomic_path
 from jukebox_lite.errors import UserError
@@ -58,3 +59,21 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_locati
     if kind is not None and state.get("kind") != kind:
         raise UserError(f"Checkpoint '{path}' holds a {state.get('kind')} model, not a {kind}.")
     return state
+
+
+def load_state_checked(model: nn.Module, state: dict, source: str, strict: bool = True) -> None:
+    """`load_state_dict`, but a missing, unexpected or wrongly shaped key is one UserError naming it."""
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise UserError(f"'{source}' has the key '{key}', which this model does not have; is it a checkpoint of this kind of model?")
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise UserError(
+                f"'{source}' holds '{key}' with shape {tuple(value.shape)}, but the config gives "
+                f"{tuple(own[key].shape)}; the checkpoint and its config disagree."
+            )
+    if strict:
+        missing = [key for key in own if key not in state]
+        if missing:
+            raise UserError(f"'{source}' lacks the key '{missing[0]}'; the file is incomplete.")
+    model.load_state_dict(state, strict=strict)

@@ -18,6 +18,7 @@ STAGES = {
     "demo-corpus": ("data_prep.demo_corpus", "synthesize the built-in demo corpus (no downloads)"),
     "prepare": ("data_prep.ingest", "data stage: vocal removal, resample, label, split → RUN/data"),
     "separate": ("jukebox_lite.separation", "remove vocals from one file (Spleeter 2 stems)"),
+    "import-jukebox": ("jukebox_lite.jukebox_import", "convert OpenAI Jukebox checkpoints into a run folder"),
 }
 
 log = logging.getLogger("jukebox_lite")

@@ -317,7 +317,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"Config key '{key}' must be a mapping of {tp.__name__} fields, not {value!r}.")
-        return _build(tp, value, key + ".")
+        return section_from_dict(tp, value, key + ".")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -347,7 +347,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict, prefix: str = "") -> Any:
+def section_from_dict(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build a config dataclass from a mapping (a recipe section or a checkpoint's `config`), type-checked."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -396,7 +397,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise UserError(f"Recipe '{path}' must be a YAML mapping of sections.")
     for text in overrides:
         _set_dotted(tree, *parse_override(text))
-    cfg = _build(RecipeConfig, tree)
+    cfg = section_from_dict(RecipeConfig, tree)
     cfg.validate()
     return cfg
 

@@ -1,6 +1,7 @@
 """Import OpenAI Jukebox's released checkpoints (files the user brings) as jukebox-lite checkpoints.
 
-`jukebox-lite import-jukebox --vqvae vqvae.pth.tar --out RUN` writes RUN/vqvae/last.pt.
+`jukebox-lite import-jukebox --vqvae vqvae.pth.tar --prior-level-1 prior_level_1.pth.tar ... --out RUN`
+writes RUN/vqvae/last.pt and RUN/prior_level<N>/last.pt.
 
 OpenAI's files are full pickles holding their own classes (`jukebox.hparams.Hyperparams`), so they
 cannot be read with `weights_only=True`, and a plain unpickle would import and run whatever the file
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import logging
 import math
@@ -26,10 +28,11 @@ from typing import Any, Callable
 
 import torch
 
-from jukebox_lite.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_state_checked, save_checkpoint
 from jukebox_lite.config import VQVAEConfig
 from jukebox_lite.errors import UserError
-from jukebox_lite.vqvae import VQVAE, load_state_checked
+from jukebox_lite.prior import load_openai_prior
+from jukebox_lite.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +266,13 @@ def vqvae_config_from_openai(hps: dict, state: dict[str, torch.Tensor], source: 
     return cfg
 
 
+def _output_path(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out_dir) / CHECKPOINT_NAME
+    if out.exists() and not overwrite:
+        raise UserError(f"'{out}' already exists; remove it or pass --force to replace it.")
+    return out
+
+
 def import_vqvae(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """OpenAI's vqvae.pth.tar → our checkpoint `out_dir/last.pt`; returns its path.
 
@@ -271,9 +281,7 @@ def import_vqvae(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
     when it resumes training), and the data bandwidth is taken from the hps when present.
     """
     source = str(path)
-    out = Path(out_dir) / CHECKPOINT_NAME
-    if out.exists() and not overwrite:
-        raise UserError(f"'{out}' already exists; remove it or pass --force to replace it.")
+    out = _output_path(out_dir, overwrite)
     hps, state = load_openai_checkpoint(path)
     if "bottleneck.level_blocks.0.k" not in state:
         raise UserError(
@@ -306,17 +314,38 @@ def import_vqvae(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
     return out
 
 
+def import_prior(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, *, level: int) -> Path:
+    """OpenAI's prior_level_N.pth.tar (an upsampler or a small_prior-format top prior) → `out_dir/last.pt`."""
+    out = _output_path(out_dir, overwrite)
+    prior = load_openai_prior(path, {"level": level})
+    save_checkpoint(
+        out,
+        kind="prior",
+        config=dataclasses.asdict(prior.cfg),
+        model=prior.state_dict(),
+        step=0,
+        imported_from=os.path.abspath(path),
+    )
+    log.info("imported %s → %s (level %d)", path, out, level)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
 # option dest → (importer, sub-folder of the run folder). Importers take (path, out_dir, overwrite).
 IMPORTERS: dict[str, tuple[Callable[..., Path], str]] = {
     "vqvae": (import_vqvae, "vqvae"),
+    **{f"prior_level_{n}": (functools.partial(import_prior, level=n), f"prior_level{n}") for n in (2, 1, 0)},
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vqvae", metavar="PATH", help="OpenAI's vqvae.pth.tar → RUN/vqvae/last.pt")
+    for n, what in ((2, "a small_prior-format top prior"), (1, "the level-1 upsampler"), (0, "the level-0 upsampler")):
+        parser.add_argument(
+            f"--prior-level-{n}", metavar="PATH", help=f"{what} (prior_level_{n}.pth.tar) → RUN/prior_level{n}/last.pt"
+        )
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write the checkpoints into")
     parser.add_argument("--force", action="store_true", help="replace checkpoints that already exist")
 

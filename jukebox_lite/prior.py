@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jukebox_lite.checkpoint import load_checkpoint
-from jukebox_lite.config import PriorConfig
+from jukebox_lite.checkpoint import load_checkpoint, load_state_checked
+from jukebox_lite.config import PriorConfig, section_from_dict
 from jukebox_lite.errors import UserError
 from jukebox_lite.nn.attention import attn_func_for_layer, window_attention
 from jukebox_lite.nn.conv import DecoderConvBlock
@@ -442,11 +442,9 @@ class Prior(nn.Module):
 
 
 def prior_from_config_dict(config: dict) -> Prior:
-    known = {f.name for f in dataclasses.fields(PriorConfig)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise UserError(f"The prior checkpoint's config has unknown keys ({', '.join(unknown)}); upgrade jukebox-lite.")
-    return Prior(PriorConfig(**config))
+    cfg = section_from_dict(PriorConfig, config, "prior.")
+    cfg.validate()
+    return Prior(cfg)
 
 
 def load_prior(path: str | os.PathLike, map_location: str = "cpu", use_ema: bool = True) -> Prior:
@@ -454,24 +452,8 @@ def load_prior(path: str | os.PathLike, map_location: str = "cpu", use_ema: bool
     state = load_checkpoint(path, kind="prior", map_location=map_location)
     prior = prior_from_config_dict(state["config"])
     weights = state.get("ema") if use_ema and state.get("ema") else state["model"]
-    load_state(prior, weights, str(path))
+    load_state_checked(prior, weights, str(path))
     return prior.eval()
-
-
-def load_state(prior: Prior, state_dict: dict, source: str) -> None:
-    """Load weights with one clear error naming missing/unexpected keys or wrong shapes."""
-    own = prior.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        )
-        raise UserError(f"Weights in '{source}' do not fit this prior config ({detail}).")
-    prior.load_state_dict(state_dict)
 
 
 # OpenAI's hparams of the released priors that a state dict cannot tell (jukebox/hparams.py).
@@ -483,17 +465,12 @@ _OPENAI_DEFAULTS = dict(
 _OPENAI_HOPS = {2: 128, 1: 32, 0: 8}  # released VQ-VAE: downs_t (3, 2, 2), strides 2
 
 
-def strip_ddp_prefix(state_dict: dict) -> dict:
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
-def prior_config_from_openai(hps: dict, state_dict: dict) -> PriorConfig:
-    """Our PriorConfig for an OpenAI prior: sizes from the weights, the rest from its hparams.
+def prior_config_from_openai(hps: dict, sd: dict) -> PriorConfig:
+    """Our PriorConfig for an OpenAI prior: sizes from the weights (state dict `sd`), the rest from its hparams.
 
     Unknown hparams fall back to those of OpenAI's released models. Lyrics priors (prime/encoder
     weights) are not supported: they raise a UserError.
     """
-    sd = strip_ddp_prefix(state_dict)
     hps = {**_OPENAI_DEFAULTS, **{k: v for k, v in dict(hps or {}).items() if v is not None}}
     if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd) or "prior.x_emb.weight" not in sd:
         raise UserError("This OpenAI checkpoint is not a plain prior (a lyrics prior or another model); it cannot be imported.")
@@ -504,6 +481,9 @@ def prior_config_from_openai(hps: dict, state_dict: dict) -> PriorConfig:
     hidden = sd["prior.transformer._attn_mods.0.mlp.c_fc.w"].shape[1]
     upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
     level = int(hps.get("level", 1 if upsampler else 2))
+    if (level < 2) != upsampler:
+        what = "an upsampler" if upsampler else "a top-level prior"
+        raise UserError(f"This OpenAI checkpoint holds {what}, not a level-{level} prior; pass it as the matching level.")
     labels = "y_emb.artist_emb.emb.weight" in sd
     fields: dict = dict(
         level=level, n_ctx=n_ctx, width=width, depth=depth, heads=int(hps["heads"]), attn_order=int(hps["attn_order"]),
@@ -541,13 +521,12 @@ def prior_config_from_openai(hps: dict, state_dict: dict) -> PriorConfig:
     return cfg
 
 
-def prior_from_openai(hps: dict, state_dict: dict) -> Prior:
+def prior_from_openai(hps: dict, sd: dict) -> Prior:
     """Build our Prior from an OpenAI prior's hparams and state dict (keys are the same)."""
-    sd = strip_ddp_prefix(state_dict)
     prior = Prior(prior_config_from_openai(hps, sd))
     if prior.prior.tied and "prior.x_out.weight" in sd and not torch.equal(sd["prior.x_out.weight"], sd["prior.x_emb.weight"]):
         raise UserError("The OpenAI checkpoint has an untied output layer; import it with merged_decoder=True (the 5b top prior).")
-    load_state(prior, {k: v.float() for k, v in sd.items()}, "OpenAI checkpoint")
+    load_state_checked(prior, {k: v.float() for k, v in sd.items()}, "OpenAI checkpoint")
     return prior.eval()
 
 

@@ -26,8 +26,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jukebox_lite.checkpoint import load_checkpoint
-from jukebox_lite.config import VQVAEConfig, _build
+from jukebox_lite.checkpoint import load_checkpoint, load_state_checked
+from jukebox_lite.config import VQVAEConfig, section_from_dict
 from jukebox_lite.errors import UserError
 from jukebox_lite.losses import MultiSpectralLoss, l2_loss, linf_loss, spectral_convergence
 from jukebox_lite.nn.conv import DecoderConvBlock, EncoderConvBlock
@@ -390,27 +390,9 @@ class VQVAE(nn.Module):
 
 def config_from_dict(values: dict) -> VQVAEConfig:
     """A `VQVAEConfig` from a checkpoint's `config` entry, type-checked like a recipe section."""
-    cfg = _build(VQVAEConfig, values, "vqvae.")
+    cfg = section_from_dict(VQVAEConfig, values, "vqvae.")
     cfg.validate()
     return cfg
-
-
-def load_state_checked(model: nn.Module, state: dict, source: str, strict: bool = True) -> None:
-    """`load_state_dict`, but a missing, unexpected or wrongly shaped key is one UserError naming it."""
-    own = model.state_dict()
-    for key, value in state.items():
-        if key not in own:
-            raise UserError(f"'{source}' has the key '{key}', which this model does not have; is it a VQ-VAE of this kind?")
-        if tuple(own[key].shape) != tuple(value.shape):
-            raise UserError(
-                f"'{source}' holds '{key}' with shape {tuple(value.shape)}, but the config gives "
-                f"{tuple(own[key].shape)}; the checkpoint and its config disagree."
-            )
-    if strict:
-        missing = [key for key in own if key not in state]
-        if missing:
-            raise UserError(f"'{source}' lacks the key '{missing[0]}'; the file is incomplete.")
-    model.load_state_dict(state, strict=strict)
 
 
 def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VQVAE:
