@@ -61,7 +61,8 @@ $(DEMO_AUDIO)/.done: $(INSTALLED)
 	touch $@
 
 data: $(RUN)/data/.done
-$(RUN)/data/.done: $(INSTALLED)
+$(RUN)/data/.done: $(INSTALLED) $(CONFIG)
+	@test -n "$(AUDIO)" || { echo "make data: set AUDIO to your folder of music, e.g. make data AUDIO=~/music/deep_house GENRE=deep_house" >&2; exit 2; }
 	$(JL) prepare --config $(CONFIG) --run $(RUN) $(if $(AUDIO),--audio $(AUDIO)) \
 		$(if $(GENRE),--genre $(GENRE)) $(if $(ARTIST),--artist $(ARTIST)) $(ARGS)
 	touch $@
