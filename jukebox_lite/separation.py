@@ -300,8 +300,8 @@ class Spleeter2Stems(nn.Module):
         # (B, C, F, W*512) → (B*W, C, 512, F): the U-Nets look at (time, frequency) images.
         x = x.view(batch, channels, bins, windows, WINDOW_FRAMES).permute(0, 3, 1, 4, 2)
         x = x.reshape(batch * windows, channels, WINDOW_FRAMES, bins)
-        # On CPU one window per pass keeps the activations in cache: per window it measured about
-        # 1.5x faster than passes of 4. A GPU wants them all at once.
+        # On CPU one window per pass keeps the activations in cache (measured ~80-90 ms per window
+        # and U-Net, against 100-150 ms in passes of 4). A GPU wants them all at once.
         passes = x.split(1) if x.device.type == "cpu" else (x,)
         estimates = {}
         for stem, unet in self.unets.items():
@@ -313,7 +313,8 @@ class Spleeter2Stems(nn.Module):
     def ratio_masks(self, estimates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Spleeter's Wiener-like masks: a stem's power over the stems' total, extended to all bins.
 
-        In the modelled band they sum to one wherever the mixture has any energy.
+        In the modelled band they sum to one everywhere (the epsilons cancel in the sum), so where
+        both stems are silent each gets an equal share.
         """
         total = sum(e.square() for e in estimates.values()) + EPSILON
         masks = {}
