@@ -35,6 +35,9 @@ class SeparationConfig:
     overlap_seconds: float = 2.0
     batch_size: int = 4  # segments per forward pass
     spleeter_command: str = "spleeter"  # executable of the official CLI, for backend spleeter-cli
+    # Above 11 kHz Spleeter's U-Nets see nothing. "zeros" (official 2stems) silences that band in both stems;
+    # "average" gives it the mean of the band's masks, which keeps the hats and air a music model needs.
+    mask_extension: str = "average"
 
     def validate(self) -> None:
         if self.backend not in SEPARATION_BACKENDS:
@@ -47,6 +50,8 @@ class SeparationConfig:
             raise UserError("separation.overlap_seconds must be at least 0 and under half of segment_seconds.")
         if self.batch_size < 1:
             raise UserError("separation.batch_size must be at least 1.")
+        if self.mask_extension not in ("zeros", "average"):
+            raise UserError(f"separation.mask_extension is '{self.mask_extension}'; choose zeros or average.")
 
 
 @dataclass

@@ -404,7 +404,7 @@ def resolve_device(name: str) -> torch.device:
 def make_torch_separator(cfg: SeparationConfig) -> Separator:
     """Our port, loaded once; each call separates one file of any length and channel count."""
     device = resolve_device(cfg.device)
-    model = Spleeter2Stems.pretrained(device)
+    model = Spleeter2Stems.pretrained(device, cfg.mask_extension)
     segment = segment_samples(cfg.segment_seconds)
     overlap = round(cfg.overlap_seconds * SAMPLE_RATE)
 

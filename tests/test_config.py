@@ -41,6 +41,8 @@ def test_wrong_types_and_values_are_errors():
         load_config(None, ["data.separation.backend=demucs"])
     with pytest.raises(UserError, match="sample_rate"):
         load_config(None, ["data.sample_rate=100"])
+    with pytest.raises(UserError, match="mask_extension"):
+        load_config(None, ["data.separation.mask_extension=ones"])
     with pytest.raises(UserError, match="key=value"):
         parse_override("data.workers")
 
