@@ -264,9 +264,11 @@ def prepare(
             summary.accepted_new += 1
     summary.seconds = sum(row["duration"] for row in manifest)
 
+    hours = summary.seconds / 3600
+    amount = f"{hours:.2f} h" if hours >= 1 else f"{summary.seconds / 60:.1f} min"
     log.info(
-        "accepted %d files (%d new), rejected %d new, %.2f h of audio in %s",
-        summary.accepted, summary.accepted_new, summary.rejected_new, summary.seconds / 3600, data_dir,
+        "accepted %d files (%d new), rejected %d new, %s of audio in %s",
+        summary.accepted, summary.accepted_new, summary.rejected_new, amount, data_dir,
     )
     if summary.accepted == 0:
         raise UserError(f"No usable audio in '{audio_dir}': every file was rejected (reasons in {rejected_path}).")
