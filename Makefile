@@ -26,7 +26,7 @@ DEMO_AUDIO := data/demo
 
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install test demo data bench clean-demo
+.PHONY: help install test demo data review bench clean-demo
 
 help:
 	@echo "Targets:"
@@ -34,6 +34,7 @@ help:
 	@echo "  test        install, then run the test suite"
 	@echo "  demo        install, synthesize the demo corpus, run the pipeline on it (RUN=runs/demo)"
 	@echo "  data        data stage: vocal removal, resample, label, split AUDIO into RUN/data"
+	@echo "  review      execute the listening-review notebook into RUN/review.html"
 	@echo "  bench       run the benchmarks in bench/ on this machine"
 	@echo "Variables:"
 	@echo "  CONFIG=$(CONFIG)  RUN=$(RUN)"
@@ -67,8 +68,14 @@ $(RUN)/data/.done: $(INSTALLED) $(CONFIG)
 		$(if $(GENRE),--genre $(GENRE)) $(if $(ARTIST),--artist $(ARTIST)) $(ARGS)
 	touch $@
 
+# the page is cheap to render, so it is always redone to show the run as it is now
+review: $(INSTALLED)
+	$(JL) review --run $(RUN)
+
 demo: $(INSTALLED) $(DEMO_AUDIO)/.done
 	$(MAKE) data CONFIG=pipelines/demo.yaml RUN=runs/demo AUDIO=$(DEMO_AUDIO)
+	$(MAKE) review RUN=runs/demo
+	@echo "Open runs/demo/review.html to listen."
 
 bench: $(INSTALLED)
 	$(PY) bench/bench_separation.py

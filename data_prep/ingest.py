@@ -156,7 +156,9 @@ def process(source: Source, cfg: DataConfig, out_path: Path) -> dict:
         "id": source.id,
         "path": f"audio/{out_path.name}",
         "source": source.rel,
+        "source_path": str(source.path.resolve()),
         "sha256": source.sha256,
+        "trimmed_start": round(start / cfg.sample_rate, 4),  # seconds of leading silence cut off
         "duration": round(seconds, 4),
         "sample_rate": cfg.sample_rate,
         "source_sample_rate": sr,

@@ -1,0 +1,79 @@
+"""The listening-review page: executed headlessly, self-contained, showing what the run holds."""
+
+import csv
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+from torch.utils.tensorboard import SummaryWriter
+
+from data_prep import ingest
+from jukebox_lite import review
+from jukebox_lite.cli import main
+from jukebox_lite.errors import UserError
+from tests.conftest import synth_music, write_audio
+
+FAST = ["data.separation.backend=none", "data.workers=1", "data.min_seconds=2", "data.sample_rate=22050"]
+
+
+@pytest.fixture
+def run(tmp_path):
+    music = tmp_path / "music"
+    for i, genre in enumerate(("deep", "tech")):
+        write_audio(music / genre / "x" / f"t{i}.wav", synth_music(4.0, 44100, seed=i), 44100)
+    write_audio(music / "silent.wav", np.zeros((1, 44100), np.float32), 44100)
+    ingest.prepare(None, FAST, music, tmp_path / "run", labels_from_folders=True)
+    return tmp_path / "run"
+
+
+def test_page_is_self_contained_and_shows_corpus_samples_and_curves(run):
+    sample = run / "samples" / "s001"
+    sample.mkdir(parents=True)
+    for stage in ("level2", "refined"):
+        sf.write(sample / f"{stage}.wav", synth_music(3.0, 22050, seed=7, channels=1)[0], 22050)
+    (sample / "meta.json").write_text('{"seed": 7}')
+    with SummaryWriter(run / "vqvae" / "tb") as writer:
+        for step in range(5):
+            writer.add_scalar("loss/total", 1.0 / (step + 1), step)
+
+    assert main(["review", "--run", str(run)]) == 0
+    html = (run / "review.html").read_text()
+    assert not re.search(r'(src|href)="https?:', html), "the page must not load anything from the network"
+    players = re.findall(r'<audio controls="" preload="none" src="data:audio/wav;base64,UklGR', html)  # RIFF
+    assert len(players) == 2 + 2 * 2  # two samples' stages + two vocal-removal pairs
+    assert "deep" in html and "tech" in html and "silent: nothing louder than" in html
+    assert "s001" in html and "No samples in this run yet" not in html
+    assert "vqvae: loss/total" not in html  # titles are drawn into the PNG, not HTML...
+    assert html.count("data:image/png;base64,") >= 4  # ...so count the figures: 2 pairs, 1 sample, 1 curve set
+
+
+def test_training_curves_and_samples_readers(run):
+    with SummaryWriter(run / "prior_level2" / "tb") as writer:
+        for step in range(3):
+            writer.add_scalar("loss", 3.0 - step, step)
+    assert review.training_curves(run) == {"prior_level2": {"loss": [(0, 3.0), (1, 2.0), (2, 1.0)]}}
+    assert review.samples(run) == []
+
+
+def test_ratings_are_appended_never_rewritten(run):
+    review.rate(run, "s1", 4, listener="ana", note="groove holds")
+    review.rate(run, "s2", 2)
+    with open(run / "ratings.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["sample"], r["score"], r["listener"]) for r in rows] == [("s1", "4", "ana"), ("s2", "2", "")]
+    with pytest.raises(UserError, match="1 to 5"):
+        review.rate(run, "s3", 9)
+
+
+def test_clip_picks_the_loudest_stretch():
+    sr = 100
+    x = np.zeros(20 * sr, np.float32)
+    x[12 * sr : 14 * sr] = 0.5
+    excerpt = review.clip(x, sr, seconds=4)
+    assert excerpt.size == 4 * sr and np.abs(excerpt).max() == 0.5
+
+
+def test_review_before_the_data_stage_is_one_clear_error(tmp_path, capsys):
+    assert main(["review", "--run", str(tmp_path)]) == 2
+    assert "run make data" in capsys.readouterr().err
