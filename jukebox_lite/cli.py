@@ -20,6 +20,8 @@ STAGES = {
     "separate": ("jukebox_lite.separation", "remove vocals from one file (Spleeter 2 stems)"),
     "review": ("jukebox_lite.review", "execute the listening-review notebook into RUN/review.html"),
     "import-jukebox": ("jukebox_lite.jukebox_import", "convert OpenAI Jukebox checkpoints into a run folder"),
+    "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
+    "eval-vqvae": ("jukebox_lite.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),
     "train-vqvae": ("jukebox_lite.train_vqvae", "VQ-VAE stage: train the 3-level VQ-VAE on RUN/data → RUN/vqvae"),
     "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
     "eval-vqvae": ("jukebox_lite.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),

@@ -1,0 +1,438 @@
+"""Codes stage: encode the corpus once into tokens at every level, and read them back for the priors.
+
+    RUN/data/manifest.jsonl + RUN/data/audio/*.flac + RUN/vqvae/last.pt
+        → RUN/codes/level{0,1,2}.bin   every file's tokens at that level, concatenated (uint16 when
+                                        the codebook has at most 65536 entries), read as memory maps
+          RUN/codes/index.json         per file: id, split, labels, length, offset + length per level;
+                                        the VQ-VAE's rate, hops, bins and weight fingerprint
+          RUN/codes/config.yaml        the resolved recipe
+
+Each file is zero-padded to a multiple of the top hop, so level L holds exactly
+hop_top / hop_L tokens per top-level token and an upsampler's window of the level above is a plain
+slice. Long files are encoded in chunks with enough context on both sides that the kept middle
+equals what the whole file would give: memory stays bounded whatever the track length.
+
+The index is written last and is the commit point: a killed run leaves the previous codes or none,
+never an index that points into half-written arrays. A rerun with the same VQ-VAE weights and the
+same manifest does nothing; new weights or new files re-encode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from jukebox_lite import audio as audio_io
+from jukebox_lite.atomic import atomic_path, read_jsonl, remove_stale_temporaries
+from jukebox_lite.cli import add_recipe_arguments
+from jukebox_lite.config import load_config, save_config
+from jukebox_lite.errors import UserError
+from jukebox_lite.vqvae import VQVAE, load_vqvae
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+UNKNOWN_LABEL = "unknown"  # vocabulary entry for a file without a genre or artist label
+
+
+# ----------------------------------------------------------------------------------------------
+# The VQ-VAE side: fingerprint, receptive field, chunked encoding
+
+
+def vqvae_fingerprint(model: VQVAE) -> str:
+    """Hash of the weights that decide the codes (the EMA statistics and bandwidth do not).
+
+    The priors compare it with the codes' index, so they never train on tokens of another VQ-VAE.
+    """
+    digest = hashlib.sha256()
+    skip = set(model.extra_state_keys())
+    for key, value in sorted(model.state_dict().items()):
+        if key in skip:
+            continue
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def encoder_context(model: VQVAE) -> int:
+    """Samples of audio on each side that any level's encoder output can see, rounded up to the top hop.
+
+    Walks each encoder's convolutions in order: a conv (kernel k, dilation d, padding p, stride s)
+    widens the view by p steps left and d·(k−1) − p right, a step being the product of the strides
+    before it. Residual branches add their reach to the skip path's zero, so summing is exact.
+    """
+    reach = 0
+    for encoder in model.encoders:
+        step, left, right = 1, 0, 0
+        for conv in (m for m in encoder.modules() if isinstance(m, nn.Conv1d)):
+            (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+            left += p * step
+            right += (d * (k - 1) - p) * step
+            step *= s
+        reach = max(reach, left, right)
+    top = model.hop_lengths[-1]
+    return -(-reach // top) * top
+
+
+def device_autocast(device: torch.device):
+    """bf16 autocast on CUDA; float32 elsewhere (the codebook lookup always runs in float32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def encode_waveform(
+    model: VQVAE, waveform: torch.Tensor, chunk_samples: int, batch_size: int = 4
+) -> list[torch.Tensor]:
+    """Mono audio (time,) → codes per level, each LongTensor (padded_time / hop_L,) on the CPU.
+
+    The audio is zero-padded to a multiple of the top hop. Windows of chunk + 2·context samples
+    (shifted inward at the file's ends, so every window has the same length and they batch) are
+    encoded and only each window's chunk is kept: the result equals encoding the whole file at once.
+    """
+    hops, top = model.hop_lengths, model.hop_lengths[-1]
+    device = next(model.parameters()).device
+    chunk = max(top, chunk_samples // top * top)
+    context = encoder_context(model)
+    length = -(-waveform.shape[-1] // top) * top
+    padded = torch.nn.functional.pad(waveform.float(), (0, length - waveform.shape[-1]))
+    window = chunk + 2 * context
+    if length <= window:  # one window: the whole file
+        with device_autocast(device):
+            return [c[0].cpu() for c in model.encode(padded.to(device)[None, None])]
+
+    starts = list(range(0, length, chunk))  # chunk starts
+    pieces: list[list[torch.Tensor]] = [[] for _ in hops]
+    for first in range(0, len(starts), batch_size):
+        batch_starts = starts[first : first + batch_size]
+        window_starts = [min(max(0, s - context), length - window) for s in batch_starts]
+        batch = torch.stack([padded[w : w + window] for w in window_starts])[:, None]  # (B, 1, window)
+        with device_autocast(device):
+            codes = model.encode(batch.to(device))  # per level (B, window / hop_L)
+        for level, hop in enumerate(hops):
+            for row, (s, w) in enumerate(zip(batch_starts, window_starts)):
+                keep = min(chunk, length - s)
+                begin = (s - w) // hop
+                pieces[level].append(codes[level][row, begin : begin + keep // hop].cpu())
+    return [torch.cat(level_pieces) for level_pieces in pieces]
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the codes
+
+
+def token_dtype(bins: int) -> np.dtype:
+    return np.dtype(np.uint16) if bins <= 65536 else np.dtype(np.int32)
+
+
+def _label_vocabulary(rows: Sequence[dict], key: str) -> list[str]:
+    return sorted({(row.get("labels") or {}).get(key) or UNKNOWN_LABEL for row in rows})
+
+
+def _read_index(codes_dir: Path) -> dict | None:
+    path = codes_dir / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _is_current(index: dict | None, codes_dir: Path, fingerprint: str, manifest: list[dict]) -> str | None:
+    """None when the codes on disk are those this run would write, else the reason to re-encode."""
+    if index is None:
+        return "no codes yet"
+    if index.get("vqvae", {}).get("fingerprint") != fingerprint:
+        return "the VQ-VAE changed"
+    if [(f["id"], f.get("sha256")) for f in index.get("files", [])] != [(r["id"], r.get("sha256")) for r in manifest]:
+        return "the manifest changed"
+    itemsize = np.dtype(index["dtype"]).itemsize
+    for level in index["levels"]:
+        path = codes_dir / level["file"]
+        if not path.is_file() or path.stat().st_size != level["tokens"] * itemsize:
+            return f"{level['file']} is missing or incomplete"
+    return None
+
+
+def encode_corpus(run_dir: Path, chunk_seconds: float = 10.0, batch_size: int = 4) -> Path:
+    """Encode every file of RUN/data/manifest.jsonl with RUN/vqvae into RUN/codes; returns the index path."""
+    data_dir, codes_dir = run_dir / "data", run_dir / "codes"
+    manifest = read_jsonl(data_dir / "manifest.jsonl")
+    if not manifest:
+        raise UserError(f"'{data_dir / 'manifest.jsonl'}' lists no audio; run the data stage (make data) first.")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_vqvae(run_dir / "vqvae", map_location=device)
+    fingerprint = vqvae_fingerprint(model)
+    reason = _is_current(_read_index(codes_dir), codes_dir, fingerprint, manifest)
+    if reason is None:
+        log.info("codes in %s are up to date (VQ-VAE %s, %d files)", codes_dir, fingerprint, len(manifest))
+        return codes_dir / INDEX_NAME
+    log.info("encoding %d files into %s on %s (%s)", len(manifest), codes_dir, device.type, reason)
+
+    codes_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(codes_dir)
+    cfg = model.config
+    dtype = token_dtype(cfg.l_bins)
+    chunk_samples = max(1, round(chunk_seconds * cfg.sample_rate))
+    genres, artists = _label_vocabulary(manifest, "genre"), _label_vocabulary(manifest, "artist")
+    files, totals = [], [0] * model.levels
+    names = [f"level{level}.bin" for level in range(model.levels)]
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(codes_dir / name)) for name in names]
+        outs = [stack.enter_context(open(tmp, "wb")) for tmp in tmps]
+        for row in tqdm(manifest, desc="encode", unit="file"):
+            waveform, samples = _load_for_vqvae(data_dir / row["path"], cfg.sample_rate)
+            codes = encode_waveform(model, waveform, chunk_samples, batch_size)
+            entry = {
+                "id": row["id"],
+                "sha256": row.get("sha256"),
+                "split": row.get("split", "train"),
+                "labels": row.get("labels") or {},
+                "duration": samples / cfg.sample_rate,
+                "samples": samples,
+                "levels": [],
+            }
+            for level, (out, tokens) in enumerate(zip(outs, codes)):
+                out.write(tokens.numpy().astype(dtype).tobytes())
+                entry["levels"].append({"offset": totals[level], "length": int(tokens.numel())})
+                totals[level] += int(tokens.numel())
+            files.append(entry)
+        for out in outs:
+            out.close()
+        # From here the arrays are renamed into place: drop the old index first, so no index ever
+        # describes arrays it was not written with (a kill in between leaves no codes, and a rerun).
+        (codes_dir / INDEX_NAME).unlink(missing_ok=True)
+
+    index = {
+        "format_version": INDEX_VERSION,
+        "vqvae": {
+            "fingerprint": fingerprint,
+            "sample_rate": cfg.sample_rate,
+            "hop_lengths": list(model.hop_lengths),
+            "bins": cfg.l_bins,
+        },
+        "dtype": dtype.name,
+        "levels": [
+            {"file": name, "hop_length": hop, "tokens": total}
+            for name, hop, total in zip(names, model.hop_lengths, totals)
+        ],
+        "genres": genres,
+        "artists": artists,
+        "files": files,
+    }
+    with atomic_path(codes_dir / INDEX_NAME) as tmp:
+        tmp.write_text(json.dumps(index, indent=1))
+    seconds = sum(f["duration"] for f in files)
+    log.info(
+        "wrote %s tokens per level for %.2f h of audio to %s",
+        " / ".join(str(t) for t in totals), seconds / 3600, codes_dir,
+    )
+    return codes_dir / INDEX_NAME
+
+
+def _load_for_vqvae(path: Path, sample_rate: int) -> tuple[torch.Tensor, int]:
+    """A corpus file → mono float32 (time,) at the VQ-VAE's rate, and its length in samples."""
+    try:
+        audio, sr = audio_io.load_audio(path)
+    except audio_io.AudioError as e:
+        raise UserError(f"Corpus file '{path}' cannot be read ({e}); rerun the data stage to rebuild it.") from None
+    mono = audio_io.resample(audio_io.to_mono(audio), sr, sample_rate)[0]
+    return torch.from_numpy(np.ascontiguousarray(mono)), int(mono.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the codes (the priors' side)
+
+
+@dataclasses.dataclass
+class CodesWindows:
+    """A batch of training windows drawn from the corpus at one level.
+
+    tokens (B, n_ctx) and, for upsamplers, upper (B, n_ctx / ratio): the same stretch of audio at the
+    level above. Offsets and lengths are in samples at the VQ-VAE's rate, as the prior's labels want.
+    """
+
+    level: int
+    tokens: torch.Tensor  # (B, n_ctx) int64
+    upper: torch.Tensor | None  # (B, n_ctx / ratio) int64, or None
+    file_ids: list[str]
+    genres: list[str]
+    artists: list[str]
+    genre_ids: torch.Tensor  # (B,) index into CodesCorpus.genres
+    artist_ids: torch.Tensor  # (B,) index into CodesCorpus.artists
+    total_length: torch.Tensor  # (B,) samples in the whole file
+    offset: torch.Tensor  # (B,) samples before the window
+    sample_length: int  # samples a window covers
+
+    def labels(self, max_bow_genre_size: int = 1) -> torch.Tensor:
+        """The prior's label rows [total_length, offset, sample_length, artist, genre, -1...] (B, 4 + G)."""
+        batch = self.tokens.shape[0]
+        genres = torch.full((batch, max_bow_genre_size), -1, dtype=torch.long)
+        genres[:, 0] = self.genre_ids
+        head = torch.stack(
+            [self.total_length, self.offset, torch.full((batch,), self.sample_length), self.artist_ids], dim=1
+        )
+        return torch.cat([head, genres], dim=1)
+
+
+class CodesCorpus:
+    """The codes stage's output, memory-mapped: `.level(L)`, `.files`, `.windows(...)`.
+
+    Pass `vqvae_fingerprint` (see `vqvae_fingerprint`, or `check_vqvae`) to refuse codes made with
+    another VQ-VAE than the one a prior will be decoded with.
+    """
+
+    def __init__(self, codes_dir: str | os.PathLike, vqvae_fingerprint: str | None = None):
+        self.dir = Path(codes_dir)
+        index = _read_index(self.dir)
+        if index is None or not index.get("files"):
+            raise UserError(f"'{self.dir}' holds no codes; run the codes stage (jukebox-lite encode) first.")
+        self.index = index
+        self.files: list[dict] = index["files"]
+        self.fingerprint: str = index["vqvae"]["fingerprint"]
+        self.sample_rate: int = index["vqvae"]["sample_rate"]
+        self.hop_lengths: list[int] = index["vqvae"]["hop_lengths"]
+        self.bins: int = index["vqvae"]["bins"]
+        self.genres: list[str] = index["genres"]
+        self.artists: list[str] = index["artists"]
+        self.dtype = np.dtype(index["dtype"])
+        self._maps: dict[int, np.ndarray] = {}
+        if vqvae_fingerprint is not None:
+            self.check_fingerprint(vqvae_fingerprint)
+
+    @property
+    def levels(self) -> int:
+        return len(self.hop_lengths)
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        if fingerprint != self.fingerprint:
+            raise UserError(
+                f"The codes in '{self.dir}' were made with another VQ-VAE (weights {self.fingerprint}, "
+                f"not {fingerprint}); rerun the codes stage (jukebox-lite encode)."
+            )
+
+    def check_vqvae(self, vqvae: VQVAE | str | os.PathLike) -> None:
+        """Refuse unless these codes were made with this VQ-VAE (a model, a run folder or a .pt)."""
+        model = vqvae if isinstance(vqvae, VQVAE) else load_vqvae(vqvae)
+        self.check_fingerprint(vqvae_fingerprint(model))
+
+    def level(self, level: int) -> np.ndarray:
+        """All files' tokens at `level`, concatenated: a read-only memory map (tokens,)."""
+        if not 0 <= level < self.levels:
+            raise ValueError(f"level {level} does not exist; the codes have levels 0..{self.levels - 1}")
+        if level not in self._maps:
+            entry = self.index["levels"][level]
+            path = self.dir / entry["file"]
+            if not path.is_file() or path.stat().st_size != entry["tokens"] * self.dtype.itemsize:
+                raise UserError(f"'{path}' is missing or incomplete; rerun the codes stage (jukebox-lite encode).")
+            self._maps[level] = np.memmap(path, dtype=self.dtype, mode="r", shape=(entry["tokens"],))
+        return self._maps[level]
+
+    def file_codes(self, file: int | str, level: int) -> np.ndarray:
+        """One file's tokens at `level` (a view of the memory map), by position in `.files` or by id."""
+        if isinstance(file, str):
+            matches = [i for i, f in enumerate(self.files) if f["id"] == file]
+            if not matches:
+                raise KeyError(file)
+            file = matches[0]
+        span = self.files[file]["levels"][level]
+        return self.level(level)[span["offset"] : span["offset"] + span["length"]]
+
+    def split_files(self, split: str) -> list[int]:
+        return [i for i, f in enumerate(self.files) if f["split"] == split]
+
+    def windows(
+        self,
+        level: int,
+        n_ctx: int,
+        batch_size: int,
+        generator: np.random.Generator,
+        split: str = "train",
+        with_upper: bool = False,
+    ) -> CodesWindows:
+        """`batch_size` random windows of n_ctx tokens at `level` from `split`, uniform over positions.
+
+        With `with_upper` (upsamplers) each window starts on a token of the level above and comes with
+        that level's aligned n_ctx / ratio tokens. Files shorter than a window are skipped.
+        """
+        ratio = 1
+        if with_upper:
+            if level + 1 >= self.levels:
+                raise ValueError(f"level {level} is the top level; it has no level above to condition on")
+            ratio = self.hop_lengths[level + 1] // self.hop_lengths[level]
+            if n_ctx % ratio:
+                raise UserError(f"n_ctx {n_ctx} must be a multiple of {ratio} for the level-{level} upsampler.")
+        candidates = self.split_files(split)
+        if not candidates:
+            raise UserError(f"The codes in '{self.dir}' have no '{split}' files; check the data stage's split.")
+        # start positions a window may take in each file, on multiples of `ratio`
+        starts = np.array([(self.files[i]["levels"][level]["length"] - n_ctx) // ratio + 1 for i in candidates])
+        starts = np.maximum(starts, 0)
+        if starts.sum() == 0:
+            longest = max(self.files[i]["levels"][level]["length"] for i in candidates)
+            hop = self.hop_lengths[level]
+            raise UserError(
+                f"A window of {n_ctx} level-{level} tokens ({n_ctx * hop / self.sample_rate:.1f} s) is longer than "
+                f"every '{split}' file (the longest has {longest} tokens); use a smaller n_ctx or longer audio."
+            )
+        picks = generator.choice(len(candidates), size=batch_size, p=starts / starts.sum())
+        hop = self.hop_lengths[level]
+        rows, uppers, offsets, chosen = [], [], [], []
+        for pick in picks:
+            file_index = candidates[pick]
+            start = int(generator.integers(0, starts[pick])) * ratio
+            rows.append(self.file_codes(file_index, level)[start : start + n_ctx])
+            if with_upper:
+                uppers.append(self.file_codes(file_index, level + 1)[start // ratio : (start + n_ctx) // ratio])
+            offsets.append(start * hop)
+            chosen.append(self.files[file_index])
+        labels = [f["labels"] for f in chosen]
+        genres = [lab.get("genre") or UNKNOWN_LABEL for lab in labels]
+        artists = [lab.get("artist") or UNKNOWN_LABEL for lab in labels]
+        return CodesWindows(
+            level=level,
+            tokens=torch.from_numpy(np.stack(rows).astype(np.int64)),
+            upper=torch.from_numpy(np.stack(uppers).astype(np.int64)) if with_upper else None,
+            file_ids=[f["id"] for f in chosen],
+            genres=genres,
+            artists=artists,
+            genre_ids=torch.tensor([self.genres.index(g) for g in genres]),
+            artist_ids=torch.tensor([self.artists.index(a) for a in artists]),
+            total_length=torch.tensor([f["samples"] for f in chosen]),
+            offset=torch.tensor(offsets),
+            sample_length=n_ctx * hop,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/data and RUN/vqvae, writes RUN/codes")
+    parser.add_argument("--chunk-seconds", type=float, default=10.0, help="audio encoded per window (bounds memory)")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per encoder pass")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.chunk_seconds <= 0 or args.batch_size < 1:
+        raise UserError("--chunk-seconds must be positive and --batch-size at least 1.")
+    recipe = load_config(args.config, args.overrides)
+    index = encode_corpus(args.run, args.chunk_seconds, args.batch_size)
+    save_config(recipe, index.parent / "config.yaml")
+    return 0

@@ -1,0 +1,200 @@
+"""eval-vqvae: how well each level of the trained VQ-VAE rebuilds audio it did not train on.
+
+    RUN/vqvae/last.pt + RUN/data (valid split; train if none) or --audio DIR
+        → --json OUT (default RUN/vqvae/eval.json) and a table in the log
+
+Per level: spectral convergence (dB, lower is better), SI-SDR (dB, higher), log-mel distance,
+multi-resolution STFT distance, high-band energy error (dB, 0 is best; negative = lost treble),
+and how much of the codebook the audio uses (fraction of codes, perplexity). Files are cut into
+segments of --segment-seconds (at most --max-segments per file, spread over it), each encoded and
+decoded on its own, as the sampler's windows are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from jukebox_lite import audio as audio_io
+from jukebox_lite import metrics
+from jukebox_lite.atomic import atomic_path, read_jsonl
+from jukebox_lite.cli import add_recipe_arguments
+from jukebox_lite.codes import device_autocast, vqvae_fingerprint
+from jukebox_lite.config import AUDIO_EXTENSIONS, load_config
+from jukebox_lite.errors import UserError
+from jukebox_lite.vqvae import VQVAE, load_vqvae
+
+log = logging.getLogger(__name__)
+
+AUDIO_METRICS = ("spectral_convergence_db", "si_sdr_db", "log_mel_distance", "mr_stft_distance", "high_band_error_db")
+
+
+def validation_files(run_dir: Path) -> tuple[list[Path], str]:
+    """The data stage's validation files, or its training files (with a warning) when there are none."""
+    data_dir = run_dir / "data"
+    manifest = read_jsonl(data_dir / "manifest.jsonl")
+    if not manifest:
+        raise UserError(f"'{data_dir / 'manifest.jsonl'}' lists no audio; run the data stage or pass --audio DIR.")
+    split = "valid"
+    rows = [r for r in manifest if r.get("split") == split]
+    if not rows:
+        split = "train"
+        log.warning("the validation split is empty; evaluating on the training files, which flatters the VQ-VAE")
+        rows = manifest
+    return [data_dir / r["path"] for r in rows], split
+
+
+def folder_files(folder: Path) -> list[Path]:
+    from data_prep.ingest import scan  # the data stage's scanner: same extensions, hidden files skipped
+
+    if not folder.is_dir():
+        raise UserError(f"Audio folder '{folder}' does not exist.")
+    paths = scan(folder, list(AUDIO_EXTENSIONS))
+    if not paths:
+        raise UserError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found in '{folder}'.")
+    return paths
+
+
+def segments_of(waveform: torch.Tensor, segment: int, max_segments: int, top_hop: int) -> list[torch.Tensor]:
+    """Up to `max_segments` non-overlapping (1, segment) pieces spread over (time,); a shorter file is
+    one piece cut to a multiple of the top hop (none if it is shorter than one hop)."""
+    length = waveform.shape[-1]
+    if length < segment:
+        usable = length // top_hop * top_hop
+        return [waveform[None, :usable]] if usable else []
+    count = min(max_segments, length // segment)
+    starts = torch.linspace(0, length - segment, count).round().long().tolist() if count > 1 else [0]
+    return [waveform[None, s : s + segment] for s in starts]
+
+
+@torch.no_grad()
+def evaluate(model: VQVAE, clips: list[torch.Tensor], batch_size: int = 4) -> list[dict]:
+    """Clips (1, time) at the model's rate (lengths multiples of the top hop) → per level metric means.
+
+    Every clip counts once in the means; the codebook metrics pool the codes of all clips.
+    """
+    device = next(model.parameters()).device
+    sums = [defaultdict(float) for _ in range(model.levels)]
+    histograms = [torch.zeros(model.config.l_bins, dtype=torch.float64) for _ in range(model.levels)]
+    by_length: dict[int, list[torch.Tensor]] = defaultdict(list)
+    for clip in clips:
+        by_length[clip.shape[-1]].append(clip)
+    batches = [group[i : i + batch_size] for group in by_length.values() for i in range(0, len(group), batch_size)]
+    for batch in tqdm(batches, desc="eval-vqvae", unit="batch"):
+        x = torch.stack(batch).to(device)  # (B, 1, T)
+        with device_autocast(device):
+            codes = model.encode(x)
+            for level in range(model.levels):
+                recon = model.decode(codes, level).float()  # (B, 1, T)
+                values = {
+                    "spectral_convergence_db": metrics.spectral_convergence_db(x, recon),
+                    "si_sdr_db": metrics.si_sdr(x, recon),
+                    "log_mel_distance": metrics.log_mel_distance(x, recon, model.sample_rate),
+                    "mr_stft_distance": metrics.multi_resolution_stft_distance(x, recon),
+                    "high_band_error_db": metrics.high_band_energy_error_db(x, recon, model.sample_rate),
+                }
+                for name, per_item in values.items():
+                    sums[level][name] += float(per_item.sum())
+                histograms[level] += metrics.code_histogram(codes[level], model.config.l_bins)
+    n = len(clips)
+    results = []
+    for level in range(model.levels):
+        entry = {"level": level, "hop_length": model.hop_lengths[level]}
+        entry.update({name: sums[level][name] / n for name in AUDIO_METRICS})
+        entry["codebook_usage"] = metrics.codebook_usage(histograms[level])
+        entry["perplexity"] = metrics.codebook_perplexity(histograms[level])
+        results.append(entry)
+    return results
+
+
+def format_table(results: list[dict]) -> str:
+    header = ["level", "hop", "SC dB", "SI-SDR dB", "log-mel", "MR-STFT", "HF err dB", "usage", "perplexity"]
+    rows = [
+        [
+            str(r["level"]), str(r["hop_length"]), f"{r['spectral_convergence_db']:.2f}", f"{r['si_sdr_db']:.2f}",
+            f"{r['log_mel_distance']:.3f}", f"{r['mr_stft_distance']:.3f}", f"{r['high_band_error_db']:.2f}",
+            f"{r['codebook_usage']:.3f}", f"{r['perplexity']:.1f}",
+        ]
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
+
+
+def evaluate_run(
+    run_dir: Path,
+    out: Path,
+    audio_dir: Path | None = None,
+    segment_seconds: float = 6.0,
+    max_segments: int = 8,
+    batch_size: int = 4,
+) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_vqvae(run_dir / "vqvae", map_location=device)
+    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run_dir)
+    top_hop = model.hop_lengths[-1]
+    segment = max(top_hop, round(segment_seconds * model.sample_rate) // top_hop * top_hop)
+    clips = []
+    for path in paths:
+        try:
+            audio, sr = audio_io.load_audio(path)
+        except audio_io.AudioError as e:
+            if audio_dir is None:
+                raise UserError(f"Corpus file '{path}' cannot be read ({e}); rerun the data stage.") from None
+            log.warning("skipping %s: %s", path, e)
+            continue
+        mono = audio_io.resample(audio_io.to_mono(audio), sr, model.sample_rate)[0]
+        clips += segments_of(torch.from_numpy(mono.copy()), segment, max_segments, top_hop)
+    if not clips:
+        raise UserError(f"No usable audio to evaluate in {source}; every file was unreadable or shorter than {top_hop} samples.")
+    seconds = sum(c.shape[-1] for c in clips) / model.sample_rate
+    log.info("evaluating the VQ-VAE on %d segments (%.1f s) from %d files of %s", len(clips), seconds, len(paths), source)
+    levels = evaluate(model, clips, batch_size)
+    report = {
+        "vqvae_fingerprint": vqvae_fingerprint(model),
+        "source": source,
+        "files": len(paths),
+        "segments": len(clips),
+        "seconds": seconds,
+        "sample_rate": model.sample_rate,
+        "levels": levels,
+    }
+    if not all(math.isfinite(v) for level in levels for v in level.values()):
+        log.warning("some metrics are not finite; is the audio silent?")
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    log.info("VQ-VAE reconstruction on %s:\n%s", source, format_table(levels))
+    log.info("wrote %s", out)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, type=Path, help="run folder holding RUN/vqvae (and RUN/data)")
+    parser.add_argument("--audio", type=Path, help="evaluate on this folder of audio instead of the validation split")
+    parser.add_argument("--json", type=Path, help="where the metrics go (default RUN/vqvae/eval.json)")
+    parser.add_argument("--segment-seconds", type=float, default=6.0, help="length of each evaluated segment")
+    parser.add_argument("--max-segments", type=int, default=8, help="segments per file at most, spread over it")
+    parser.add_argument("--batch-size", type=int, default=4, help="segments per forward pass")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.segment_seconds <= 0 or args.max_segments < 1 or args.batch_size < 1:
+        raise UserError("--segment-seconds must be positive, --max-segments and --batch-size at least 1.")
+    load_config(args.config, args.overrides)  # a bad recipe or override is reported like every other stage
+    evaluate_run(
+        args.run,
+        args.json or args.run / "vqvae" / "eval.json",
+        args.audio,
+        args.segment_seconds,
+        args.max_segments,
+        args.batch_size,
+    )
+    return 0

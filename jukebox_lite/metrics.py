@@ -1,0 +1,167 @@
+"""Audio and codebook metrics for evaluating reconstructions (eval-vqvae, and later eval-refiner).
+
+Every audio metric takes a reference and an estimate shaped (batch, channels, time), downmixes them
+to mono, and returns one float32 value per item (batch,), so callers can average over files or
+report the spread. Spectra come from torch.stft (no torchaudio) in float32, also under autocast.
+Values in dB are floored at `DB_FLOOR` instead of -inf, so they stay finite in JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from jukebox_lite.losses import _magnitude, _mono, _per_item_norm, spectral_convergence
+
+DB_FLOOR = -160.0  # dB: a ratio of 1e-8 (amplitude) or 1e-16 (power) and below
+LOG_MAG_FLOOR = 1e-5  # magnitudes below this count as silence in the log-spectral distances
+MR_STFT_RESOLUTIONS = ((2048, 512, 2048), (1024, 256, 1024), (512, 128, 512))  # n_fft, hop, window
+
+
+def _amplitude_db(ratio: torch.Tensor) -> torch.Tensor:
+    return (20 * torch.log10(ratio.clamp(min=10 ** (DB_FLOOR / 20)))).clamp(min=DB_FLOOR)
+
+
+def _power_db(ratio: torch.Tensor) -> torch.Tensor:
+    return (10 * torch.log10(ratio.clamp(min=10 ** (DB_FLOOR / 10)))).clamp(min=DB_FLOOR)
+
+
+def _pairs(reference: torch.Tensor, estimate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both (batch, channels, time) → float32 mono (batch, time), trimmed to the shorter length."""
+    if reference.shape[0] != estimate.shape[0]:
+        raise ValueError(f"batch sizes differ: {reference.shape[0]} vs {estimate.shape[0]}")
+    length = min(reference.shape[-1], estimate.shape[-1])
+    return _mono(reference[..., :length]), _mono(estimate[..., :length])
+
+
+def spectral_convergence_db(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """20·log10(‖|S(ref)| − |S(est)|‖ / ‖S(ref)‖) per item, with Jukebox's STFT (n_fft 2048, hop 256).
+
+    0 dB means the error is as large as the signal (e.g. an all-silent estimate); lower is better.
+    """
+    reference, estimate = _pairs(reference, estimate)
+    ratios = torch.stack([spectral_convergence(r[None], e[None]) for r, e in zip(reference, estimate)])
+    return _amplitude_db(ratios)
+
+
+def si_sdr(reference: torch.Tensor, estimate: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Scale-invariant signal-to-distortion ratio in dB per item (Le Roux et al. 2019), means removed.
+
+    The estimate is projected on the reference; the projection is the signal, the rest distortion.
+    Rescaling either input leaves it unchanged; estimate = reference + noise gives about the SNR.
+    """
+    reference, estimate = _pairs(reference, estimate)
+    reference = (reference - reference.mean(dim=1, keepdim=True)).double()
+    estimate = (estimate - estimate.mean(dim=1, keepdim=True)).double()
+    alpha = (estimate * reference).sum(dim=1, keepdim=True) / ((reference**2).sum(dim=1, keepdim=True) + eps)
+    target = alpha * reference  # (batch, time)
+    distortion = estimate - target
+    ratio = ((target**2).sum(dim=1) + eps) / ((distortion**2).sum(dim=1) + eps)
+    return _power_db(ratio).float()
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) Slaney-normalised mel filters; librosa's, cached per setting."""
+    import librosa  # imported lazily: it takes seconds, and only this metric needs it
+
+    return torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).astype(np.float32))
+
+
+def log_mel_distance(
+    reference: torch.Tensor,
+    estimate: torch.Tensor,
+    sample_rate: int,
+    n_fft: int = 2048,
+    hop_length: int = 512,
+    n_mels: int = 80,
+) -> torch.Tensor:
+    """Mean |log10 mel(ref) − log10 mel(est)| per item, on mel-filtered STFT magnitudes.
+
+    Magnitudes are floored at LOG_MAG_FLOOR, so silence vs silence is 0 and a 10× louder estimate
+    scores exactly 1 (one decade) wherever both are above the floor.
+    """
+    reference, estimate = _pairs(reference, estimate)
+    window = torch.hann_window(n_fft, device=reference.device)
+    mel = _mel_filterbank(sample_rate, n_fft, n_mels).to(reference.device)
+    with torch.autocast(device_type=reference.device.type, enabled=False):
+        logs = [
+            torch.log10((mel @ _magnitude(x, n_fft, hop_length, window)).clamp(min=LOG_MAG_FLOOR))
+            for x in (reference, estimate)
+        ]  # each (batch, n_mels, frames)
+    return (logs[0] - logs[1]).abs().mean(dim=(1, 2))
+
+
+def multi_resolution_stft_distance(
+    reference: torch.Tensor,
+    estimate: torch.Tensor,
+    resolutions: Sequence[tuple[int, int, int]] = MR_STFT_RESOLUTIONS,
+) -> torch.Tensor:
+    """Mean over STFT resolutions of spectral convergence (a ratio) + mean |log10 magnitude error|.
+
+    The two terms of the multi-resolution STFT loss of Parallel WaveGAN: the first weighs the loud
+    partials, the second the quiet ones. A 10× louder estimate scores 9 + 1 = 10; identical is 0.
+    """
+    reference, estimate = _pairs(reference, estimate)
+    total = reference.new_zeros(reference.shape[0])
+    with torch.autocast(device_type=reference.device.type, enabled=False):
+        for n_fft, hop, window_size in resolutions:
+            window = torch.hann_window(window_size, device=reference.device)
+            mag_ref = _magnitude(reference, n_fft, hop, window)  # (batch, freq, frames)
+            mag_est = _magnitude(estimate, n_fft, hop, window)
+            convergence = _per_item_norm(mag_ref - mag_est) / _per_item_norm(mag_ref).clamp(min=LOG_MAG_FLOOR)
+            log_error = (
+                torch.log10(mag_ref.clamp(min=LOG_MAG_FLOOR)) - torch.log10(mag_est.clamp(min=LOG_MAG_FLOOR))
+            ).abs().mean(dim=(1, 2))
+            total = total + convergence + log_error
+    return total / len(resolutions)
+
+
+def high_band_energy_error_db(
+    reference: torch.Tensor, estimate: torch.Tensor, sample_rate: int, cutoff_hz: float | None = None
+) -> torch.Tensor:
+    """10·log10(energy of est above the cutoff / energy of ref above it) per item; 0 dB is perfect.
+
+    VQ-VAEs and vocoders tend to lose the top octaves: a negative value says how much treble is
+    missing, a positive one that hiss was added. The cutoff defaults to sample_rate / 4, the upper
+    half of the spectrum. Energies come from the full-length real FFT (Parseval, no windowing loss).
+    """
+    reference, estimate = _pairs(reference, estimate)
+    cutoff_hz = sample_rate / 4 if cutoff_hz is None else cutoff_hz
+    if not 0 < cutoff_hz < sample_rate / 2:
+        raise ValueError(f"cutoff_hz must lie between 0 and the Nyquist frequency, got {cutoff_hz}")
+    freqs = torch.fft.rfftfreq(reference.shape[-1], d=1.0 / sample_rate).to(reference.device)
+    band = freqs >= cutoff_hz
+    energy_ref = torch.fft.rfft(reference.double(), dim=-1)[:, band].abs().pow(2).sum(dim=-1)
+    energy_est = torch.fft.rfft(estimate.double(), dim=-1)[:, band].abs().pow(2).sum(dim=-1)
+    tiny = 1e-20
+    return (_power_db((energy_est + tiny) / (energy_ref + tiny)).clamp(max=-DB_FLOOR)).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Codebook metrics: how much of a codebook a set of codes uses
+
+
+def code_histogram(codes: torch.Tensor, bins: int) -> torch.Tensor:
+    """Counts (bins,) of every code in `codes` (any shape), for accumulating over many batches."""
+    return torch.bincount(codes.reshape(-1).long().cpu(), minlength=bins)[:bins].double()
+
+
+def codebook_usage(histogram: torch.Tensor) -> float:
+    """Fraction of codebook entries that occur at least once."""
+    return float((histogram > 0).double().mean())
+
+
+def codebook_perplexity(histogram: torch.Tensor) -> float:
+    """exp(entropy of the code distribution): the number of equally used codes it is worth.
+
+    1 when one code is used; the codebook size when all are used equally; 0 for no codes at all.
+    """
+    total = histogram.sum()
+    if total == 0:
+        return 0.0
+    prob = histogram[histogram > 0] / total
+    return float(torch.exp(-(prob * prob.log()).sum()))

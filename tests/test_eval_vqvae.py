@@ -1,0 +1,112 @@
+"""eval-vqvae: the stage's sources, report and table, and that its numbers track reconstruction quality."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from jukebox_lite import cli
+from jukebox_lite.eval_vqvae import AUDIO_METRICS, evaluate, evaluate_run, format_table, segments_of
+from jukebox_lite.losses import compute_bandwidth
+from tests.conftest import synth_music, write_audio
+from tests.test_codes import SR, make_run, save_vqvae, tiny_model
+
+
+def trained_tiny_model(steps: int = 60):
+    """The tiny VQ-VAE after a few Adam steps on synthesized music: clearly better than untrained."""
+    model = tiny_model()
+    clips = [torch.from_numpy(synth_music(0.064, SR, seed=s, channels=1)) for s in range(8)]  # (1, 1024)
+    model.set_bandwidth(compute_bandwidth(clips))
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = torch.stack(clips)  # (8, 1, 1024)
+    for _ in range(steps):
+        _, metrics = model(batch)
+        optimizer.zero_grad()
+        metrics["loss"].backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_segments_are_spread_and_hop_aligned():
+    wave = torch.arange(10_000, dtype=torch.float32)
+    pieces = segments_of(wave, segment=1000, max_segments=3, top_hop=8)
+    assert [p.shape for p in pieces] == [(1, 1000)] * 3
+    assert [int(p[0, 0]) for p in pieces] == [0, 4500, 9000]
+    assert [p.shape for p in segments_of(wave[:995], 1000, 3, 8)] == [(1, 992)]
+    assert segments_of(wave[:5], 1000, 3, 8) == []
+
+
+def test_stage_writes_json_and_logs_a_table(tmp_path, caplog):
+    run = make_run(tmp_path)
+    out = tmp_path / "eval.json"
+    with caplog.at_level(logging.INFO):
+        assert cli.main(["eval-vqvae", "--run", str(run), "--json", str(out), "--segment-seconds", "0.2"]) == 0
+    report = json.loads(out.read_text())
+    assert report["source"] == "valid" and report["files"] == 1  # t1 is the only validation file
+    assert report["segments"] == 3  # 0.7 s → three 0.2 s segments
+    assert [entry["level"] for entry in report["levels"]] == [0, 1, 2]
+    for entry in report["levels"]:
+        assert all(np.isfinite(entry[name]) for name in AUDIO_METRICS)
+        assert 0 < entry["codebook_usage"] <= 1 and 1 <= entry["perplexity"] <= 16
+    assert "SI-SDR dB" in caplog.text and "perplexity" in caplog.text
+
+
+def test_falls_back_to_train_split_with_a_warning(tmp_path, caplog):
+    run = make_run(tmp_path, seconds=(0.5,))
+    manifest = run / "data" / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().replace('"valid"', '"train"'))
+    with caplog.at_level(logging.WARNING):
+        report = evaluate_run(run, run / "vqvae" / "eval.json", segment_seconds=0.2)
+    assert report["source"] == "train" and "validation split is empty" in caplog.text
+    assert (run / "vqvae" / "eval.json").is_file()
+
+
+def test_audio_folder_is_decoded_downmixed_and_resampled(tmp_path, caplog):
+    run = make_run(tmp_path, seconds=(0.5,))
+    folder = tmp_path / "audio"
+    write_audio(folder / "a.wav", synth_music(0.5, 32000, seed=3, channels=2), 32000)
+    write_audio(folder / "sub" / "b.flac", synth_music(0.3, SR, seed=4, channels=1), SR)
+    (folder / "broken.wav").write_bytes(b"RIFF not really")
+    with caplog.at_level(logging.WARNING):
+        report = evaluate_run(run, tmp_path / "out.json", audio_dir=folder, segment_seconds=0.2, max_segments=1)
+    assert report["files"] == 3 and report["segments"] == 2 and "skipping" in caplog.text
+    assert report["seconds"] == pytest.approx(0.4, abs=1e-3)
+
+
+def test_user_errors(tmp_path, capsys):
+    run = make_run(tmp_path, seconds=(0.5,))
+    assert cli.main(["eval-vqvae", "--run", str(run), "--audio", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["eval-vqvae", "--run", str(run), "--audio", str(tmp_path / "empty")]) == 2
+    assert "No audio files" in capsys.readouterr().err
+    assert cli.main(["eval-vqvae", "--run", str(tmp_path / "norun")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_metrics_track_reconstruction_quality():
+    """A briefly trained VQ-VAE must score better than the untrained one on held-out audio."""
+    clips = [torch.from_numpy(synth_music(0.128, SR, seed=s, channels=1)) for s in (100, 101)]  # (1, 2048)
+    before = evaluate(tiny_model(), clips)
+    after = evaluate(trained_tiny_model(), clips)
+    for level in range(3):
+        assert after[level]["spectral_convergence_db"] < before[level]["spectral_convergence_db"] - 5
+    for level in (0, 1):  # 60 steps teach the coarsest level little beyond its spectral envelope
+        assert after[level]["log_mel_distance"] < before[level]["log_mel_distance"] - 0.1
+        assert after[level]["si_sdr_db"] > before[level]["si_sdr_db"] + 10
+        assert after[level]["codebook_usage"] > before[level]["codebook_usage"]
+    assert format_table(after).count("\n") == 3
+
+
+def test_report_uses_the_checkpoint_it_evaluates(tmp_path):
+    run = make_run(tmp_path, seconds=(0.5, 0.5))
+    first = evaluate_run(run, tmp_path / "a.json", segment_seconds=0.2)
+    save_vqvae(run, trained_tiny_model(steps=5))
+    second = evaluate_run(run, tmp_path / "b.json", segment_seconds=0.2)
+    assert first["vqvae_fingerprint"] != second["vqvae_fingerprint"]
+    assert first["levels"] != second["levels"]
