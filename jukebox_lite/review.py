@@ -81,13 +81,14 @@ def separation_pairs(run: Path, limit: int = 3) -> list[dict]:
 
 
 def samples(run: Path) -> list[dict]:
-    """Generated samples (RUN/samples/<id>/ with a wav per stage and meta.json), newest first."""
+    """Generated samples (RUN/samples/<id>/: a wav per stage, meta.json, copies.json), newest first."""
     found = []
     for folder in sorted((run / "samples").glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True):
         meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+        copies = json.loads((folder / "copies.json").read_text()) if (folder / "copies.json").exists() else None
         stages = {p.stem: p for p in sorted(folder.glob("*.wav"))}
         if stages:
-            found.append({"id": folder.name, "meta": meta, "stages": stages})
+            found.append({"id": folder.name, "meta": meta, "stages": stages, "copies": copies})
     return found
 
 
@@ -114,6 +115,15 @@ def clip(audio: np.ndarray, sr: int, seconds: float = CLIP_SECONDS) -> np.ndarra
     energy = [float(np.square(audio[s : s + n]).mean()) for s in starts]
     start = int(starts[int(np.argmax(energy))])
     return audio[start : start + n]
+
+
+def copies_html(copies: dict | None) -> str:
+    """The copy detector's verdict on one sample, in a sentence and a table of its longest matches."""
+    if copies is None:
+        return "<p><i>Not checked for copies yet (make check-copies).</i></p>"
+    verdict = "<b>FLAGGED</b>: replays training audio" if copies["flagged"] else "no long copy of the training corpus"
+    rows = [{k: m[k] for k in ("seconds", "source", "sample_start", "corpus_start", "agreement")} for m in copies["matches"][:5]]
+    return f"<p>Copy check: {verdict} (longest match {copies['longest_seconds']:.1f} s)</p>" + (html_table(rows) if rows else "")
 
 
 def html_table(rows: list[dict]) -> str:

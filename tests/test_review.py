@@ -1,6 +1,7 @@
 """The listening-review page: executed headlessly, self-contained, showing what the run holds."""
 
 import csv
+import json
 import re
 
 import numpy as np
@@ -33,6 +34,8 @@ def test_page_is_self_contained_and_shows_corpus_samples_and_curves(run):
     for stage in ("level2", "refined"):
         sf.write(sample / f"{stage}.wav", synth_music(3.0, 22050, seed=7, channels=1)[0], 22050)
     (sample / "meta.json").write_text('{"seed": 7}')
+    match = {"seconds": 9.5, "source": "deep/x/t0.wav", "sample_start": 1.0, "corpus_start": 2.0, "agreement": 0.9}
+    (sample / "copies.json").write_text(json.dumps({"flagged": True, "longest_seconds": 9.5, "matches": [match]}))
     with SummaryWriter(run / "vqvae" / "tb") as writer:
         for step in range(5):
             writer.add_scalar("loss/total", 1.0 / (step + 1), step)
@@ -44,6 +47,7 @@ def test_page_is_self_contained_and_shows_corpus_samples_and_curves(run):
     assert len(players) == 2 + 2 * 2  # two samples' stages + two vocal-removal pairs
     assert "deep" in html and "tech" in html and "silent: nothing louder than" in html
     assert "s001" in html and "No samples in this run yet" not in html
+    assert "<b>FLAGGED</b>" in html and "deep/x/t0.wav" in html
     assert "vqvae: loss/total" not in html  # titles are drawn into the PNG, not HTML...
     assert html.count("data:image/png;base64,") >= 4  # ...so count the figures: 2 pairs, 1 sample, 1 curve set
 

@@ -1,0 +1,115 @@
+"""Copy detector: a training excerpt planted in generated codes is found; novel codes are not flagged."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jukebox_lite.cli import main
+from jukebox_lite.codes import CodesCorpus, encode_corpus
+from jukebox_lite.config import CopiesConfig
+from jukebox_lite.copies import SAMPLE_CODES, CorpusIndex, check_run, longest_tolerant_run, ngram_hashes
+from jukebox_lite.errors import UserError
+from tests.conftest import synth_music
+from tests.test_codes import make_run, save_vqvae, tiny_model
+
+# the tiny test VQ-VAE runs at 16 kHz with a top hop of 8: 2000 top-level tokens per second
+SETTINGS = CopiesConfig(ngram=6, tolerance=0.15, min_seeds=3, report_seconds=0.1, flag_seconds=0.4)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Codes of three synthesized files from a tiny VQ-VAE whose codebooks were set from encoder outputs
+    (as training starts), so the codes are as varied as music's: an untrained codebook gives one code."""
+    run = make_run(tmp_path_factory.mktemp("copies"), seconds=(1.3, 1.6, 2.1))
+    model = tiny_model().train()
+    first_batch = torch.from_numpy(np.stack([synth_music(0.5, 16000, seed=s, channels=1) for s in range(8)]))
+    with torch.no_grad():
+        model(first_batch)
+    save_vqvae(run, model.eval())
+    encode_corpus(run)
+    return run, CodesCorpus(run / "codes")
+
+
+def novel_codes(corpus: CodesCorpus, length: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, corpus.bins, length)
+
+
+def plant(generated: np.ndarray, excerpt: np.ndarray, at: int, changed: float, seed: int) -> np.ndarray:
+    """Copy `excerpt` into `generated` at `at`, with a share `changed` of its tokens re-drawn."""
+    rng = np.random.default_rng(seed)
+    out = generated.copy()
+    copy = excerpt.astype(np.int64).copy()
+    flips = rng.random(copy.size) < changed
+    copy[flips] = (copy[flips] + rng.integers(1, 16, flips.sum())) % 16
+    out[at : at + copy.size] = copy
+    return out
+
+
+def test_planted_excerpt_is_found_with_file_and_position(corpus):
+    run, codes = corpus
+    index = CorpusIndex(codes, SETTINGS)
+    source = codes.file_codes(2, level=2)
+    excerpt = source[700:1900]  # 0.6 s of the third file
+    generated = plant(novel_codes(codes, 6000, seed=1), excerpt, at=2500, changed=0.08, seed=2)
+
+    found = index.matches(generated)
+    assert found, "the planted excerpt was not found"
+    best = found[0]
+    assert best.file_id == codes.files[2]["id"]
+    assert best.sample_start == pytest.approx(2500 / 2000, abs=0.01)
+    assert best.corpus_start == pytest.approx(700 / 2000, abs=0.01)
+    assert best.seconds == pytest.approx(1200 / 2000, abs=0.03)
+    assert 0.85 <= best.agreement < 1.0
+
+
+def test_novel_codes_are_not_flagged(corpus):
+    run, codes = corpus
+    index = CorpusIndex(codes, SETTINGS)
+    for seed in range(3):
+        found = index.matches(novel_codes(codes, 6000, seed=10 + seed))
+        assert all(m.seconds < SETTINGS.flag_seconds for m in found)
+
+
+def test_the_corpus_commonest_patterns_are_no_evidence(corpus):
+    run, codes = corpus
+    index = CorpusIndex(codes, SETTINGS)
+    tokens = np.asarray(codes.level(2)).astype(np.int64)
+    commonest = np.bincount(tokens).argmax()
+    loop = np.tile(tokens[:3], 2000)  # a three-token figure repeated: what a stuck prior writes
+    assert index.matches(np.full(6000, commonest)) == []
+    assert all(m.seconds < SETTINGS.flag_seconds for m in index.matches(loop))
+
+
+def test_check_copies_command_writes_reports_and_flags(corpus, tmp_path):
+    run, codes = corpus
+    for name, generated in {
+        "copied": plant(novel_codes(codes, 5000, 3), codes.file_codes(1, 2)[100:1500], at=400, changed=0.05, seed=4),
+        "novel": novel_codes(codes, 5000, 5),
+    }.items():
+        (run / "samples" / name).mkdir(parents=True, exist_ok=True)
+        np.save(run / "samples" / name / SAMPLE_CODES, generated.astype(np.int16))
+    overrides = [f"copies.{k}={v}" for k, v in vars(SETTINGS).items()]
+    assert main(["check-copies", "--run", str(run), *overrides]) == 0
+    copied = json.loads((run / "samples/copied/copies.json").read_text())
+    novel = json.loads((run / "samples/novel/copies.json").read_text())
+    assert copied["flagged"] and copied["matches"][0]["file_id"] == codes.files[1]["id"]
+    assert not novel["flagged"]
+
+
+def test_longest_tolerant_run_and_hashes():
+    equal = np.array([1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1], bool)
+    assert longest_tolerant_run(equal, tolerance=0.0) == (3, 7)
+    assert longest_tolerant_run(equal, tolerance=0.2) == (0, 7)  # one miss in seven
+    assert longest_tolerant_run(np.zeros(5, bool), tolerance=0.1) == (0, 0)
+    tokens = np.array([3, 1, 4, 1, 5, 3, 1, 4])
+    hashes = ngram_hashes(tokens, 3)
+    assert hashes.shape == (6,) and hashes[0] == hashes[5] and len(set(hashes.tolist())) == 5
+
+
+def test_no_samples_is_a_clear_error(corpus, tmp_path):
+    run, _ = corpus
+    (tmp_path / "codes").symlink_to(run / "codes")
+    with pytest.raises(UserError, match="make sample"):
+        check_run(tmp_path, SETTINGS)
