@@ -10,6 +10,7 @@ Each stage adds its own section dataclass here, so one file shows everything a r
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -287,6 +288,70 @@ class PriorLevel0Config(PriorConfig):
 
 
 @dataclass
+class RefinerConfig:
+    """The diffusion refiner: a 1-D waveform U-Net that turns VQ-VAE-decoded audio into cleaner audio.
+
+    The defaults are the real size for 44.1 kHz; the demo recipe shrinks every width. Training
+    hyper-parameters live in the shared training loop's section, not here.
+    """
+
+    sample_rate: int = 44100
+    cond_level: int = 0  # the VQ-VAE level whose decoded audio is the condition (0 best; 1 faster sampling)
+    segment_length: int = 65536  # samples per training window and per sampling chunk; a multiple of the U-Net's stride
+    overlap_length: int = 8192  # sampling: neighbouring chunks overlap by this much and are cross-faded
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256, 512])  # width per resolution level
+    factors: list[int] = field(default_factory=lambda: [4, 4, 4, 2, 2])  # downsampling between levels (even)
+    res_blocks: int = 2  # residual blocks per level, on the way down and on the way up
+    attention_levels: int = 2  # the coarsest this-many levels (and the middle) have self-attention
+    attention_heads: int = 8
+    norm_groups: int = 16  # GroupNorm groups; must divide every width
+    kernel_size: int = 5  # residual convolutions (odd)
+    embedding_dim: int = 256  # timestep embedding width
+    # sampling defaults (the refine command can override them)
+    steps: int = 8  # deterministic DDIM steps
+    strength: float = 1.0  # 1: start from noise; below 1: from the coarse audio noised to t = strength
+    chunk_batch: int = 4  # chunks per model call
+
+    @property
+    def stride(self) -> int:
+        """Samples per position at the coarsest level: audio lengths the U-Net takes are multiples of this."""
+        return math.prod(self.factors)
+
+    def validate(self, section: str = "refiner") -> None:
+        for name in ("sample_rate", "segment_length", "overlap_length", "res_blocks", "attention_heads",
+                     "norm_groups", "kernel_size", "embedding_dim", "steps", "chunk_batch"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{section}.{name} is {getattr(self, name)}; it must be at least 1.")
+        if self.cond_level < 0:
+            raise UserError(f"{section}.cond_level is {self.cond_level}; use a VQ-VAE level (0 finest).")
+        if len(self.factors) != len(self.channels) - 1 or not self.channels:
+            raise UserError(
+                f"{section}.factors has {len(self.factors)} entries; give one fewer than channels ({len(self.channels)})."
+            )
+        if any(f < 2 or f % 2 for f in self.factors):
+            raise UserError(f"{section}.factors is {self.factors}; every factor must be even and at least 2.")
+        bad_width = [c for c in self.channels if c < 1 or c % self.norm_groups or c % self.attention_heads]
+        if bad_width:
+            raise UserError(
+                f"{section}.channels has {bad_width[0]}; every width must be a positive multiple of "
+                f"norm_groups ({self.norm_groups}) and attention_heads ({self.attention_heads})."
+            )
+        if not 0 <= self.attention_levels <= len(self.channels):
+            raise UserError(f"{section}.attention_levels must be between 0 and the number of levels ({len(self.channels)}).")
+        if self.kernel_size % 2 == 0 or self.embedding_dim % 2:
+            raise UserError(f"{section}: kernel_size must be odd and embedding_dim even.")
+        if self.segment_length % self.stride:
+            raise UserError(
+                f"{section}.segment_length is {self.segment_length}; use a multiple of the U-Net's stride {self.stride} "
+                f"(e.g. {max(1, round(self.segment_length / self.stride)) * self.stride})."
+            )
+        if 2 * self.overlap_length > self.segment_length:
+            raise UserError(f"{section}.overlap_length must be at most half of segment_length ({self.segment_length}).")
+        if not 0.0 <= self.strength <= 1.0:
+            raise UserError(f"{section}.strength is {self.strength}; it must be in [0, 1].")
+
+
+@dataclass
 class RecipeConfig:
     """A whole recipe: one section per stage."""
 
@@ -297,6 +362,7 @@ class RecipeConfig:
     prior_level2: PriorConfig = field(default_factory=PriorConfig)
     prior_level1: PriorLevel1Config = field(default_factory=PriorLevel1Config)
     prior_level0: PriorLevel0Config = field(default_factory=PriorLevel0Config)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
     def validate(self) -> None:
         self.data.validate()
@@ -306,6 +372,7 @@ class RecipeConfig:
             if prior.level != level:
                 raise UserError(f"prior_level{level}.level is {prior.level}; it must be {level} (or be left out).")
             prior.validate(f"prior_level{level}")
+        self.refiner.validate()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Refine coarse VQ-VAE audio with the run's diffusion refiner (RUN/refiner/last.pt).
+
+    jukebox-lite refine --run RUN --in coarse.wav --out refined.wav [--steps N --strength S --seed K]
+
+The input is made to fit the refiner: other sample rates are resampled and several channels are
+averaged to mono, each with a warning. The refiner must have been trained on the audio of this
+run's VQ-VAE (RUN/vqvae/last.pt), otherwise it is refused. The output (.wav or .flac, 24-bit) is
+written atomically: a failed or interrupted run leaves an existing file untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from jukebox_lite.atomic import atomic_path
+from jukebox_lite.audio import AudioError, load_audio, resample, to_mono
+from jukebox_lite.checkpoint import CHECKPOINT_NAME
+from jukebox_lite.errors import UserError
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.refiner import load_refiner, refine
+from jukebox_lite.vqvae import load_vqvae
+
+log = logging.getLogger(__name__)
+
+SILENCE_PEAK = 1e-4  # about -80 dBFS: below this the input holds nothing to refine
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", type=Path, required=True, help="run folder holding refiner/last.pt (and vqvae/last.pt)")
+    parser.add_argument("--in", dest="input", type=Path, required=True, help="coarse audio to refine")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the refined audio (.wav or .flac)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the refiner's refiner.steps)")
+    parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the input, 0 returns it")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same output")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _read_input(path: Path, sample_rate: int) -> np.ndarray:
+    """The input as mono float32 (1, T) at `sample_rate`; what had to change is logged as a warning."""
+    try:
+        audio, sr = load_audio(path)
+    except AudioError as e:
+        raise UserError(f"Input '{path}' cannot be refined: {e}; give a finite, decodable audio file.") from None
+    if audio.shape[0] > 1:
+        log.warning("%s has %d channels; the refiner works in mono, so they are averaged", path, audio.shape[0])
+        audio = to_mono(audio)
+    if sr != sample_rate:
+        log.warning("%s is at %d Hz; resampling to the refiner's %d Hz", path, sr, sample_rate)
+        audio = resample(audio, sr, sample_rate)
+    if np.abs(audio).max() < SILENCE_PEAK:
+        log.warning("%s is silent; the refiner has nothing to follow and its output will be mostly its own noise", path)
+    return audio
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.suffix.lower() not in (".wav", ".flac"):
+        raise UserError(f"Output '{args.out}' must end in .wav or .flac.")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps is {args.steps}; use at least 1.")
+    if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+        raise UserError(f"--strength is {args.strength}; use a value from 0 to 1.")
+    checkpoint = args.run / "refiner" / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise UserError(f"No refiner at '{checkpoint}'; train one first (jukebox-lite train-refiner, or make refiner).")
+    vqvae_checkpoint = args.run / "vqvae" / CHECKPOINT_NAME
+    expected = None
+    if vqvae_checkpoint.is_file():
+        expected = vqvae_fingerprint(load_vqvae(vqvae_checkpoint))
+    else:
+        log.warning("%s is missing, so the refiner cannot be checked against the run's VQ-VAE", vqvae_checkpoint)
+    device = _device(args.device)
+    model = load_refiner(checkpoint, map_location=device, vqvae=expected)
+    sample_rate = model.config.sample_rate
+
+    audio = _read_input(args.input, sample_rate)
+    coarse = torch.from_numpy(audio)[None]  # (1, 1, T)
+    refined = refine(model, coarse, steps=args.steps, strength=args.strength, seed=args.seed, progress=True)
+    if not torch.isfinite(refined).all():  # a broken checkpoint, not the input: the input was checked above
+        raise UserError(f"Refiner '{checkpoint}' produced NaN or infinite samples; its weights are broken, retrain it.")
+    with atomic_path(args.out) as tmp:
+        sf.write(tmp, refined[0].numpy().T, sample_rate, subtype="PCM_24")
+    log.info(
+        "wrote %s (%.1f s at %d Hz, %d steps, strength %.2f, seed %d)", args.out, audio.shape[1] / sample_rate,
+        sample_rate, args.steps or model.config.steps,
+        model.config.strength if args.strength is None else args.strength, args.seed,
+    )
+    return 0

@@ -1,0 +1,327 @@
+"""The diffusion refiner: v-objective maths, the U-Net, training on pairs, the chunked DDIM sampler, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.config import RefinerConfig, VQVAEConfig, load_config
+from jukebox_lite.errors import UserError
+from jukebox_lite.refiner import (
+    RefinerUNet,
+    alpha_sigma,
+    chunk_starts,
+    diffusion_loss,
+    load_refiner,
+    make_training_pair,
+    noised,
+    refine,
+    save_refiner,
+    v_target,
+    x0_from_v,
+)
+from jukebox_lite.vqvae import VQVAE, load_vqvae
+from tests.conftest import synth_music
+
+SR = 8000
+
+
+def tiny_config(**changes) -> RefinerConfig:
+    values = dict(
+        sample_rate=SR, segment_length=2048, overlap_length=256, channels=[8, 16, 32], factors=[4, 4],
+        res_blocks=1, attention_levels=1, attention_heads=2, norm_groups=4, kernel_size=5, embedding_dim=32,
+        steps=4, chunk_batch=2,
+    )
+    values.update(changes)
+    return RefinerConfig(**values)
+
+
+def tiny_vqvae(seed: int = 0) -> VQVAE:
+    torch.manual_seed(seed)
+    cfg = VQVAEConfig(
+        sample_rate=SR, sample_length=1024, downs_t=[1, 1, 1], emb_width=8, l_bins=16, width=16, depth=2,
+        multipliers=[1, 1, 1], linf_k=64, stft_n_fft=[256, 128, 64], stft_hop_length=[32, 16, 8],
+        stft_window_size=[128, 64, 32],
+    )
+    model = VQVAE(cfg).train()
+    model(torch.from_numpy(synth_music(0.5, SR, seed=seed, channels=1))[None, :, :3968])  # initialise codebooks
+    return model.eval()
+
+
+def music(seconds: float, seed: int) -> torch.Tensor:
+    """(1, 1, T) synthesized mono music."""
+    return torch.from_numpy(synth_music(seconds, SR, seed=seed, channels=1))[None]
+
+
+def degrade(clean: torch.Tensor, seed: int) -> torch.Tensor:
+    """A stand-in for VQ-VAE damage: everything above 1 kHz removed, a little noise added."""
+    spectrum = torch.fft.rfft(clean)
+    spectrum[..., int(1000 / SR * clean.shape[-1]) :] = 0
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    return torch.fft.irfft(spectrum, n=clean.shape[-1]) + 0.01 * noise
+
+
+def pair_batch(step: int, batch: int = 4, length: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops of a few seconds of synthesized music and their degraded versions."""
+    gen = torch.Generator().manual_seed(step)
+    tracks = torch.cat([music(2.0, seed) for seed in range(3)])  # (3, 1, 16000)
+    rows = torch.randint(0, 3, (batch,), generator=gen)
+    starts = torch.randint(0, tracks.shape[-1] - length, (batch,), generator=gen)
+    clean = torch.stack([tracks[r, :, s : s + length] for r, s in zip(rows.tolist(), starts.tolist())])
+    return clean, degrade(clean, seed=step)
+
+
+def train(model: RefinerUNet, steps: int) -> list[float]:
+    """A short plain Adam loop on synthesized pairs; returns the losses."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(steps):
+        clean, coarse = pair_batch(step)
+        loss = diffusion_loss(model, clean, coarse, generator=gen)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny refiner after a short training run, with its losses (shared: training is the slow part)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test one-thread fixture
+    torch.manual_seed(0)
+    model = RefinerUNet(tiny_config())
+    losses = train(model, 100)
+    torch.set_num_threads(threads)
+    return model.eval(), losses
+
+
+class OracleRefiner(nn.Module):
+    """Stands in for a perfect network: the condition *is* the clean audio, and v is computed exactly from it.
+
+    With it the sampler must return the condition at any step count, strength and chunking, so any
+    error in the DDIM update, the chunk blending or the padding shows.
+    """
+
+    def __init__(self, cfg: RefinerConfig):
+        super().__init__()
+        self.config = cfg
+        self.device = torch.device("cpu")
+        self.longest_input = 0
+
+    def autocast(self):
+        return torch.autocast("cpu", enabled=False)
+
+    def forward(self, x_t, t, coarse):
+        assert x_t.shape[-1] % self.config.stride == 0
+        self.longest_input = max(self.longest_input, x_t.shape[-1])
+        alpha, sigma = alpha_sigma(t.float())
+        return (alpha * x_t - coarse) / sigma  # x0 = α·x_t − σ·v  ⇒  v = (α·x_t − x0) / σ
+
+
+# ----------------------------------------------------------------------------------------------
+# The v-objective
+
+
+def test_schedule_endpoints_and_unit_power():
+    alpha, sigma = alpha_sigma(torch.tensor([0.0, 1.0]))
+    assert alpha[0] == 1 and sigma[0] == 0
+    assert abs(alpha[1]) < 1e-6 and sigma[1] == pytest.approx(1.0)
+    t = torch.rand(100, generator=torch.Generator().manual_seed(0))
+    alpha, sigma = alpha_sigma(t)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones(100))
+    assert (alpha[1:] - alpha[:-1]).sign().eq(-(t[1:] - t[:-1]).sign()).all()  # α falls as t rises
+
+
+def test_v_target_and_x0_recovery():
+    gen = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(3, 1, 50, generator=gen), torch.randn(3, 1, 50, generator=gen)
+    t = torch.tensor([0.0, 1 / 3, 0.9])
+    v = v_target(x0, noise, t)
+    # t = 1/3: α = cos(π/6) = √3/2, σ = sin(π/6) = 1/2
+    torch.testing.assert_close(v[1], math.sqrt(3) / 2 * noise[1] - 0.5 * x0[1])
+    torch.testing.assert_close(v[0], noise[0])  # t = 0: v is the noise
+    x_t = noised(x0, noise, t)
+    torch.testing.assert_close(x_t[1], math.sqrt(3) / 2 * x0[1] + 0.5 * noise[1])
+    torch.testing.assert_close(x0_from_v(x_t, v, t), x0, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+
+
+def test_unet_shape_stride_and_config_checks():
+    cfg = tiny_config()
+    model = RefinerUNet(cfg)
+    assert cfg.stride == 16
+    x = torch.randn(2, 1, 160)
+    assert model(x, torch.tensor([0.1, 0.7]), x).shape == (2, 1, 160)
+    with pytest.raises(ValueError, match="multiple of the refiner's stride 16"):
+        model(torch.randn(1, 1, 150), torch.tensor([0.5]), torch.randn(1, 1, 150))
+    with pytest.raises(UserError, match="refiner.segment_length"):
+        tiny_config(segment_length=2040).validate()
+    with pytest.raises(UserError, match="refiner.factors"):
+        tiny_config(factors=[4, 3]).validate()
+    with pytest.raises(UserError, match="refiner.channels"):
+        tiny_config(channels=[8, 16, 30]).validate()
+    with pytest.raises(UserError, match="refiner.strength"):
+        tiny_config(strength=1.5).validate()
+    cfg = load_config(None, ["refiner.channels=[8,16,32]", "refiner.factors=[4,4]", "refiner.norm_groups=4",
+                             "refiner.attention_heads=2", "refiner.segment_length=4096", "refiner.overlap_length=512"])
+    assert cfg.refiner.stride == 16 and cfg.refiner.overlap_length == 512
+
+
+def test_attention_only_at_coarse_levels_and_timestep_reaches_every_block():
+    model = RefinerUNet(tiny_config(channels=[8, 16, 32, 32], factors=[2, 2, 2], attention_levels=2))
+    attended = [any(not isinstance(a, nn.Identity) for a in level.attention) for level in model.down]
+    assert attended == [False, False, True, True]
+    x = torch.randn(1, 1, 64)
+    for p in model.parameters():  # undo the zero initialisation so the output depends on everything
+        if (p == 0).all():
+            nn.init.normal_(p, std=0.1)
+    out_a, out_b = model(x, torch.tensor([0.2]), x), model(x, torch.tensor([0.8]), x)
+    assert not torch.allclose(out_a, out_b)
+    out_a.sum().backward()
+    blocks = [m for m in model.modules() if m.__class__.__name__ == "ResBlock"]
+    assert blocks and all(b.emb.weight.grad is not None and b.emb.weight.grad.abs().sum() > 0 for b in blocks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def test_loss_falls_in_a_short_adam_loop(trained):
+    _, losses = trained
+    # v̂ starts at 0, so the loss starts near E[v²] = E[α²] + E[σ²]·E[x0²] ≈ 0.5 + a little
+    assert 0.4 < losses[0] < 1.0
+    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert last < 0.3 * first, (first, last)
+
+
+def test_training_pairs_through_a_tiny_vqvae():
+    vqvae = tiny_vqvae()
+    before = {k: v.clone() for k, v in vqvae.state_dict().items()}
+    clean = music(1.0, seed=4)[:, :, :4096].repeat(2, 1, 1)
+    coarse, target = make_training_pair(vqvae, clean, cond_level=1)
+    assert target is clean and coarse.shape == clean.shape and not coarse.requires_grad
+    torch.testing.assert_close(coarse, vqvae.decode(vqvae.encode(clean), level=1))
+    assert not torch.allclose(coarse, clean, atol=1e-3)  # the VQ-VAE's damage is what the refiner learns to undo
+    model = RefinerUNet(tiny_config())
+    loss = diffusion_loss(model, target, coarse, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.out.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vqvae.parameters())
+    assert all(torch.equal(before[k], v) for k, v in vqvae.state_dict().items())  # codebooks untouched
+    with pytest.raises(UserError, match="cond_level is 3"):
+        make_training_pair(vqvae, clean, cond_level=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+
+def test_sampler_is_deterministic_per_seed(trained):
+    model, _ = trained
+    coarse = degrade(music(0.5, seed=7), seed=1)
+    a, b = refine(model, coarse, seed=3), refine(model, coarse, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, refine(model, coarse, seed=4), atol=1e-4)
+    assert a.shape == coarse.shape and torch.isfinite(a).all() and a.abs().max() <= 1
+
+
+def test_strength_zero_returns_the_input_and_small_strength_stays_close(trained):
+    model, _ = trained
+    coarse = degrade(music(0.5, seed=7), seed=1)
+    assert torch.equal(refine(model, coarse, strength=0.0), coarse)
+    near = refine(model, coarse, strength=0.05, steps=2)
+    far = refine(model, coarse, strength=1.0, steps=2)
+    assert (near - coarse).abs().mean() < 0.5 * (far - coarse).abs().mean()
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("length", [1001, 2048, 4096 + 37, 9000])
+def test_sampler_with_a_perfect_network_recovers_the_target_at_any_length(strength, length):
+    """DDIM with the exact v returns x0; chunked, padded and odd lengths included, seams and all."""
+    cfg = tiny_config(segment_length=1024, overlap_length=128)
+    oracle = OracleRefiner(cfg)
+    target = (0.9 * music(1.2, seed=2)[:, :, :length]).repeat(2, 1, 1)  # batch of two
+    out = refine(oracle, target, steps=3, strength=strength, seed=5)
+    assert out.shape == target.shape
+    torch.testing.assert_close(out, target, atol=2e-5, rtol=0)
+
+
+def test_model_memory_is_bounded_by_the_segment_not_the_track():
+    cfg = tiny_config(segment_length=1024, overlap_length=128)
+    oracle = OracleRefiner(cfg)
+    refine(oracle, torch.zeros(1, 1, 60 * SR), steps=1)  # a minute of audio
+    assert oracle.longest_input == 1024
+
+
+def test_chunk_plan_covers_the_track_with_the_last_chunk_flush():
+    assert chunk_starts(1000, 1024, 128) == [0]
+    assert chunk_starts(1024, 1024, 128) == [0]
+    starts = chunk_starts(3000, 1024, 128)
+    assert starts[:3] == [0, 896, 1792] and starts[-1] == 3000 - 1024
+    assert all(b - a <= 1024 - 128 for a, b in zip(starts, starts[1:]))
+
+
+def test_chunked_equals_unchunked_away_from_seams_and_seams_are_continuous(trained):
+    """The real network sees a chunk's own context (GroupNorm statistics, attention), so chunking changes
+    its output slightly everywhere, not only at seams. With the same noise per position the result
+    moves far less than a new seed moves it, and the cross-fades leave no jump at a seam larger than
+    the signal's own sample-to-sample steps."""
+    model, _ = trained
+    coarse = degrade(music(1.5, seed=9), seed=3)  # 12000 samples, 2048-sample chunks
+    whole = refine(model, coarse, seed=1, segment_length=12288)
+    reseeded = refine(model, coarse, seed=2, segment_length=12288)
+    chunked = refine(model, coarse, seed=1)
+    starts = chunk_starts(coarse.shape[-1], 2048, 256)
+    assert len(starts) > 4
+    seams = torch.zeros(coarse.shape[-1], dtype=torch.bool)
+    for start in starts[1:]:
+        seams[start : start + 2048 - 256 if start == starts[-1] else start + 256] = True
+    rms = whole.pow(2).mean().sqrt()
+    seed_change = (whole - reseeded).pow(2).mean().sqrt()
+    away = (whole - chunked)[..., ~seams].pow(2).mean().sqrt()
+    assert away < 0.6 * seed_change and away < 0.25 * rms, (away, seed_change, rms)
+    own_step = whole.diff().abs().max()
+    assert chunked.diff().abs()[..., seams[1:]].max() <= 1.1 * own_step
+    assert chunked.diff().abs().max() <= 1.1 * own_step
+    # a different chunk size cuts elsewhere and agrees just as well: chunking does not change the noise
+    other = refine(model, coarse, seed=1, segment_length=3072, overlap_length=512)
+    assert (other - whole).pow(2).mean().sqrt() < 0.6 * seed_change
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_load_refiner_prefers_ema_and_checks_the_vqvae(tmp_path):
+    vqvae = tiny_vqvae(seed=0)
+    fingerprint = vqvae_fingerprint(vqvae)
+    save_checkpoint(tmp_path / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(vqvae.config), vqvae.state_dict())
+    assert vqvae_fingerprint(load_vqvae(tmp_path / "vqvae")) == fingerprint
+    assert vqvae_fingerprint(tiny_vqvae(seed=1)) != fingerprint
+
+    torch.manual_seed(0)
+    model = RefinerUNet(tiny_config(), vqvae_fingerprint=fingerprint)
+    ema = {k: v + 0.01 for k, v in model.state_dict().items()}
+    save_refiner(tmp_path / "refiner" / "last.pt", model, ema=ema, step=7)
+    loaded = load_refiner(tmp_path / "refiner", vqvae=fingerprint)
+    assert not loaded.training and loaded.config == model.config and loaded.vqvae_fingerprint == fingerprint
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in ema.items())
+    with pytest.raises(UserError, match="another VQ-VAE"):
+        load_refiner(tmp_path / "refiner", vqvae=vqvae_fingerprint(tiny_vqvae(seed=1)))
+    with pytest.raises(UserError, match="does not exist"):
+        load_refiner(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="vqvae_fingerprint"):
+        save_refiner(tmp_path / "bad.pt", RefinerUNet(tiny_config()))
