@@ -1,0 +1,105 @@
+"""How fast the diffusion refiner refines: seconds of audio refined per second of wall time.
+
+For each recipe's `refiner` section (by default the demo and deep-house recipes), each step count and
+each device (CPU, and CUDA when present), a model with that section's sizes (random weights: speed
+does not depend on them) refines `--seconds` of synthesized audio through the chunked sampler that
+`jukebox-lite refine` uses. Each case is warmed up once, then timed `--repeats` times.
+
+    python bench/bench_refiner.py [--recipes pipelines/demo.yaml pipelines/deep_house.yaml]
+                                  [--steps 4 8 16] [--seconds 10] [--repeats 2] [--threads N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from jukebox_lite.config import load_config
+from jukebox_lite.refiner import RefinerUNet, refine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def test_audio(seconds: float, sr: int) -> torch.Tensor:
+    """(1, 1, T): two tones and a decaying noise burst every half second, peak below 1."""
+    t = torch.arange(int(seconds * sr)) / sr
+    gen = torch.Generator().manual_seed(0)
+    burst = torch.exp(-30 * (t % 0.5)) * torch.randn(t.shape, generator=gen)
+    audio = 0.2 * torch.sin(2 * math.pi * 110 * t) + 0.1 * torch.sin(2 * math.pi * 660 * t) + 0.1 * burst
+    return audio[None, None]
+
+
+def bench_case(model: RefinerUNet, audio: torch.Tensor, steps: int, repeats: int, sync) -> list[float]:
+    def run() -> None:
+        refine(model, audio, steps=steps, strength=1.0, seed=0)
+
+    run()  # warm-up: oneDNN / cuDNN pick and cache their kernels on the first call
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", type=Path,
+                        default=[Path("pipelines/demo.yaml"), Path("pipelines/deep_house.yaml")])
+    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the audio refined per case")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
+    parser.add_argument("--json", type=Path, help="where to write results (default bench/results/...)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
+    rows = []
+    for recipe in args.recipes:
+        recipe_cfg = load_config(recipe)
+        cfg = recipe_cfg.refiner
+        torch.manual_seed(0)
+        audio = test_audio(args.seconds, cfg.sample_rate)
+        for device in devices:
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+            model = RefinerUNet(cfg).to(device).eval()
+            params = sum(p.numel() for p in model.parameters())
+            for steps in args.steps:
+                times = bench_case(model, audio, steps, args.repeats, sync)
+                rows.append({
+                    "recipe": recipe_cfg.name, "device": device, "params_m": params / 1e6, "sample_rate": cfg.sample_rate,
+                    "segment_length": cfg.segment_length, "steps": steps, "audio_seconds": args.seconds,
+                    "best_x_realtime": args.seconds / min(times),
+                    "median_x_realtime": args.seconds / statistics.median(times), "times_s": times,
+                })
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
+    print(f"{'recipe':12}  {'device':6}  {'params':>7}  {'rate':>6}  {'steps':>5}  {'audio s':>7}  {'best x RT':>9}  {'median x RT':>11}")
+    for r in rows:
+        print(f"{r['recipe']:12}  {r['device']:6}  {r['params_m']:6.1f}M  {r['sample_rate']:6d}  {r['steps']:5d}  "
+              f"{r['audio_seconds']:7.1f}  {r['best_x_realtime']:9.3f}  {r['median_x_realtime']:11.3f}")
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.json or RESULTS / f"refiner-{platform.node()}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "args": {k: str(v) for k, v in vars(args).items()}, "host": platform.node(), "utc": stamp}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
