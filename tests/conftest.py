@@ -34,10 +34,7 @@ def music():
     return synth_music
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tests use tiny tensors: one intra-op thread is far faster than two spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
+def pytest_configure(config):
+    """Tests use tiny tensors: one intra-op thread is far faster than two spinning on a busy 2-core
+    machine. Set for the whole session, so module-scoped fixtures that train get it too."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -96,12 +96,9 @@ def train(model: RefinerUNet, steps: int) -> list[float]:
 @pytest.fixture(scope="module")
 def trained():
     """A tiny refiner after a short training run, with its losses (shared: training is the slow part)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before conftest's per-test one-thread fixture
     torch.manual_seed(0)
     model = RefinerUNet(tiny_config())
     losses = train(model, 100)
-    torch.set_num_threads(threads)
     return model.eval(), losses
 
 
