@@ -87,6 +87,53 @@ class DataConfig:
 
 
 @dataclass
+class TrainingConfig:
+    """A stage's run of the shared training loop (`jukebox_lite.training`): optimiser, schedule, logging.
+
+    Every stage that trains has one as its `train` section; each stage picks its own defaults. The LR
+    schedule is a function of the step and of this config only, so changing it and resuming (e.g.
+    switching annealing on) takes effect at once.
+    """
+
+    batch_size: int = 4  # windows per step over all ranks; each rank takes batch_size / world size
+    steps: int = 100000  # the run ends here, or earlier when annealing brings the LR to zero
+    lr: float = 3e-4
+    warmup_steps: int = 100  # LR rises linearly from 0 over these steps
+    clip: float = 1.0  # gradient-norm clipping
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay
+    beta1: float = 0.9
+    beta2: float = 0.999
+    anneal_start: int | None = None  # step where the LR starts its linear decay to zero (None: no annealing)
+    anneal_steps: int = 10000  # steps of that decay
+    ema: float = 0.999  # EMA decay of the weights kept for sampling (0 disables)
+    max_bad_steps: int = 10  # stop after this many non-finite losses in a row (each is skipped)
+    log_every: int = 10  # steps between TensorBoard scalars
+    checkpoint_every: int = 1000  # steps between checkpoints (one is also written at the end)
+    media_every: int = 1000  # steps between audio/spectrogram summaries (0: never)
+    workers: int = 2  # data-loading processes per rank (0: read in the training process)
+
+    def validate(self, section: str) -> None:
+        for name in ("batch_size", "steps", "max_bad_steps", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{section}.{name} is {getattr(self, name)}; it must be at least 1.")
+        if self.lr <= 0 or self.clip <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise UserError(f"{section}: lr and clip must be positive, warmup_steps and weight_decay not negative.")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"{section}: beta1 and beta2 must be in [0, 1).")
+        if self.anneal_start is not None and (self.anneal_start < 0 or self.anneal_steps < 1):
+            raise UserError(f"{section}: anneal_start must be at least 0 and anneal_steps at least 1.")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"{section}.ema must be in [0, 1).")
+        if self.media_every < 0 or self.workers < 0:
+            raise UserError(f"{section}: media_every and workers must not be negative.")
+
+
+def _training_section(value: TrainingConfig | dict, prefix: str) -> TrainingConfig:
+    """Accept the mapping `dataclasses.asdict` makes, so `Section(**asdict(section))` round-trips."""
+    return section_from_dict(TrainingConfig, value, prefix) if isinstance(value, dict) else value
+
+
+@dataclass
 class VQVAEConfig:
     """The 3-level VQ-VAE; the defaults are OpenAI Jukebox's released 'vqvae' hparams (hop 8/32/128)."""
 
@@ -114,6 +161,11 @@ class VQVAEConfig:
     stft_n_fft: list[int] = field(default_factory=lambda: [2048, 1024, 512])
     stft_hop_length: list[int] = field(default_factory=lambda: [240, 120, 50])
     stft_window_size: list[int] = field(default_factory=lambda: [1200, 600, 240])
+    # OpenAI trained it with Adam (no weight decay), lr 3e-4, no warm-up
+    train: TrainingConfig = field(default_factory=lambda: TrainingConfig(weight_decay=0.0, warmup_steps=0))
+
+    def __post_init__(self) -> None:
+        self.train = _training_section(self.train, "vqvae.train.")
 
     @property
     def hop_lengths(self) -> list[int]:
@@ -156,6 +208,7 @@ class VQVAEConfig:
                     f"vqvae STFT setting n_fft {n_fft}, hop {hop}, window {window} is invalid; "
                     "need 0 < hop <= window <= n_fft."
                 )
+        self.train.validate("vqvae.train")
 
 
 @dataclass
@@ -201,20 +254,12 @@ class PriorConfig:
     cond_zero_out: bool = False
     cond_res_scale: bool = False
     cond_c_res: int = 1  # 1: resnet units kept in `blocks` (OpenAI's released key layout), recomputed in backward
-    # training
-    batch_size: int = 4
-    steps: int = 100000
-    lr: float = 3e-4
-    warmup_steps: int = 100
-    clip: float = 1.0
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    anneal_start: int | None = None  # step where the LR starts its linear decay to zero (None: no annealing)
-    anneal_steps: int = 10000  # steps of that decay
-    ema: float = 0.999  # EMA decay of the weights kept for sampling (0 disables)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
     # sampling
     hop_fraction: float = 0.125  # long tracks: a new window every hop_fraction · n_ctx tokens
+
+    def __post_init__(self) -> None:
+        self.train = _training_section(self.train, "prior.train.")
 
     @property
     def block_ctx(self) -> int:
@@ -232,7 +277,7 @@ class PriorConfig:
     def validate(self, section: str = "prior") -> None:
         if self.level not in (0, 1, 2):
             raise UserError(f"{section}.level is {self.level}; use 2 (top prior), 1 or 0 (upsamplers).")
-        for name in ("n_ctx", "width", "depth", "heads", "blocks", "bins", "hop_length", "batch_size"):
+        for name in ("n_ctx", "width", "depth", "heads", "blocks", "bins", "hop_length"):
             if getattr(self, name) < 1:
                 raise UserError(f"{section}.{name} must be at least 1.")
         if self.attn_order not in (0, 1, 2, 3):
@@ -259,12 +304,7 @@ class PriorConfig:
                 )
             if self.cond_width < 1 or self.cond_depth < 0 or self.cond_down_t < 1 or self.cond_stride_t < 1:
                 raise UserError(f"{section}: cond_width, cond_down_t, cond_stride_t must be positive, cond_depth not negative.")
-        if self.lr <= 0 or self.clip <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise UserError(f"{section}: lr and clip must be positive, warmup_steps and weight_decay not negative.")
-        if self.anneal_start is not None and (self.anneal_start < 0 or self.anneal_steps < 1):
-            raise UserError(f"{section}: anneal_start must be at least 0 and anneal_steps at least 1.")
-        if not 0 <= self.ema < 1:
-            raise UserError(f"{section}.ema must be in [0, 1).")
+        self.train.validate(f"{section}.train")
         if not 0 < self.hop_fraction <= 1:
             raise UserError(f"{section}.hop_fraction must be in (0, 1].")
 
@@ -422,13 +462,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def section_from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     """Build a config dataclass from a mapping (a recipe section or a checkpoint's `config`), type-checked."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(
-            f"Unknown config key '{prefix}{unknown[0]}'; known keys here are {', '.join(sorted(names))}."
+            f"Unknown config key '{prefix}{unknown[0]}'; known keys here are {', '.join(sorted(fields))}."
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    kwargs = {}
+    for key, value in values.items():
+        factory = fields[key].default_factory
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and factory is not dataclasses.MISSING:
+            value = {**config_to_dict(factory()), **value}  # a partial section keeps this section's own defaults
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
     return cls(**kwargs)
 
 

@@ -1,0 +1,168 @@
+"""VQ-VAE stage: train the three-level VQ-VAE on the corpus in RUN/data → RUN/vqvae/{last.pt, tb/, config.yaml}.
+
+    jukebox-lite train-vqvae --config pipelines/demo.yaml --run runs/demo [vqvae.train.steps=500 ...]
+
+A fresh run first measures the corpus "bandwidth" (the statistics that normalise the losses) and
+stores it in the model. A rerun resumes from RUN/vqvae/last.pt; a finished run does nothing.
+Fine-tuning: `--init PATH` starts from another VQ-VAE checkpoint (ours, or OpenAI's converted by
+`import-jukebox`), and an imported checkpoint already at RUN/vqvae/last.pt is used the same way. Its
+codebook statistics are reset to a steady state around its codebooks, as OpenAI does when it
+resumes a VQ-VAE, so the first batches of the new corpus neither wipe nor freeze them.
+Runs on several ranks under torchrun or mpiexec (see `jukebox_lite.distributed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from jukebox_lite import distributed
+from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from jukebox_lite.cli import add_recipe_arguments
+from jukebox_lite.config import RecipeConfig, VQVAEConfig, load_config
+from jukebox_lite.datasets import MEDIA_STREAM, AudioWindows, data_bandwidth, step_batches
+from jukebox_lite.errors import UserError
+from jukebox_lite.training import Task, TrainResult, resume_state, train
+from jukebox_lite.vqvae import VQVAE, load_vqvae
+
+log = logging.getLogger(__name__)
+
+BANDWIDTH_WINDOWS = 256  # windows the corpus statistics are measured on
+# settings of an --init checkpoint that must equal the recipe's (the rest may change when fine-tuning)
+ARCHITECTURE = (
+    "sample_rate", "levels", "downs_t", "strides_t", "emb_width", "l_bins", "width", "depth", "m_conv",
+    "dilation_growth_rate", "dilation_cycle", "multipliers", "reverse_decoder_dilation",
+)
+
+
+def spectrogram_image(audio: torch.Tensor, n_fft: int = 1024, floor_db: float = 80.0) -> torch.Tensor:
+    """Audio (time,) → log-magnitude spectrogram as a greyscale image (1, n_fft/2 + 1, frames) in [0, 1],
+    low frequencies at the bottom, the top `floor_db` decibels shown."""
+    window = torch.hann_window(n_fft, device=audio.device)
+    magnitude = torch.stft(audio.float(), n_fft, n_fft // 4, window=window, return_complex=True).abs()
+    db = 20 * torch.log10(magnitude.clamp(min=1e-5))  # (freq, frames)
+    db = db.clamp(min=db.max() - floor_db)
+    image = (db - db.min()) / (db.max() - db.min()).clamp(min=1e-5)
+    return image.flip(0)[None]
+
+
+class VQVAETask(Task):
+    """The VQ-VAE as a `Task`: audio windows in, the model's summed level losses out."""
+
+    kind = "vqvae"
+    section = "vqvae"
+
+    def __init__(self, cfg: VQVAEConfig, data_dir: Path, seed: int, init: Path | None = None):
+        self.cfg, self.data_dir, self.seed, self.init = cfg, Path(data_dir), seed, init
+        self._media: torch.Tensor | None = None
+
+    def windows(self, seed: int, split: str = "train") -> AudioWindows:
+        return AudioWindows(self.data_dir, self.cfg.sample_rate, self.cfg.sample_length, seed, split)
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    def build_model(self) -> nn.Module:
+        return VQVAE(self.cfg)
+
+    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
+        if self.init is not None:
+            self._load_init(model)
+        # every rank measures its share of the windows; compute_bandwidth sums them over the ranks
+        bandwidth = data_bandwidth(self.windows(self.seed), BANDWIDTH_WINDOWS, env.rank, env.world_size)
+        try:
+            model.set_bandwidth(bandwidth)
+        except ValueError:
+            raise UserError(f"The training audio in '{self.data_dir}' is silent; check the data stage's output.") from None
+        log.info("data bandwidth: %s", ", ".join(f"{k} {v:.4g}" for k, v in bandwidth.items()))
+
+    def _load_init(self, model: VQVAE) -> None:
+        source = load_vqvae(self.init)  # EMA weights preferred
+        theirs = source.config
+        for name in ARCHITECTURE:
+            if getattr(theirs, name) != getattr(self.cfg, name):
+                raise UserError(
+                    f"vqvae.{name} is {getattr(self.cfg, name)} in the recipe but {getattr(theirs, name)} in "
+                    f"'{self.init}'; set the recipe's model settings to the checkpoint's to fine-tune it."
+                )
+        model.load_state_dict(source.state_dict())
+        for level, block in enumerate(model.bottleneck.level_blocks):
+            block.reset_ema(self.cfg.train.batch_size * self.cfg.sample_length // model.hop_lengths[level])
+        log.info("fine-tuning from %s (codebook statistics reset)", self.init)
+
+    def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[Any]:
+        dataset = self.windows(seed)
+        return step_batches(dataset, self.cfg.train.batch_size, rank, world_size, start_step, self.cfg.train.workers)
+
+    def loss(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, metrics = model(batch)  # batch (B, 1, sample_length)
+        return metrics["loss"], metrics
+
+    def media_window(self) -> torch.Tensor:
+        """One fixed window (1, 1, sample_length), from the validation split when it has a long enough file."""
+        if self._media is None:
+            try:
+                dataset = self.windows(self.seed, "valid")
+            except UserError:
+                dataset = self.windows(self.seed)
+            self._media = dataset.window(0, MEDIA_STREAM)[None]
+        return self._media
+
+    @torch.no_grad()
+    def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
+        x = self.media_window().to(next(model.parameters()).device)
+        model.eval()
+        try:
+            reconstructions, metrics = model(x)
+        finally:
+            model.train()
+        sr = self.cfg.sample_rate
+        writer.add_audio("audio/original", x[0, 0].clamp(-1, 1).cpu(), step, sample_rate=sr)
+        writer.add_image("spectrogram/original", spectrogram_image(x[0, 0]).cpu(), step)
+        for level, recon in enumerate(reconstructions):
+            audio = recon[0, 0].clamp(-1, 1).cpu()
+            writer.add_audio(f"audio/level{level}", audio, step, sample_rate=sr)
+            writer.add_image(f"spectrogram/level{level}", spectrogram_image(audio), step)
+            writer.add_scalar(f"media/spectral_convergence_l{level}", float(metrics[f"spectral_convergence_l{level}"]), step)
+
+
+def train_vqvae(recipe: RecipeConfig, run_dir: str | Path, init: str | Path | None = None) -> TrainResult:
+    """The stage as a function (the CLI and the tests call it); `distributed.init()` comes first on several ranks."""
+    run_dir = Path(run_dir)
+    out_dir = run_dir / "vqvae"
+    last = out_dir / CHECKPOINT_NAME
+    if resume_state(last, "vqvae") is not None:
+        if init is not None:
+            log.warning("%s holds a training run; resuming it and ignoring --init %s", last, init)
+        init = None
+    elif init is None and last.exists():
+        init = last  # an imported checkpoint (no optimizer state): fine-tune from it
+    elif init is not None:
+        load_checkpoint(init, "vqvae")  # a clear error now rather than after the bandwidth
+    task = VQVAETask(recipe.vqvae, run_dir / "data", recipe.seed, Path(init) if init is not None else None)
+    return train(task, recipe.vqvae.train, out_dir, seed=recipe.seed, recipe=recipe)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/data, writes RUN/vqvae")
+    parser.add_argument(
+        "--init", type=Path, metavar="PATH",
+        help="VQ-VAE checkpoint to fine-tune from (e.g. OpenAI's, converted by import-jukebox)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_config(args.config, args.overrides)
+    distributed.init()
+    try:
+        train_vqvae(recipe, args.run, args.init)
+    finally:
+        distributed.shutdown()
+    return 0

@@ -1,0 +1,361 @@
+"""The one training loop every stage uses: the VQ-VAE now, the priors and the diffusion refiner later.
+
+A stage says *what* to train as a `Task` (model, data, loss, media); `train` does the rest the same
+way for all of them: device and bf16 autocast on CUDA, DDP across ranks, AdamW with warm-up and
+linear annealing to zero, gradient clipping, an EMA of the weights (what sampling uses), skipping
+non-finite steps, TensorBoard and a progress bar on rank 0, and atomic checkpoints that resume the
+run exactly where it stopped (model, EMA, optimizer, step and every rank's RNG state).
+
+The schedule is a function of the step and of the *current* config, so a finished run can be
+extended or annealed by rerunning with new `train.*` values; rerunning it unchanged does nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from jukebox_lite import distributed
+from jukebox_lite.atomic import remove_stale_temporaries
+from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_checked, save_checkpoint
+from jukebox_lite.config import RecipeConfig, TrainingConfig, save_config
+from jukebox_lite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class Task(abc.ABC):
+    """What one stage trains. `train` calls these; everything else is the loop's business.
+
+    Under DDP only the model's forward synchronises gradients, so `loss` must go through
+    `model(...)`; `model` there may be the DDP wrapper, elsewhere it is always the bare model.
+    """
+
+    kind: str  # checkpoint kind ("vqvae", "prior", ...): a checkpoint of another kind is refused
+    section: str  # recipe section, for messages ("vqvae", "prior_level2", ...)
+
+    @abc.abstractmethod
+    def config_dict(self) -> dict:
+        """The stage's config section as saved in every checkpoint: enough to rebuild the model."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A new model on the CPU (the loop seeds torch identically on every rank first)."""
+
+    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
+        """Prepare a fresh run before its first step (not called on resume): initial weights, data statistics."""
+
+    @abc.abstractmethod
+    def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[Any]:
+        """Endless batches for this rank, from step `start_step` on (each rank gets batch_size / world_size items)."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(scalar loss to minimise, scalar metrics for TensorBoard)."""
+
+    def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
+        """Audio or images for TensorBoard, on rank 0 every `media_every` steps (RNG use here is undone)."""
+
+    def checkpoint_extra(self) -> dict:
+        """Further entries for the checkpoint."""
+        return {}
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps done, over every run of this stage
+    losses: list[float] = field(default_factory=list)  # loss of each step this call ran (NaN where skipped)
+    skipped: int = 0  # non-finite steps skipped, over every run
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule
+
+
+def learning_rate(cfg: TrainingConfig, step: int) -> float:
+    """LR of update number `step` (1-based): linear warm-up, then constant, then linear annealing to 0."""
+    scale = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.anneal_start is not None:
+        scale *= min(1.0, max(0.0, 1.0 - (step - cfg.anneal_start) / cfg.anneal_steps))
+    return cfg.lr * scale
+
+
+def final_step(cfg: TrainingConfig) -> int:
+    """The step a run ends at: `steps`, or earlier where annealing brings the next update's LR to zero."""
+    if cfg.anneal_start is None:
+        return cfg.steps
+    return max(0, min(cfg.steps, cfg.anneal_start + cfg.anneal_steps - 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight EMA
+
+
+class WeightEMA:
+    """An exponential moving average of a model's parameters in float32: the weights sampling uses.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first n updates, so a short run (the
+    demo) does not keep mostly its random initialisation. Buffers are not averaged: `state_dict` takes
+    them from the model, so the EMA is a full state dict that loads wherever the model's does.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        params = [p.detach().float() for _, p in model.named_parameters()]
+        torch._foreach_lerp_(list(self.shadow.values()), params, 1.0 - decay)
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {key: self.shadow.get(key, value).clone() for key, value in model.state_dict().items()}
+
+    def load(self, state: dict[str, torch.Tensor], updates: int) -> None:
+        for name, value in self.shadow.items():
+            value.copy_(state[name])
+        self.updates = updates
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state
+
+
+def _seed_rank(seed: int, rank: int) -> None:
+    """Give each rank its own random streams (python, numpy, torch and CUDA), derived from the recipe seed."""
+    value = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def _rng_state(device: torch.device) -> dict:
+    """This process's RNG states, as plain data a weights-only checkpoint can hold."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW; as in nanoGPT only matrices and kernels (dim ≥ 2) decay, biases and gains do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def resume_state(path: Path, kind: str) -> dict | None:
+    """The training checkpoint at `path` if there is one; None if absent or not from training (an import)."""
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, kind)
+    return state if "optimizer" in state else None
+
+
+def train(
+    task: Task,
+    cfg: TrainingConfig,
+    run_dir: str | Path,
+    *,
+    seed: int = 0,
+    recipe: RecipeConfig | None = None,
+) -> TrainResult:
+    """Train `task` in `run_dir` (last.pt, tb/, config.yaml), resuming from run_dir/last.pt if it is there.
+
+    Call `distributed.init()` first when launched on several ranks. Returns where the run stands.
+    """
+    env = distributed.current()
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_NAME
+    if cfg.batch_size % env.world_size:
+        raise UserError(
+            f"{task.section}.train.batch_size is {cfg.batch_size}; it must be a multiple of the number of ranks "
+            f"({env.world_size})."
+        )
+    state = resume_state(path, task.kind)
+    step = int(state["step"]) if state else 0
+    skipped = int(state.get("skipped_steps", 0)) if state else 0
+    end = final_step(cfg)
+    if step >= end:
+        log.info(
+            "%s: already trained to step %d (this config ends at step %d); nothing to do. Raise %s.train.steps "
+            "or change its annealing to train on.", task.section, step, end, task.section,
+        )
+        return TrainResult(step, skipped=skipped)
+
+    device = env.device
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    model = task.build_model()
+    if state:
+        load_state_checked(model, state["model"], str(path))
+    else:
+        task.start(model, env)
+    model.to(device)
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
+    optimizer = _optimizer(model, cfg)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load(state["ema"], int(state.get("ema_updates", 0)))
+        rng = state.get("rng") or []
+        if len(rng) == env.world_size:
+            _set_rng_state(rng[env.rank], device)
+        else:
+            log.warning("resuming on %d ranks a run saved on %d: random streams restart", env.world_size, len(rng))
+            _seed_rank(seed + step, env.rank)
+        log.info("%s: resuming %s at step %d of %d", task.section, path, step, end)
+    else:
+        _seed_rank(seed, env.rank)
+        log.info("%s: training from scratch to step %d", task.section, end)
+    del state
+    wrapped = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        if env.is_distributed
+        else model
+    )
+    model.train()
+
+    writer = None
+    if env.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        if recipe is not None:
+            save_config(recipe, run_dir / "config.yaml")
+        writer = SummaryWriter(str(run_dir / "tb"))
+
+    def save() -> None:
+        rng = distributed.gather_objects(_rng_state(device))  # every rank takes part
+        if not env.is_main:
+            return
+        extra = {"ema": ema.state_dict(model), "ema_updates": ema.updates} if ema is not None else {}
+        try:
+            save_checkpoint(
+                path, task.kind, task.config_dict(), model.state_dict(),
+                optimizer=optimizer.state_dict(), step=step, skipped_steps=skipped, rng=rng,
+                **extra, **task.checkpoint_extra(),
+            )
+        except OSError as e:
+            raise UserError(
+                f"Could not write checkpoint '{path}' ({e.strerror or e}); the previous one is intact. "
+                "Free disk space and rerun to resume."
+            ) from None
+        log.debug("saved %s at step %d", path, step)
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    result = TrainResult(step)
+    batches = task.batches(env.rank, env.world_size, seed, step)
+    bar = tqdm(total=end, initial=step, desc=task.section, unit="step", disable=not env.is_main, dynamic_ncols=True)
+    bad_in_row, saved_at = 0, (step if step else None)  # the step of the checkpoint on disk
+    timer, timed_steps = time.perf_counter(), 0
+    try:
+        while step < end:
+            batch = _to_device(next(batches), device)
+            lr = learning_rate(cfg, step + 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            buffers = [b.detach().clone() for b in model.buffers()]  # a skipped step must not change them either
+            with autocast:
+                loss, metrics = task.loss(wrapped, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            bad = distributed.any_rank(not (torch.isfinite(loss) and torch.isfinite(grad_norm)), device)
+            step += 1
+            timed_steps += 1
+            if bad:
+                with torch.no_grad():
+                    for buffer, before in zip(model.buffers(), buffers):
+                        buffer.copy_(before)
+                skipped += 1
+                bad_in_row += 1
+                log.warning("step %d: loss or gradient is not finite; step skipped (%d in a row)", step, bad_in_row)
+                if writer is not None:
+                    writer.add_scalar("train/skipped_steps", skipped, step)
+                if bad_in_row >= cfg.max_bad_steps:
+                    kept = f"the last good checkpoint '{path}' (step {saved_at}) is kept" if saved_at else "no checkpoint was written"
+                    raise UserError(
+                        f"{task.section}: the loss was not finite for {bad_in_row} steps in a row (up to step {step}); "
+                        f"{kept}. Lower {task.section}.train.lr or check the data, then rerun."
+                    )
+            else:
+                optimizer.step()
+                if ema is not None:
+                    ema.update(model)
+                bad_in_row = 0
+            loss_value = loss.item()
+            result.losses.append(loss_value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+
+            if step % cfg.log_every == 0:
+                names = ["loss", *(k for k in metrics if k != "loss")]
+                values = torch.stack([loss.detach().float(), *(metrics[k].detach().float().mean() for k in names[1:])])
+                values = distributed.all_reduce_mean(values)
+                if writer is not None:
+                    elapsed = time.perf_counter() - timer
+                    for name, value in zip(names, values.tolist()):
+                        writer.add_scalar(f"train/{name}", value, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                    writer.add_scalar("train/samples_per_sec", cfg.batch_size * timed_steps / elapsed, step)
+                    writer.add_scalar("train/skipped_steps", skipped, step)
+                timer, timed_steps = time.perf_counter(), 0
+            if writer is not None and cfg.media_every and step % cfg.media_every == 0:
+                devices = [device] if device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    task.log_media(model, writer, step)
+            if step % cfg.checkpoint_every == 0 or step == end:
+                save()
+                saved_at = step
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    result.step, result.skipped = step, skipped
+    log.info("%s: finished at step %d (%s)", task.section, step, path)
+    return result
