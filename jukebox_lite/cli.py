@@ -25,6 +25,7 @@ STAGES = {
     "train-vqvae": ("jukebox_lite.train_vqvae", "VQ-VAE stage: train the 3-level VQ-VAE on RUN/data → RUN/vqvae"),
     "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
     "eval-vqvae": ("jukebox_lite.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),
+    "train-prior": ("jukebox_lite.train_prior", "prior stage: train the top prior (--level 2) or an upsampler (1, 0) on RUN/codes"),
     "refine": ("jukebox_lite.refine", "diffusion refiner: turn coarse VQ-VAE audio into cleaner audio"),
 }
 

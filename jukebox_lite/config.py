@@ -254,6 +254,8 @@ class PriorConfig:
     cond_zero_out: bool = False
     cond_res_scale: bool = False
     cond_c_res: int = 1  # 1: resnet units kept in `blocks` (OpenAI's released key layout), recomputed in backward
+    # training memory: recompute each transformer layer in backward (OpenAI's c_res), ~1/3 more compute
+    checkpoint_layers: bool = False
     train: TrainingConfig = field(default_factory=TrainingConfig)
     # sampling
     hop_fraction: float = 0.125  # long tracks: a new window every hop_fraction · n_ctx tokens

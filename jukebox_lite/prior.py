@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from jukebox_lite.checkpoint import load_checkpoint, load_state_checked
 from jukebox_lite.config import PriorConfig, section_from_dict
@@ -106,10 +107,15 @@ class Transformer(nn.Module):
         self._attn_mods = nn.ModuleList(
             ResAttnBlock(cfg, attn_func_for_layer(cfg.attn_order, d)) for d in range(cfg.depth)
         )
+        self.checkpoint_layers = cfg.checkpoint_layers
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, caches=None) -> torch.Tensor:
+        recompute = self.checkpoint_layers and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self._attn_mods):
-            x = block(x, positions, None if caches is None else caches[i])
+            if recompute:  # keep only each layer's input; its insides are recomputed in backward
+                x = torch.utils.checkpoint.checkpoint(block, x, positions, use_reentrant=False)
+            else:
+                x = block(x, positions, None if caches is None else caches[i])
         return x
 
 

@@ -1,0 +1,199 @@
+"""Benchmark the sparse-transformer prior: training throughput and sampling with and without the KV cache.
+
+Measures, on one unlabelled top-level prior (default: n_ctx 2048, width 256, depth 6, attn_order 2
+with blocks of 64 tokens, 2048 codes; ~2.3 M parameters, a couple of minutes on 2 CPU cores):
+  train      tokens per second of one step (forward + backward + AdamW) on batch × n_ctx tokens
+  cached     sampling tokens per second with the KV cache (jukebox_lite.sampling.IncrementalDecoder)
+  uncached   the same without it: the full teacher-forced forward recomputed for every new token
+Sampling is timed token by token over the last tokens of a window (context ≈ n_ctx), where the
+cost of recomputing is the largest and the cache reads the most, and each rate is batch / the
+median step time (robust to other jobs on a shared machine); the prefill of the cache is not counted.
+Batches 1 and 16. On CUDA (bf16 autocast) it also reports how close batch-1 cached decoding comes
+to the memory-bandwidth limit: bytes of weights read per token × tokens/s, against the bandwidth
+of a device-to-device copy measured here.
+
+    python bench/bench_prior.py                       # CPU (and CUDA when present), prints a table
+    python bench/bench_prior.py --device cpu --width 128 --depth 4
+
+Results go to bench/results/prior-<host>-<time>.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from jukebox_lite.config import PriorConfig
+from jukebox_lite.sampling import IncrementalDecoder, draw
+from jukebox_lite.train_prior import TrainablePrior
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def train_tokens_per_s(cfg: PriorConfig, args: argparse.Namespace, device: torch.device) -> float:
+    """Best of `repeats` full training steps (the step itself runs in the prior's own bf16 autocast on CUDA)."""
+    torch.manual_seed(0)
+    model = TrainablePrior(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    tokens = torch.randint(0, cfg.bins, (args.train_batch, cfg.n_ctx), device=device)
+
+    def step():
+        loss, _ = model(tokens)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: allocations, FlexAttention compilation on CUDA
+    return args.train_batch * cfg.n_ctx / min(timed(step, device) for _ in range(args.repeats))
+
+
+@torch.no_grad()
+def cached_tokens_per_s(prior: TrainablePrior, batch: int, new: int, device: torch.device) -> float:
+    """batch / median time of one step (draw a token, feed it through the cache) over `new` steps."""
+    n_ctx, gen = prior.cfg.n_ctx, torch.Generator(device).manual_seed(0)
+    prefix = torch.randint(0, prior.cfg.bins, (batch, n_ctx - new - 1), device=device)
+    decoder = IncrementalDecoder(prior, prior.conditioning(batch, n_ctx))
+    decoder.start()
+    logits = decoder.feed(prefix)[:, -1]  # prefill: the cache now holds n_ctx - new positions
+
+    def step():
+        nonlocal logits
+        code = draw(logits, 1.0, 0, 0.0, gen)
+        logits = decoder.feed(code[:, None])[:, 0]
+
+    return batch / statistics.median(timed(step, device) for _ in range(new))
+
+
+@torch.no_grad()
+def uncached_tokens_per_s(prior: TrainablePrior, batch: int, new: int, device: torch.device) -> float:
+    """batch / median time of one step that recomputes the whole window's forward to get the next token."""
+    n_ctx, gen = prior.cfg.n_ctx, torch.Generator(device).manual_seed(0)
+    tokens = torch.randint(0, prior.cfg.bins, (batch, n_ctx - new), device=device)
+    slot = torch.zeros(batch, 1, dtype=torch.long, device=device)  # input of the position being predicted
+
+    def step():
+        nonlocal tokens
+        logits = prior.logits(torch.cat([tokens, slot], 1))[:, -1]
+        tokens = torch.cat([tokens, draw(logits, 1.0, 0, 0.0, gen)[:, None]], 1)
+
+    return batch / statistics.median(timed(step, device) for _ in range(new))
+
+
+def copy_bandwidth(device: torch.device, gib: float = 1.0) -> float:
+    """Bytes per second of a device-to-device copy (read + write), best of 5."""
+    src = torch.empty(int(gib * 2**30) // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * src.numel() * 4 / min(timed(lambda: dst.copy_(src), device) for _ in range(5))
+
+
+def weight_bytes_per_step(prior: TrainablePrior) -> int:
+    """Weights one decoding step reads: every layer and the (tied) output projection; one pos_emb row is negligible."""
+    params = list(prior.prior.transformer.parameters()) + [prior.prior.x_emb.weight]
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def bench_device(args: argparse.Namespace, device: torch.device) -> dict:
+    cfg = PriorConfig(
+        n_ctx=args.n_ctx, width=args.width, depth=args.depth, heads=args.heads, attn_order=2, blocks=args.blocks,
+        bins=args.bins, labels=False,
+    )
+    result = {
+        "device": device.type,
+        "precision": "bf16 autocast" if device.type == "cuda" else "float32",
+        "parameters": sum(p.numel() for p in TrainablePrior(cfg).parameters()),
+        "train_tokens_per_s": train_tokens_per_s(cfg, args, device),
+        "sampling": [],
+    }
+    torch.manual_seed(0)
+    prior = TrainablePrior(cfg).to(device).eval()
+    for batch in args.batches:
+        cached = cached_tokens_per_s(prior, batch, args.new_cached, device)
+        uncached = uncached_tokens_per_s(prior, batch, args.new_uncached, device)
+        result["sampling"].append({"batch": batch, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
+                                   "speedup": cached / uncached})
+    if device.type == "cuda":
+        one = next((row for row in result["sampling"] if row["batch"] == 1), None)
+        if one is not None:
+            achieved = weight_bytes_per_step(prior) * one["cached_tokens_per_s"]
+            peak = copy_bandwidth(device)
+            result["bandwidth"] = {"weight_bytes_per_token": weight_bytes_per_step(prior), "achieved_bytes_per_s": achieved,
+                                   "copy_bytes_per_s": peak, "fraction": achieved / peak}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="all: CPU, and CUDA when present")
+    parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--blocks", type=int, default=32, help="rows of the factorized attention (n_ctx / blocks per row)")
+    parser.add_argument("--bins", type=int, default=2048, help="codebook size")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed training steps (best is kept)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="sampling batch sizes")
+    parser.add_argument("--new-cached", type=int, default=64, help="tokens timed with the KV cache")
+    parser.add_argument("--new-uncached", type=int, default=3, help="tokens timed without it")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.n_ctx % args.blocks or max(args.new_cached, args.new_uncached) >= args.n_ctx:
+        parser.error("--n-ctx must be a multiple of --blocks and longer than the timed tokens")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if not devices:
+        parser.error("no CUDA device is visible")
+
+    results = [bench_device(args, device) for device in devices]
+    print(f"prior: n_ctx {args.n_ctx}, width {args.width}, depth {args.depth}, heads {args.heads}, "
+          f"blocks {args.blocks}, bins {args.bins}")
+    print(f"{'device':6} {'params':>9} {'train tok/s':>12} {'batch':>6} {'cached tok/s':>13} {'uncached tok/s':>15} {'speed-up':>9}")
+    for r in results:
+        for i, s in enumerate(r["sampling"]):
+            head = f"{r['device']:6} {r['parameters']:9d} {r['train_tokens_per_s']:12.0f}" if i == 0 else " " * 29
+            print(f"{head} {s['batch']:6d} {s['cached_tokens_per_s']:13.1f} {s['uncached_tokens_per_s']:15.2f} "
+                  f"{s['speedup']:8.1f}×")
+        if "bandwidth" in r:
+            b = r["bandwidth"]
+            print(f"{r['device']}: batch-1 decoding reads {b['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token = "
+                  f"{b['achieved_bytes_per_s'] / 1e9:.0f} GB/s, {100 * b['fraction']:.1f}% of the measured copy bandwidth "
+                  f"({b['copy_bytes_per_s'] / 1e9:.0f} GB/s)")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"prior-{platform.node() or 'host'}-{stamp}.json"
+    out.write_text(json.dumps({
+        "machine": {"host": platform.node(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                    "torch": torch.__version__},
+        "settings": vars(args),
+        "results": results,
+    }, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

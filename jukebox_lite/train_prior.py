@@ -1,0 +1,362 @@
+"""Prior stage: train the top prior (level 2) or an upsampler (level 1, 0) on RUN/codes → RUN/prior_level{L}.
+
+    jukebox-lite train-prior --level 2 --config pipelines/demo.yaml --run runs/demo [prior_level2.train.steps=500 ...]
+
+Each step draws random windows of n_ctx tokens from the training split of the codes (a pure function
+of the recipe seed and the step, so a resumed run reads on exactly where it stopped, on any number
+of ranks). The top prior sees each window's labels y = [total_length, offset, sample_length, artist,
+genre, -1...] in samples; an upsampler also sees the aligned window of the level above. The loss is
+the cross-entropy in nats per token; bits per token and token accuracy are logged beside it, and
+every `train.media_every` steps a few hundred sampled tokens are decoded with the VQ-VAE to audio.
+
+Checks before training, each one clear sentence:
+- the codes must come from RUN/vqvae (weight fingerprint) and the folder must hold codes;
+- the recipe must agree with the codes (bins, hop length, upsampling ratio, sample rate, durations);
+- n_genres / n_artists are model sizes the recipe sets: a corpus with more names is refused rather
+  than silently resizing the model, so the saved config always describes the weights;
+- a checkpoint already in RUN/prior_level{L} must be of that level, of the recipe's architecture and
+  trained on codes of the same VQ-VAE.
+
+The genre and artist names (the corpus vocabulary) and the VQ-VAE fingerprint are stored in the
+checkpoint (`genres`, `artists`, `vqvae_fingerprint`), so the sample stage can turn GENRE=deep_house
+into an id (`PriorVocabulary`). A resumed run keeps its ids and appends names new to the corpus.
+
+LR: warm-up, then constant; annealing decays it linearly to zero from `train.anneal_start` over
+`train.anneal_steps`, set from the start or switched on later by rerunning with
+`prior_level2.train.anneal_start=STEP`; the run ends when the LR reaches zero (`jukebox_lite.training`).
+If RUN/prior_level{L}/last.pt was imported from OpenAI (`import-jukebox`, step 0) training starts
+from its weights: fine-tuning. Codes are read in-process from memory maps (`train.workers` is unused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jukebox_lite import distributed
+from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_checked, resolve_checkpoint
+from jukebox_lite.cli import add_recipe_arguments
+from jukebox_lite.codes import CodesCorpus, CodesWindows, vqvae_fingerprint
+from jukebox_lite.config import PriorConfig, RecipeConfig, load_config
+from jukebox_lite.errors import UserError
+from jukebox_lite.prior import Prior
+from jukebox_lite.training import Task, TrainResult, train
+from jukebox_lite.vqvae import VQVAE, load_vqvae
+
+log = logging.getLogger(__name__)
+
+MEDIA_TOKENS = 512  # tokens sampled (and decoded to audio) for each TensorBoard media summary
+MEDIA_STREAM = 1  # random stream of the fixed media window, apart from the training windows'
+# settings a checkpoint in RUN/prior_level{L} must share with the recipe: they shape the weights or their meaning
+ARCHITECTURE = (
+    "level", "n_ctx", "width", "depth", "heads", "attn_order", "blocks", "m_attn", "m_mlp", "bins",
+    "merged_decoder", "hop_length", "labels",
+)
+LABEL_ARCHITECTURE = ("n_genres", "n_artists", "max_bow_genre_size")
+TIMING_ARCHITECTURE = ("t_bins", "sample_rate", "min_duration", "max_duration")
+UPSAMPLER_ARCHITECTURE = (
+    "cond_down_t", "cond_stride_t", "cond_width", "cond_depth", "cond_m_conv", "cond_dilation_growth_rate",
+    "cond_dilation_cycle", "cond_zero_out", "cond_res_scale", "cond_c_res",
+)
+
+
+def section_name(level: int) -> str:
+    return f"prior_level{level}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary: genre and artist names ↔ label ids
+
+
+@dataclasses.dataclass
+class PriorVocabulary:
+    """The genre and artist names a prior was trained with; a name's position is its label id."""
+
+    genres: list[str]
+    artists: list[str]
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> PriorVocabulary:
+        return cls(list(state.get("genres") or []), list(state.get("artists") or []))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PriorVocabulary:
+        """The vocabulary stored in a prior checkpoint (a run folder such as RUN/prior_level2, or a .pt)."""
+        return cls.from_checkpoint(load_checkpoint(path, "prior"))
+
+    def extended(self, genres: list[str], artists: list[str]) -> PriorVocabulary:
+        """These ids kept, names not yet known appended (a resumed run on a grown corpus)."""
+        return PriorVocabulary(
+            self.genres + [g for g in genres if g not in self.genres],
+            self.artists + [a for a in artists if a not in self.artists],
+        )
+
+    def genre_id(self, name: str) -> int:
+        return self._lookup(self.genres, name, "genre")
+
+    def artist_id(self, name: str) -> int:
+        return self._lookup(self.artists, name, "artist")
+
+    @staticmethod
+    def _lookup(names: list[str], name: str, what: str) -> int:
+        if name in names:
+            return names.index(name)
+        known = ", ".join(names) if names else "none (an imported prior: use label ids)"
+        raise UserError(f"The {what} '{name}' is unknown to this prior; known {what}s: {known}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The model as the training loop sees it
+
+
+class TrainablePrior(Prior):
+    """A Prior whose forward is the training objective, so DDP sees the whole step (same state dict keys)."""
+
+    def forward(
+        self, tokens: torch.Tensor, upper: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """tokens (B, T), upper (B, T / ratio) or None, labels (B, 4 + G) or None → (nats per token, metrics)."""
+        logits = self.logits(tokens, upper, labels)  # (B, T, bins) float32
+        nats = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+        with torch.no_grad():
+            accuracy = (logits.argmax(-1) == tokens).float().mean()
+        return nats, {"bits_per_token": nats.detach() / math.log(2), "accuracy": accuracy}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks: the recipe against the codes, and against a checkpoint already in the output folder
+
+
+def check_codes(cfg: PriorConfig, corpus: CodesCorpus, vocab: PriorVocabulary, section: str) -> None:
+    """One clear UserError where the recipe's prior cannot train on these codes."""
+    level = cfg.level
+    if level >= corpus.levels:
+        raise UserError(f"The codes in '{corpus.dir}' have levels 0..{corpus.levels - 1}; there is no level {level}.")
+    if cfg.bins != corpus.bins:
+        raise UserError(f"{section}.bins is {cfg.bins} but the VQ-VAE has {corpus.bins} codes; set {section}.bins={corpus.bins}.")
+    hop = corpus.hop_lengths[level]
+    if cfg.hop_length != hop:
+        raise UserError(f"{section}.hop_length is {cfg.hop_length} but the VQ-VAE's level {level} has hop {hop}; set {section}.hop_length={hop}.")
+    if cfg.is_upsampler:
+        if level + 1 >= corpus.levels:
+            raise UserError(f"The VQ-VAE has no level above {level}; train level {level} as the top prior (--level 2 section).")
+        ratio = corpus.hop_lengths[level + 1] // hop
+        if cfg.cond_downsample != ratio:
+            raise UserError(
+                f"{section}: cond_stride_t**cond_down_t is {cfg.cond_downsample} but level {level + 1} has {ratio}× fewer "
+                f"tokens than level {level}; choose cond_stride_t and cond_down_t whose power is {ratio}."
+            )
+    if cfg.labels:
+        for what, names, size in (("genres", vocab.genres, cfg.n_genres), ("artists", vocab.artists, cfg.n_artists)):
+            if len(names) > size:
+                raise UserError(
+                    f"The codes hold {len(names)} {what} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}) but "
+                    f"{section}.n_{what} is {size}; set {section}.n_{what}={len(names)} or more."
+                )
+    if cfg.labels and not cfg.is_upsampler:
+        if cfg.sample_rate != corpus.sample_rate:
+            raise UserError(
+                f"{section}.sample_rate is {cfg.sample_rate} but the codes are at {corpus.sample_rate} Hz; "
+                f"set {section}.sample_rate={corpus.sample_rate}."
+            )
+        train_files = [corpus.files[i] for i in corpus.split_files("train")]
+        used = [f for f in train_files if f["levels"][level]["length"] >= cfg.n_ctx]
+        durations = [f["samples"] / corpus.sample_rate for f in used]
+        outside = [d for d in durations if not cfg.min_duration <= d < cfg.max_duration]
+        if outside:
+            raise UserError(
+                f"The training files last {min(durations):.1f}-{max(durations):.1f} s, outside {section}'s timing range "
+                f"[{cfg.min_duration}, {cfg.max_duration}) s; set {section}.min_duration and max_duration to cover them."
+            )
+    # a window must fit in some training file: the reader's own error says so now rather than at step 1
+    corpus.windows(level, cfg.n_ctx, 1, np.random.default_rng(0), "train", with_upper=cfg.is_upsampler)
+
+
+def architecture_fields(cfg: PriorConfig) -> tuple[str, ...]:
+    fields = ARCHITECTURE
+    if cfg.labels:
+        fields += LABEL_ARCHITECTURE + (() if cfg.is_upsampler else TIMING_ARCHITECTURE)
+    return fields + (UPSAMPLER_ARCHITECTURE if cfg.is_upsampler else ())
+
+
+def check_checkpoint(cfg: PriorConfig, state: dict, path: Path, section: str, fingerprint: str) -> None:
+    """The checkpoint already in the output folder must be one this recipe can resume or fine-tune."""
+    theirs = state["config"]
+    if theirs.get("level") != cfg.level:
+        raise UserError(
+            f"'{path}' holds a level-{theirs.get('level')} prior, not a level-{cfg.level} one; move it to "
+            f"{path.parent.parent / section_name(theirs.get('level'))} or away to train level {cfg.level} here."
+        )
+    for name in architecture_fields(cfg):
+        if theirs.get(name) != getattr(cfg, name):
+            raise UserError(
+                f"{section}.{name} is {getattr(cfg, name)} in the recipe but {theirs.get(name)} in '{path}'; "
+                "set the recipe's model settings to the checkpoint's, or move the checkpoint away to start afresh."
+            )
+    trained_on = state.get("vqvae_fingerprint")
+    if trained_on is not None and trained_on != fingerprint:
+        raise UserError(
+            f"'{path}' was trained on codes of another VQ-VAE (weights {trained_on}, now {fingerprint}); "
+            "move it away to train a new prior on the new codes."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The task
+
+
+class PriorTask(Task):
+    """One level's prior on the shared loop: random code windows in, nats per token out."""
+
+    kind = "prior"
+
+    def __init__(
+        self,
+        cfg: PriorConfig,
+        corpus: CodesCorpus,
+        vqvae: VQVAE,
+        vocab: PriorVocabulary,
+        seed: int,
+        init: Path | None = None,
+    ):
+        self.cfg, self.corpus, self.vqvae, self.vocab, self.seed, self.init = cfg, corpus, vqvae, vocab, seed, init
+        self.level = cfg.level
+        self.section = section_name(cfg.level)
+        # corpus label ids → this prior's label ids (equal unless a resumed run's vocabulary came first)
+        self.genre_ids = torch.tensor([vocab.genres.index(g) for g in corpus.genres] if cfg.labels else [], dtype=torch.long)
+        self.artist_ids = torch.tensor([vocab.artists.index(a) for a in corpus.artists] if cfg.labels else [], dtype=torch.long)
+        self._media_batch: dict[str, Any] | None = None
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    def build_model(self) -> nn.Module:
+        return TrainablePrior(self.cfg)
+
+    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
+        if self.init is not None:  # an imported OpenAI prior: fine-tune its weights
+            load_state_checked(model, load_checkpoint(self.init, "prior")["model"], str(self.init))
+            log.info("%s: fine-tuning the imported prior in %s", self.section, self.init)
+
+    def checkpoint_extra(self) -> dict:
+        return {"genres": self.vocab.genres, "artists": self.vocab.artists, "vqvae_fingerprint": self.corpus.fingerprint}
+
+    def batch(self, windows: CodesWindows) -> dict[str, torch.Tensor | None]:
+        """Windows → the model's inputs: tokens (B, n_ctx), upper (B, n_ctx / ratio) or None, labels or None."""
+        labels = None
+        if self.cfg.labels:
+            labels = windows.labels(self.cfg.max_bow_genre_size)  # (B, 4 + G), corpus ids
+            labels[:, 3] = self.artist_ids[windows.artist_ids]
+            labels[:, 4] = self.genre_ids[windows.genre_ids]
+        return {"tokens": windows.tokens, "upper": windows.upper, "labels": labels}
+
+    def windows(self, generator: np.random.Generator, batch_size: int, split: str = "train") -> CodesWindows:
+        return self.corpus.windows(self.level, self.cfg.n_ctx, batch_size, generator, split, with_upper=self.cfg.is_upsampler)
+
+    def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
+        """Step s's global batch is drawn from (seed, level, s); each rank keeps its slice of it."""
+        size = self.cfg.train.batch_size
+        per_rank = size // world_size
+        for step in range(start_step, 1 << 62):
+            batch = self.batch(self.windows(np.random.default_rng([seed, self.level, step]), size))
+            yield {k: None if v is None else v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return model(batch["tokens"], batch["upper"], batch["labels"])
+
+    # -- media
+
+    def media_batch(self) -> dict[str, Any]:
+        """One fixed window, cut to MEDIA_TOKENS, from the validation split when it has a long enough file."""
+        if self._media_batch is None:
+            generator = np.random.default_rng([self.seed, self.level, MEDIA_STREAM])
+            try:
+                windows = self.windows(generator, 1, "valid")
+            except UserError:
+                windows = self.windows(generator, 1)
+            batch = self.batch(windows)
+            length = min(MEDIA_TOKENS, self.cfg.n_ctx) // self.cfg.cond_downsample * self.cfg.cond_downsample
+            if self.cfg.is_upsampler:
+                batch["upper"] = batch["upper"][:, : length // self.cfg.cond_downsample]
+            batch["tokens"] = batch["tokens"][:, :length]
+            self._media_batch = batch
+        return self._media_batch
+
+    @torch.no_grad()
+    def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
+        batch = self.media_batch()
+        device = model.device
+        self.vqvae.to(device)
+        tokens = batch["tokens"].to(device)
+        model.eval()
+        try:
+            generator = torch.Generator(device).manual_seed(self.seed)
+            sampled = model.sample(
+                1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
+            )  # (1, length)
+        finally:
+            model.train()
+        sr = self.corpus.sample_rate
+        for name, codes in (("sample", sampled), ("corpus", tokens)):
+            levels: list[torch.Tensor | None] = [None] * self.vqvae.levels
+            levels[self.level] = codes
+            audio = self.vqvae.decode(levels, self.level)[0, 0].clamp(-1, 1).cpu()
+            writer.add_audio(f"audio/{name}", audio, step, sample_rate=sr)
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainResult:
+    """The stage as a function (the CLI and the tests call it); `distributed.init()` comes first on several ranks."""
+    if level not in (0, 1, 2):
+        raise UserError(f"--level is {level}; use 2 (top prior), 1 or 0 (upsamplers).")
+    run_dir = Path(run_dir)
+    section = section_name(level)
+    cfg: PriorConfig = getattr(recipe, section)
+    out_dir = run_dir / section
+    vqvae = load_vqvae(run_dir / "vqvae")
+    fingerprint = vqvae_fingerprint(vqvae)
+    corpus = CodesCorpus(run_dir / "codes", fingerprint)
+    vocab = PriorVocabulary(list(corpus.genres), list(corpus.artists))
+    init = None
+    if (out_dir / CHECKPOINT_NAME).exists():
+        path = resolve_checkpoint(out_dir)
+        state = load_checkpoint(path, "prior")
+        check_checkpoint(cfg, state, path, section, fingerprint)
+        vocab = PriorVocabulary.from_checkpoint(state).extended(corpus.genres, corpus.artists)
+        if "optimizer" not in state:
+            init = path
+        del state
+    check_codes(cfg, corpus, vocab, section)
+    task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, init)
+    return train(task, cfg.train, out_dir, seed=recipe.seed, recipe=recipe)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+    parser.add_argument(
+        "--level", required=True, type=int, choices=(2, 1, 0),
+        help="2: the top prior (genre, artist, timing); 1 or 0: the upsampler of that level",
+    )
+    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/codes and RUN/vqvae, writes RUN/prior_level<L>")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_config(args.config, args.overrides)
+    distributed.init()
+    try:
+        train_prior(recipe, args.run, args.level)
+    finally:
+        distributed.shutdown()
+    return 0

@@ -1,0 +1,260 @@
+"""Prior stage: the top prior and an upsampler learn real codes; resume, annealing, fine-tuning, vocabulary, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from jukebox_lite import cli
+from jukebox_lite.checkpoint import load_checkpoint, save_checkpoint
+from jukebox_lite.codes import CodesCorpus, encode_corpus
+from jukebox_lite.config import load_config
+from jukebox_lite.errors import UserError
+from jukebox_lite.prior import load_prior
+from jukebox_lite.train_prior import PriorVocabulary, TrainablePrior, train_prior
+from jukebox_lite.training import learning_rate
+from tests.conftest import synth_music
+from tests.test_codes import SR, make_run, save_vqvae, tiny_model
+
+TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, media_every=0, ema=0.9, workers=0)
+SHAPE = dict(n_ctx=64, width=32, depth=3, blocks=4, bins=16, n_genres=2, n_artists=3)
+RECIPE = {
+    "name": "tiny",
+    "seed": 0,
+    # tiny VQ-VAE of tests.test_codes: 16 kHz, hops 2 / 4 / 8, 16 codes per level
+    "prior_level2": {**SHAPE, "hop_length": 8, "sample_rate": SR, "t_bins": 8, "min_duration": 0.5,
+                     "max_duration": 5.0, "train": {**TRAIN, "steps": 80}},
+    "prior_level1": {**SHAPE, "hop_length": 4, "cond_down_t": 1, "cond_stride_t": 2, "cond_width": 16,
+                     "cond_depth": 1, "train": {**TRAIN, "steps": 60}},
+}
+
+
+def varied_vqvae(seed: int = 0):
+    """The tiny VQ-VAE with codebooks drawn from its encoders' outputs on music, so codes vary (random ones collapse)."""
+    model = tiny_model(seed)
+    torch.manual_seed(seed)
+    music = torch.from_numpy(synth_music(1.0, SR, seed=7, channels=1))[None]  # (1, 1, 16000)
+    with torch.no_grad():
+        for level, block in enumerate(model.bottleneck.level_blocks):
+            block.init_codebook(model.encoders[level](music)[0].t())
+    return model
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory) -> Path:
+    run = make_run(tmp_path_factory.mktemp("coded"))
+    save_vqvae(run, varied_vqvae())
+    encode_corpus(run, chunk_seconds=0.5)
+    return run
+
+
+@pytest.fixture
+def run(coded, tmp_path) -> Path:
+    """A private copy of the coded run: RUN/data, RUN/vqvae, RUN/codes; no priors yet."""
+    return Path(shutil.copytree(coded, tmp_path / "run"))
+
+
+def recipe(tmp_path: Path, *overrides: str):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return load_config(path, list(overrides))
+
+
+def unigram_entropy(run: Path, level: int) -> float:
+    """Nats per token of the codes' own frequencies: the best a model that ignores context can do."""
+    counts = np.bincount(np.asarray(CodesCorpus(run / "codes").level(level)), minlength=16)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tb"), size_guidance={"scalars": 0, "audio": 0})
+    events.Reload()
+    tags = events.Tags()
+    out = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags["scalars"]}
+    out.update({tag: [(e.step, 0.0) for e in events.Audio(tag)] for tag in tags["audio"]})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning
+
+
+def test_top_prior_with_labels_learns_and_stores_its_vocabulary(run, tmp_path):
+    cfg = recipe(tmp_path, "prior_level2.train.media_every=40")
+    result = train_prior(cfg, run, level=2)
+    assert result.step == 80 and len(result.losses) == 80
+    first, last = np.mean(result.losses[:5]), np.mean(result.losses[-10:])
+    assert first > 2.6  # about ln 16: it starts knowing nothing
+    assert last < unigram_entropy(run, 2) - 0.5  # it learned more than how often each code occurs
+
+    out = run / "prior_level2"
+    state = load_checkpoint(out, "prior")
+    assert state["step"] == 80 and state["genres"] == ["house", "unknown"]
+    assert state["artists"] == ["artist0", "artist1", "unknown"]
+    assert state["vqvae_fingerprint"] == CodesCorpus(run / "codes").fingerprint
+    assert (out / "config.yaml").is_file()
+    logged = scalars(out)
+    for tag in ("train/loss", "train/bits_per_token", "train/accuracy", "train/lr", "train/grad_norm"):
+        assert [step for step, _ in logged[tag]] == list(range(5, 81, 5)), tag
+    loss, bits = dict(logged["train/loss"]), dict(logged["train/bits_per_token"])
+    assert bits[80] == pytest.approx(loss[80] / np.log(2), rel=1e-5)
+    assert 0.3 < dict(logged["train/accuracy"])[80] <= 1.0
+    assert [step for step, _ in logged["audio/sample"]] == [40, 80] and "audio/corpus" in logged
+
+    # the sample stage's side: the EMA prior, labels from genre and artist names
+    prior = load_prior(out)
+    vocab = PriorVocabulary.load(out)
+    labels = torch.tensor([[SR * 2, 0, 64 * 8, vocab.artist_id("artist1"), vocab.genre_id("house")]])
+    codes = prior.sample(1, 32, labels=labels, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (1, 32) and 0 <= int(codes.min()) and int(codes.max()) < 16
+    with pytest.raises(UserError, match=r"genre 'techno' is unknown to this prior; known genres: house, unknown\."):
+        vocab.genre_id("techno")
+
+
+def test_upsampler_learns_from_the_level_above(run, tmp_path):
+    result = train_prior(recipe(tmp_path), run, level=1)
+    assert result.step == 60
+    assert np.mean(result.losses[-10:]) < unigram_entropy(run, 1) - 0.5
+    state = load_checkpoint(run / "prior_level1", "prior")
+    assert state["config"]["level"] == 1 and any(k.startswith("conditioner_blocks.0.") for k in state["model"])
+    # the upper codes matter: the trained upsampler does worse when they are shuffled
+    prior = load_prior(run / "prior_level1")
+    corpus = CodesCorpus(run / "codes")
+    windows = corpus.windows(1, 64, 16, np.random.default_rng(1), with_upper=True)
+    labels = windows.labels(1)
+    labels[:, 3], labels[:, 4] = windows.artist_ids, windows.genre_ids
+    with torch.no_grad():
+        right = prior.loss(windows.tokens, windows.upper, labels)
+        wrong = prior.loss(windows.tokens, windows.upper.roll(1, dims=0), labels)
+    assert wrong > right + 0.2
+
+
+def test_forward_is_the_training_objective():
+    model = TrainablePrior(load_config(None, [f"prior_level2.{k}={v}" for k, v in SHAPE.items()] + [
+        "prior_level2.labels=false"]).prior_level2)
+    tokens = torch.randint(0, 16, (2, 64))
+    nats, metrics = model(tokens)
+    assert torch.allclose(nats, model.loss(tokens))
+    assert metrics["bits_per_token"] == pytest.approx(nats.item() / np.log(2))
+    assert 0 <= float(metrics["accuracy"]) <= 1 and not metrics["accuracy"].requires_grad
+
+
+def test_layer_checkpointing_recomputes_layers_and_gives_the_same_gradients():
+    shape = [f"prior_level1.{k}={v}" for k, v in SHAPE.items()] + ["prior_level1.cond_depth=1", "prior_level1.cond_width=8"]
+    models = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        models[flag] = TrainablePrior(load_config(None, [*shape, f"prior_level1.checkpoint_layers={flag}"]).prior_level1)
+    tokens, upper = torch.randint(0, 16, (2, 64)), torch.randint(0, 16, (2, 16))
+    labels = torch.tensor([[0, 0, 0, 1, 0], [0, 0, 0, 2, 1]])
+    calls = {False: 0, True: 0}
+    for flag, model in models.items():
+        block = model.prior.transformer._attn_mods[0]
+        block.forward = lambda *args, f=flag, run=block.forward: calls.__setitem__(f, calls[f] + 1) or run(*args)
+        loss, _ = model(tokens, upper, labels)
+        loss.backward()
+    assert calls == {False: 1, True: 2}  # the checkpointed layer ran again in backward
+    for (name, a), b in zip(models[False].named_parameters(), models[True].parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume, annealing, fine-tuning
+
+
+def test_resume_continues_the_same_run(run, tmp_path):
+    other = Path(shutil.copytree(run, tmp_path / "other"))
+    whole = train_prior(recipe(tmp_path, "prior_level2.train.steps=12"), run, level=2)
+    first = train_prior(recipe(tmp_path, "prior_level2.train.steps=7"), other, level=2)
+    rest = train_prior(recipe(tmp_path, "prior_level2.train.steps=12"), other, level=2)
+    assert (first.step, rest.step, len(rest.losses)) == (7, 12, 5)
+    assert np.allclose(first.losses + rest.losses, whole.losses, rtol=1e-5)
+    a, b = load_checkpoint(run / "prior_level2"), load_checkpoint(other / "prior_level2")
+    assert all(torch.allclose(a["ema"][k], b["ema"][k], atol=1e-6) for k in a["ema"])
+
+
+def test_annealing_switched_on_later_ends_at_lr_zero_and_the_stage_stops(run, tmp_path):
+    train_prior(recipe(tmp_path, "prior_level2.train.steps=6"), run, level=2)  # no annealing yet
+    anneal = ["prior_level2.train.steps=1000", "prior_level2.train.anneal_start=8", "prior_level2.train.anneal_steps=4",
+              "prior_level2.train.log_every=1"]
+    cfg = recipe(tmp_path, *anneal)
+    result = train_prior(cfg, run, level=2)
+    assert result.step == 11 and len(result.losses) == 5  # steps 7..11; update 12 would have LR 0
+    assert learning_rate(cfg.prior_level2.train, 12) == 0.0 < learning_rate(cfg.prior_level2.train, 11)
+    lrs = dict(scalars(run / "prior_level2")["train/lr"])
+    assert lrs[8] == pytest.approx(3e-3) and lrs[11] == pytest.approx(3e-3 * 0.25) and 12 not in lrs
+    again = train_prior(cfg, run, level=2)
+    assert again.step == 11 and again.losses == []  # the LR reached zero: nothing more to do
+
+
+def test_imported_checkpoint_is_fine_tuned_not_replaced(run, tmp_path):
+    cfg = recipe(tmp_path, "prior_level1.train.steps=2", "prior_level1.train.lr=0.000000001", "prior_level1.train.ema=0")
+    torch.manual_seed(123)
+    imported = TrainablePrior(cfg.prior_level1)
+    config = dataclasses.asdict(cfg.prior_level1)
+    save_checkpoint(run / "prior_level1" / "last.pt", "prior", config, imported.state_dict(), step=0)  # as import-jukebox
+    result = train_prior(cfg, run, level=1)
+    assert result.step == 2
+    state = load_checkpoint(run / "prior_level1", "prior")
+    assert "optimizer" in state and state["genres"] == ["house", "unknown"]
+    for key, value in imported.state_dict().items():
+        assert torch.allclose(state["model"][key], value, atol=1e-5), key
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: one sentence each, nothing lost
+
+
+def cli_error(run: Path, tmp_path: Path, capsys, level: int = 2, *overrides: str) -> str:
+    recipe(tmp_path)
+    capsys.readouterr()  # drop what earlier training printed
+    argv = ["train-prior", "--level", str(level), "--run", str(run), "--config", str(tmp_path / "tiny.yaml"), *overrides]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_codes_or_a_prior_of_another_vqvae_are_refused(run, tmp_path, capsys):
+    train_prior(recipe(tmp_path, "prior_level2.train.steps=1"), run, level=2)
+    before = (run / "prior_level2" / "last.pt").read_bytes()
+    save_vqvae(run, varied_vqvae(seed=1))  # a retrained VQ-VAE: the codes are stale
+    assert "were made with another VQ-VAE" in cli_error(run, tmp_path, capsys)
+    encode_corpus(run, chunk_seconds=0.5)  # new codes: now the prior is stale
+    assert "was trained on codes of another VQ-VAE" in cli_error(run, tmp_path, capsys)
+    assert (run / "prior_level2" / "last.pt").read_bytes() == before
+
+
+def test_an_empty_codes_folder_is_refused(run, tmp_path, capsys):
+    shutil.rmtree(run / "codes")
+    (run / "codes").mkdir()
+    assert "holds no codes; run the codes stage" in cli_error(run, tmp_path, capsys)
+
+
+def test_a_checkpoint_of_another_level_is_refused(run, tmp_path, capsys):
+    train_prior(recipe(tmp_path, "prior_level2.train.steps=1"), run, level=2)
+    (run / "prior_level1").mkdir()
+    shutil.copy(run / "prior_level2" / "last.pt", run / "prior_level1" / "last.pt")
+    before = (run / "prior_level1" / "last.pt").read_bytes()
+    err = cli_error(run, tmp_path, capsys, 1)
+    assert "holds a level-2 prior, not a level-1 one" in err
+    assert (run / "prior_level1" / "last.pt").read_bytes() == before
+
+
+def test_recipe_that_disagrees_with_codes_or_checkpoint_is_refused(run, tmp_path, capsys):
+    assert "n_genres=2 or more" in cli_error(run, tmp_path, capsys, 2, "prior_level2.n_genres=1")
+    assert "timing range" in cli_error(run, tmp_path, capsys, 2, "prior_level2.min_duration=1.5")
+    assert "set prior_level2.hop_length=8" in cli_error(run, tmp_path, capsys, 2, "prior_level2.hop_length=4")
+    assert "whose power is 2" in cli_error(run, tmp_path, capsys, 1, "prior_level1.cond_down_t=2")
+    train_prior(recipe(tmp_path, "prior_level2.train.steps=1"), run, level=2)
+    err = cli_error(run, tmp_path, capsys, 2, "prior_level2.width=64")
+    assert "prior_level2.width is 64 in the recipe but 32" in err
