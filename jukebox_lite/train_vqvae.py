@@ -44,6 +44,7 @@ ARCHITECTURE = (
 def spectrogram_image(audio: torch.Tensor, n_fft: int = 1024, floor_db: float = 80.0) -> torch.Tensor:
     """Audio (time,) → log-magnitude spectrogram as a greyscale image (1, n_fft/2 + 1, frames) in [0, 1],
     low frequencies at the bottom, the top `floor_db` decibels shown."""
+    n_fft = min(n_fft, 1 << (audio.shape[-1].bit_length() - 1))  # short windows: the largest power of two that fits
     window = torch.hann_window(n_fft, device=audio.device)
     magnitude = torch.stft(audio.float(), n_fft, n_fft // 4, window=window, return_complex=True).abs()
     db = 20 * torch.log10(magnitude.clamp(min=1e-5))  # (freq, frames)

@@ -65,7 +65,8 @@ class Task(abc.ABC):
         """(scalar loss to minimise, scalar metrics for TensorBoard)."""
 
     def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
-        """Audio or images for TensorBoard, on rank 0 every `media_every` steps (RNG use here is undone)."""
+        """Audio or images for TensorBoard, on rank 0 alone every `media_every` steps, so no collectives here.
+        Random numbers drawn here are given back: the run continues as if this had not run."""
 
     def checkpoint_extra(self) -> dict:
         """Further entries for the checkpoint."""
