@@ -18,15 +18,14 @@ STAGES = {
     "demo-corpus": ("data_prep.demo_corpus", "synthesize the built-in demo corpus (no downloads)"),
     "prepare": ("data_prep.ingest", "data stage: vocal removal, resample, label, split → RUN/data"),
     "separate": ("jukebox_lite.separation", "remove vocals from one file (Spleeter 2 stems)"),
-    "review": ("jukebox_lite.review", "execute the listening-review notebook into RUN/review.html"),
     "import-jukebox": ("jukebox_lite.jukebox_import", "convert OpenAI Jukebox checkpoints into a run folder"),
-    "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
-    "eval-vqvae": ("jukebox_lite.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),
     "train-vqvae": ("jukebox_lite.train_vqvae", "VQ-VAE stage: train the 3-level VQ-VAE on RUN/data → RUN/vqvae"),
-    "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
     "eval-vqvae": ("jukebox_lite.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),
+    "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
     "train-prior": ("jukebox_lite.train_prior", "prior stage: train the top prior (--level 2) or an upsampler (1, 0) on RUN/codes"),
     "refine": ("jukebox_lite.refine", "diffusion refiner: turn coarse VQ-VAE audio into cleaner audio"),
+    "check-copies": ("jukebox_lite.copies", "find passages of generated tracks that replay the training corpus"),
+    "review": ("jukebox_lite.review", "execute the listening-review notebook into RUN/review.html"),
 }
 
 log = logging.getLogger("jukebox_lite")

@@ -394,6 +394,28 @@ class RefinerConfig:
 
 
 @dataclass
+class CopiesConfig:
+    """The copy detector: which generated passages replay the training corpus (see copies.py)."""
+
+    level: int = 2  # compare codes at this level (the top level: what the prior wrote)
+    ngram: int = 8  # tokens per seed n-gram (8 top-level tokens ≈ 23 ms at 44.1 kHz, hop 128)
+    tolerance: float = 0.15  # share of differing tokens a matching passage may hold
+    min_seeds: int = 3  # exact n-gram hits an alignment needs before it is examined
+    max_occurrences: int = 64  # n-grams more common than this in the corpus (silence, loops) are no evidence
+    max_alignments: int = 256  # strongest alignments examined per sample
+    report_seconds: float = 2.0  # shorter matches are not reported
+    flag_seconds: float = 8.0  # a sample with a match this long is flagged
+
+    def validate(self) -> None:
+        if self.ngram < 2 or self.min_seeds < 1 or self.max_occurrences < 1 or self.max_alignments < 1:
+            raise UserError("copies: ngram must be at least 2; min_seeds, max_occurrences, max_alignments at least 1.")
+        if not 0 <= self.tolerance < 0.5:
+            raise UserError("copies.tolerance must be in [0, 0.5).")
+        if not 0 < self.report_seconds <= self.flag_seconds:
+            raise UserError("copies: need 0 < report_seconds <= flag_seconds.")
+
+
+@dataclass
 class RecipeConfig:
     """A whole recipe: one section per stage."""
 
@@ -404,11 +426,13 @@ class RecipeConfig:
     prior_level2: PriorConfig = field(default_factory=PriorConfig)
     prior_level1: PriorLevel1Config = field(default_factory=PriorLevel1Config)
     prior_level0: PriorLevel0Config = field(default_factory=PriorLevel0Config)
+    copies: CopiesConfig = field(default_factory=CopiesConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
 
     def validate(self) -> None:
         self.data.validate()
         self.vqvae.validate()
+        self.copies.validate()
         for level in (2, 1, 0):
             prior = getattr(self, f"prior_level{level}")
             if prior.level != level:
@@ -454,6 +478,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
     if tp in (int, float) and isinstance(value, bool):
         raise UserError(f"Config key '{key}' is {value!r}; expected {tp.__name__}.")
     if isinstance(tp, type) and not isinstance(value, tp):

@@ -21,6 +21,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert cfg.data.workers == 3
     assert cfg.data.separation.backend == "none"
     assert cfg.data.min_seconds == 2.0 and isinstance(cfg.data.min_seconds, float)
+    assert load_config(None, ["data.loudness_lufs=-2e1"]).data.loudness_lufs == -20.0  # YAML: a string
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path):
