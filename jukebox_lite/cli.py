@@ -24,6 +24,9 @@ STAGES = {
     "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
     "train-prior": ("jukebox_lite.train_prior", "prior stage: train the top prior (--level 2) or an upsampler (1, 0) on RUN/codes"),
     "refine": ("jukebox_lite.refine", "diffusion refiner: turn coarse VQ-VAE audio into cleaner audio"),
+    "train-refiner": ("jukebox_lite.train_refiner", "refiner stage: train the diffusion refiner on the run's VQ-VAE audio → RUN/refiner"),
+    "eval-refiner": ("jukebox_lite.eval_refiner", "does the refiner help? decoded vs refined audio against the original"),
+    "sample": ("jukebox_lite.sample", "long tracks: top prior → upsamplers → VQ-VAE decoding → refiner → RUN/samples"),
     "check-copies": ("jukebox_lite.copies", "find passages of generated tracks that replay the training corpus"),
     "review": ("jukebox_lite.review", "execute the listening-review notebook into RUN/review.html"),
 }

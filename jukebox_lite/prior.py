@@ -428,6 +428,7 @@ class Prior(nn.Module):
         top_p: float = 0.0,
         generator: torch.Generator | None = None,
         hop_fraction: float | None = None,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Sample (n, length) codes with the KV cache; longer than n_ctx → overlapping windows.
 
@@ -439,7 +440,7 @@ class Prior(nn.Module):
 
         return sample_track(
             self, n, length, labels=labels, prime=prime, upper_codes=upper_codes, temperature=temperature,
-            top_k=top_k, top_p=top_p, generator=generator, hop_fraction=hop_fraction,
+            top_k=top_k, top_p=top_p, generator=generator, hop_fraction=hop_fraction, progress=progress,
         )
 
 
@@ -455,10 +456,14 @@ def prior_from_config_dict(config: dict) -> Prior:
 
 def load_prior(path: str | os.PathLike, map_location: str = "cpu", use_ema: bool = True) -> Prior:
     """Our prior checkpoint (a run folder or .pt) → Prior in eval mode; EMA weights preferred."""
-    state = load_checkpoint(path, kind="prior", map_location=map_location)
+    return prior_from_checkpoint(load_checkpoint(path, kind="prior", map_location=map_location), str(path), use_ema)
+
+
+def prior_from_checkpoint(state: dict, source: str, use_ema: bool = True) -> Prior:
+    """A loaded prior checkpoint → Prior in eval mode (for callers that also read its other entries)."""
     prior = prior_from_config_dict(state["config"])
     weights = state.get("ema") if use_ema and state.get("ema") else state["model"]
-    load_state_checked(prior, weights, str(path))
+    load_state_checked(prior, weights, source)
     return prior.eval()
 
 

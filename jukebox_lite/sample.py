@@ -15,12 +15,36 @@ The fast path decodes level 1 and refines it with a refiner trained on level-1 a
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
 import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 import torch.nn as nn
 
-from jukebox_lite.vqvae import VQVAE
+from jukebox_lite.atomic import atomic_path
+from jukebox_lite.audio import AudioError, load_audio, resample, to_mono
+from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from jukebox_lite.cli import add_recipe_arguments
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.config import RecipeConfig, load_config
+from jukebox_lite.copies import SAMPLE_CODES
+from jukebox_lite.errors import UserError
+from jukebox_lite.prior import Prior, prior_from_checkpoint
+from jukebox_lite.refiner import load_refiner, refine
+from jukebox_lite.sampling import morph
+from jukebox_lite.train_prior import PriorVocabulary
+from jukebox_lite.vqvae import VQVAE, load_vqvae
+
+log = logging.getLogger(__name__)
 
 
 def decoder_context(model: VQVAE, level: int) -> int:
@@ -65,3 +89,219 @@ def decode_long(model: VQVAE, codes: torch.Tensor, level: int, chunk_tokens: int
         offset = (start - first) * hop
         audio[:, :, start * hop : (start + keep) * hop] = decoded[:, :, offset : offset + keep * hop].cpu()
     return audio
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass
+class SampleRequest:
+    """What the user asked for (the command line's options)."""
+
+    seconds: float
+    n: int = 1
+    genre: str | None = None
+    artist: str | None = None
+    morph_to: str | None = None  # a genre the track morphs into by its end
+    prime: Path | None = None  # audio whose top-level codes open every sample
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    seed: int = 0
+    fast: bool = False  # stop at level 1 (skip the level-0 upsampler)
+    refine_steps: int | None = None
+    refine_strength: float | None = None
+    name: str | None = None  # sample folder prefix (default: a timestamp)
+
+
+@dataclass
+class LoadedPrior:
+    prior: Prior
+    vocab: PriorVocabulary
+    path: Path
+    step: int
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_prior(run: Path, level: int, fingerprint: str, device: torch.device) -> LoadedPrior:
+    path = run / f"prior_level{level}"
+    state = load_checkpoint(path, kind="prior")
+    if state.get("vqvae_fingerprint") not in (None, fingerprint):
+        raise UserError(
+            f"The level-{level} prior in '{path}' was trained on codes of another VQ-VAE; retrain it on this run's codes."
+        )
+    prior = prior_from_checkpoint(state, str(path)).to(device)
+    if prior.cfg.level != level:
+        raise UserError(f"'{path}' holds a level-{prior.cfg.level} prior, not level {level}.")
+    return LoadedPrior(prior, PriorVocabulary.from_checkpoint(state), path, int(state.get("step", 0)))
+
+
+def _labels(loaded: LoadedPrior, request: SampleRequest, genre: str | None, total_samples: int, n: int):
+    """The label rows [total_length, offset, sample_length, artist, genre, -1...] (n, 4 + G), or None."""
+    cfg = loaded.prior.cfg
+    if not cfg.labels:
+        return None
+    vocab = loaded.vocab  # empty for an imported OpenAI prior: its own ids, 0 is a safe choice
+    genre_id = vocab.genre_id(genre) if genre and vocab.genres else 0
+    artist_id = vocab.artist_id(request.artist) if request.artist and vocab.artists else 0
+    row = [total_samples, 0, cfg.n_ctx * cfg.hop_length, artist_id, genre_id] + [-1] * (cfg.max_bow_genre_size - 1)
+    return torch.tensor([row] * n, dtype=torch.long)
+
+
+def _prime_codes(vqvae: VQVAE, path: Path, tokens: int, n: int) -> torch.Tensor:
+    """The top-level codes of an audio file, at most `tokens` of them, repeated for n samples → (n, P)."""
+    try:
+        audio, sr = load_audio(path)
+    except AudioError as e:
+        raise UserError(f"Prime '{path}' cannot be used: {e}.") from None
+    audio = resample(to_mono(audio), sr, vqvae.sample_rate)
+    top = vqvae.hop_lengths[-1]
+    usable = min(audio.shape[1] // top, tokens) * top
+    if usable == 0:
+        raise UserError(f"Prime '{path}' is shorter than one top-level token ({top} samples).")
+    x = torch.from_numpy(audio[:, :usable])[None].to(next(vqvae.parameters()).device)  # (1, 1, T)
+    codes = vqvae.encode(x, levels=[vqvae.levels - 1])[-1]  # (1, P)
+    return codes.repeat(n, 1)
+
+
+def _write_wav(path: Path, audio: torch.Tensor, sr: int) -> None:
+    with atomic_path(path) as tmp:
+        sf.write(tmp, audio.clamp(-1, 1).numpy(), sr, subtype="PCM_16", format="WAV")
+
+
+def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> list[Path]:
+    """Generate `request.n` tracks and write RUN/samples/<name>_<k>/; returns the folders."""
+    if request.seconds <= 0 or request.n < 1:
+        raise UserError(f"Asked for {request.n} samples of {request.seconds} s; both must be positive (SECONDS, N).")
+    device = _device()
+    vqvae = load_vqvae(run / "vqvae").to(device)
+    fingerprint = vqvae_fingerprint(vqvae)
+    sr, hops = vqvae.sample_rate, vqvae.hop_lengths
+    top = _load_prior(run, 2, fingerprint, device)
+    levels = [2, 1] if request.fast else [2, 1, 0]
+    upsamplers = {}
+    for level in levels[1:]:
+        if not (run / f"prior_level{level}" / CHECKPOINT_NAME).exists():
+            hint = " or sample with --fast (stops at level 1)" if level == 0 else ""
+            raise UserError(f"No level-{level} upsampler in '{run / f'prior_level{level}'}'; train it (make upsamplers){hint}.")
+        upsamplers[level] = _load_prior(run, level, fingerprint, device)
+    refiner = None
+    if (run / "refiner" / CHECKPOINT_NAME).exists():
+        refiner = load_refiner(run / "refiner", map_location=device, vqvae=fingerprint)
+        if refiner.config.cond_level not in levels:
+            raise UserError(
+                f"The refiner refines level-{refiner.config.cond_level} audio, which --fast does not make; drop --fast."
+            )
+    else:
+        log.warning("no refiner in %s: the samples get no refined.wav (train one with make refiner)", run / "refiner")
+    if top.prior.cfg.labels and top.vocab.genres:  # unknown names fail before any work
+        for genre in filter(None, (request.genre, request.morph_to)):
+            top.vocab.genre_id(genre)
+        if request.artist:
+            top.vocab.artist_id(request.artist)
+        if not request.genre:
+            log.info("no genre given: using '%s' (known: %s)", top.vocab.genres[0], ", ".join(top.vocab.genres))
+
+    name = request.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folders = [run / "samples" / f"{name}_{k}" for k in range(request.n)]
+    taken = [f for f in folders if f.exists()]
+    if taken:
+        raise UserError(f"'{taken[0]}' already exists; pick another --name (nothing is overwritten).")
+
+    tokens = math.ceil(request.seconds * sr / hops[2])
+    total = tokens * hops[2]
+    generator = torch.Generator(device).manual_seed(request.seed)
+    timings: dict[str, float] = {}
+    codes: dict[int, torch.Tensor] = {}
+    clock = time.perf_counter()
+    labels = _labels(top, request, request.genre, total, request.n)
+    if request.morph_to and labels is not None:
+        labels = morph(labels, _labels(top, request, request.morph_to, total, request.n), tokens)
+    prime = None if request.prime is None else _prime_codes(vqvae, request.prime, tokens, request.n)
+    options = dict(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p, generator=generator, progress=True)
+    codes[2] = top.prior.sample(request.n, tokens, labels=labels, prime=prime, **options)
+    timings["level2"] = time.perf_counter() - clock
+    for level, loaded in upsamplers.items():
+        clock = time.perf_counter()
+        length = tokens * hops[2] // hops[level]
+        up_labels = _labels(loaded, request, request.genre, total, request.n)
+        codes[level] = loaded.prior.sample(request.n, length, labels=up_labels, upper_codes=codes[level + 1], **options)
+        timings[f"level{level}"] = time.perf_counter() - clock
+
+    audio: dict[str, torch.Tensor] = {}
+    clock = time.perf_counter()
+    for level in levels:
+        audio[f"level{level}"] = decode_long(vqvae, codes[level], level)[:, :, : round(request.seconds * sr)]
+    timings["decode"] = time.perf_counter() - clock
+    if refiner is not None:
+        clock = time.perf_counter()
+        audio["refined"] = refine(
+            refiner, audio[f"level{refiner.config.cond_level}"], request.refine_steps, request.refine_strength,
+            seed=request.seed, progress=True,
+        )
+        timings["refine"] = time.perf_counter() - clock
+
+    for k, folder in enumerate(folders):
+        folder.mkdir(parents=True)
+        for stage, track in audio.items():
+            _write_wav(folder / f"{stage}.wav", track[k, 0].cpu(), sr)
+        np.save(folder / SAMPLE_CODES, codes[2][k].cpu().numpy().astype(np.int32))
+        meta = {
+            "recipe": recipe.name,
+            "seconds": request.seconds,
+            "seed": request.seed,
+            "index": k,
+            "genre": request.genre,
+            "artist": request.artist,
+            "morph_to": request.morph_to,
+            "prime": None if request.prime is None else str(request.prime),
+            "temperature": request.temperature,
+            "top_k": request.top_k,
+            "top_p": request.top_p,
+            "fast": request.fast,
+            "checkpoints": {
+                "vqvae": str(run / "vqvae" / CHECKPOINT_NAME),
+                **{f"prior_level{lv}": {"path": str(p.path), "step": p.step} for lv, p in ((2, top), *upsamplers.items())},
+                "refiner": None if refiner is None else str(run / "refiner" / CHECKPOINT_NAME),
+            },
+            "device": str(device),
+            "seconds_per_stage": {k: round(v, 2) for k, v in timings.items()},
+        }
+        with atomic_path(folder / "meta.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+    log.info(
+        "wrote %d sample(s) of %.1f s to %s (%s)", request.n, request.seconds, run / "samples",
+        ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
+    )
+    return folders
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, type=Path, help="run folder with vqvae/, prior_level*/ and refiner/")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each track")
+    parser.add_argument("--n", type=int, default=1, help="tracks to generate (one batch)")
+    parser.add_argument("--genre", help="genre label (default: the prior's first genre)")
+    parser.add_argument("--artist", help="artist label (default: the prior's first artist)")
+    parser.add_argument("--morph-to", help="a second genre the track morphs into by its end")
+    parser.add_argument("--prime", type=Path, help="audio file whose opening every track continues")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast", action="store_true", help="stop at level 1: skip the slow level-0 upsampler")
+    parser.add_argument("--refine-steps", type=int, help="refiner steps (default: the refiner's config)")
+    parser.add_argument("--refine-strength", type=float, help="refiner strength in [0, 1] (default: its config)")
+    parser.add_argument("--name", help="sample folder prefix (default: a timestamp)")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_config(args.config, args.overrides)
+    fields = {f.name for f in dataclasses.fields(SampleRequest)} - {"name"}
+    request = SampleRequest(**{k: getattr(args, k) for k in fields}, name=args.name)
+    sample_tracks(recipe, args.run, request)
+    return 0

@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from jukebox_lite.errors import UserError
 from jukebox_lite.nn.attention import EMPTY_POSITION, sdpa_attention
@@ -221,6 +222,7 @@ def sample_track(
     top_p: float = 0.0,
     generator: torch.Generator | None = None,
     hop_fraction: float | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """(n, length) codes of one level, in windows when longer than n_ctx (see the module docstring).
 
@@ -257,7 +259,7 @@ def sample_track(
     step = s if cfg.is_upsampler else 1
     hop = max(step, int(hop_fraction * cfg.n_ctx) // step * step)
     starts = window_starts(length, cfg.n_ctx, hop)
-    for start in starts:
+    for start in tqdm(starts, desc=f"level {cfg.level}", unit="window", disable=not progress):
         window = min(length, cfg.n_ctx)
         if tokens.shape[1] >= start + window:
             continue  # the prime already covers this window

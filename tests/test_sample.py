@@ -16,3 +16,113 @@ def test_chunked_decoding_equals_decoding_the_whole_track(level, chunk):
     chunked = decode_long(model, codes, level, chunk_tokens=chunk)
     assert chunked.shape == whole.shape == (2, 1, 301 * model.hop_lengths[level])
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage, on untrained tiny models: it is the plumbing that is tested here, not the music
+
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.cli import main
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.config import PriorConfig, RecipeConfig
+from jukebox_lite.prior import Prior
+from jukebox_lite.refiner import RefinerUNet, save_refiner
+from jukebox_lite.vqvae import load_vqvae
+from tests.conftest import synth_music, write_audio
+from tests.test_refiner import tiny_config as tiny_refiner_config
+from tests.test_train_prior import SHAPE, coded  # noqa: F401 (module fixture: a tiny run with codes)
+
+GENRES, ARTISTS = ["house", "garage"], ["artist0", "artist1", "artist2"]
+UPSAMPLER = dict(cond_down_t=1, cond_stride_t=2, cond_width=16, cond_depth=1, hop_fraction=0.5)
+
+
+def save_prior(run, level: int, fingerprint: str, **changes) -> None:
+    cfg = PriorConfig(
+        level=level, **SHAPE, hop_length={2: 8, 1: 4, 0: 2}[level], sample_rate=16000, t_bins=8, min_duration=0.1,
+        max_duration=5.0, **(UPSAMPLER if level < 2 else {"hop_fraction": 0.5}), **changes,
+    )
+    torch.manual_seed(level)
+    model = Prior(cfg)
+    save_checkpoint(
+        run / f"prior_level{level}" / "last.pt", "prior", dataclasses.asdict(cfg), model.state_dict(),
+        step=3, genres=GENRES, artists=ARTISTS, vqvae_fingerprint=fingerprint,
+    )
+
+
+@pytest.fixture
+def sampled_run(coded, tmp_path):  # noqa: F811
+    run = Path(shutil.copytree(coded, tmp_path / "run"))
+    fingerprint = vqvae_fingerprint(load_vqvae(run / "vqvae"))
+    for level in (2, 1, 0):
+        save_prior(run, level, fingerprint)
+    torch.manual_seed(0)
+    save_refiner(run / "refiner" / "last.pt", RefinerUNet(tiny_refiner_config(), vqvae_fingerprint=fingerprint))
+    return run
+
+
+
+def sample(run, *args: str) -> int:
+    return main(["sample", "--run", str(run), "--seconds", "0.25", "--name", "t", *args])
+
+
+def test_every_stage_is_written_and_audible(sampled_run):
+    run = sampled_run
+    assert sample(run, "--n", "2", "--genre", "garage", "--seed", "3", "--refine-steps", "2") == 0
+    for k in range(2):
+        folder = run / "samples" / f"t_{k}"
+        for stage in ("level2", "level1", "level0", "refined"):
+            audio, sr = sf.read(folder / f"{stage}.wav", dtype="float32")
+            assert sr == 16000 and audio.shape == (4000,) and np.isfinite(audio).all() and np.abs(audio).max() > 0
+        codes = np.load(folder / "codes_level2.npy")
+        assert codes.shape == (500,) and codes.max() < 16
+        decoded = load_vqvae(run / "vqvae").decode([None, None, torch.from_numpy(codes).long()[None]], level=2)
+        level2, _ = sf.read(folder / "level2.wav", dtype="float32")
+        assert np.abs(decoded[0, 0, :4000].numpy() - level2).max() < 1e-4  # 16-bit WAV rounding
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["genre"] == "garage" and meta["seed"] == 3 and meta["checkpoints"]["prior_level0"]["step"] == 3
+        assert set(meta["seconds_per_stage"]) == {"level2", "level1", "level0", "decode", "refine"}
+    first = np.load(run / "samples/t_0/codes_level2.npy")
+    assert not np.array_equal(first, np.load(run / "samples/t_1/codes_level2.npy"))  # a batch of different tracks
+
+
+def test_prime_opens_every_track_and_morph_runs(sampled_run, tmp_path):
+    run = sampled_run
+    (run / "refiner" / "last.pt").unlink()
+    prime = write_audio(tmp_path / "intro.wav", synth_music(0.1, 16000, seed=5, channels=1), 16000)
+    assert sample(run, "--fast", "--prime", str(prime), "--genre", "house", "--morph-to", "garage") == 0
+    prime_audio, _ = sf.read(prime, dtype="float32")  # as written: 16-bit
+    expected = load_vqvae(run / "vqvae").encode(torch.from_numpy(prime_audio)[None, None])[2]  # (1, 200)
+    assert np.array_equal(np.load(run / "samples/t_0/codes_level2.npy")[:200], expected[0].numpy())
+    assert not (run / "samples/t_0/refined.wav").exists()  # no refiner: said so, nothing faked
+    assert sample(run, "--fast", "--prime", str(prime), "--genre", "house", "--morph-to", "garage", "--name", "again") == 0
+    for stage in ("codes_level2.npy", "level1.wav"):  # seeded: repeatable
+        assert (run / "samples/again_0" / stage).read_bytes() == (run / "samples/t_0" / stage).read_bytes()
+
+
+def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
+    run = sampled_run
+    assert sample(run, "--genre", "techno") == 2
+    assert "known genres: house, garage" in capsys.readouterr().err
+    assert not (run / "samples").exists()
+    assert main(["sample", "--run", str(run), "--seconds", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert sample(run, "--fast") == 2  # the refiner refines level 0, which --fast does not make
+    assert "drop --fast" in capsys.readouterr().err
+    shutil.rmtree(run / "prior_level0")
+    assert sample(run) == 2
+    assert "No level-0 upsampler" in capsys.readouterr().err
+    assert sample(run, "--fast", "--refine-steps", "1") == 2  # refiner still wants level 0
+    capsys.readouterr()
+    (run / "refiner" / "last.pt").unlink()
+    assert sample(run, "--fast") == 0
+    assert sample(run, "--fast") == 2  # the same name again: nothing is overwritten
+    assert "already exists" in capsys.readouterr().err
