@@ -1,9 +1,10 @@
 # jukebox-lite: the pipeline as Make targets. Each stage is a file target on its outputs, so an
-# interrupted run resumes where it stopped and a finished stage is not redone.
+# interrupted `make all` resumes at the stage that was running (and inside it, from its last
+# checkpoint), and a finished stage is not redone.
 #
-#   make demo                         set up, then run the pipeline on the built-in demo corpus
+#   make demo                         set up, then run the whole pipeline on the built-in demo corpus
 #   make test                         set up, then run the test suite
-#   make data AUDIO=dir GENRE=name    data stage on your own folder of music
+#   make all AUDIO=dir GENRE=name CONFIG=pipelines/deep_house.yaml
 #   make help                         targets and variables
 
 SHELL := /bin/bash
@@ -18,28 +19,43 @@ RUN ?= runs/$(basename $(notdir $(CONFIG)))
 AUDIO ?=
 GENRE ?=
 ARTIST ?=
+SECONDS ?= 20
+N ?= 2
+# how training stages are launched: e.g. "torchrun --nproc_per_node 8 --" or "mpiexec -n 16"
 LAUNCH ?=
 # extra key=value recipe overrides for every stage, e.g. ARGS="data.workers=4"
 ARGS ?=
+# extra options for the sample stage, e.g. SAMPLE_ARGS="--fast --morph-to tech_house --prime intro.wav"
+SAMPLE_ARGS ?=
 
 DEMO_AUDIO := data/demo
-
 INSTALLED := $(VENV)/.installed
+RECIPE := --config $(CONFIG) --run $(RUN)
 
-.PHONY: help install test demo data review bench clean-demo
+.PHONY: help install test demo all check-vars data vqvae codes prior upsamplers refiner sample \
+	check-copies review bench clean-demo
 
 help:
-	@echo "Targets:"
-	@echo "  install     create $(VENV) and install jukebox-lite (torch $(TORCH_VERSION) pinned)"
-	@echo "  test        install, then run the test suite"
-	@echo "  demo        install, synthesize the demo corpus, run the pipeline on it (RUN=runs/demo)"
-	@echo "  data        data stage: vocal removal, resample, label, split AUDIO into RUN/data"
-	@echo "  review      execute the listening-review notebook into RUN/review.html"
-	@echo "  bench       run the benchmarks in bench/ on this machine"
+	@echo "Targets (each stage runs the ones it needs first):"
+	@echo "  install       create $(VENV) and install jukebox-lite (torch $(TORCH_VERSION) pinned)"
+	@echo "  test          install, then run the test suite"
+	@echo "  demo          install, synthesize the demo corpus, run every stage on it (RUN=runs/demo)"
+	@echo "  all           every stage below, in order"
+	@echo "  data          vocal removal, resample, label, split AUDIO      → RUN/data"
+	@echo "  vqvae         train the three-level VQ-VAE                     → RUN/vqvae"
+	@echo "  codes         encode the corpus at every level                 → RUN/codes"
+	@echo "  prior         train the top-level prior                        → RUN/prior_level2"
+	@echo "  upsamplers    train the level-1 and level-0 upsamplers         → RUN/prior_level1, RUN/prior_level0"
+	@echo "  refiner       train the diffusion refiner                      → RUN/refiner"
+	@echo "  sample        N new tracks of SECONDS in GENRE                 → RUN/samples/<id>/"
+	@echo "  check-copies  flag samples that replay the training corpus     → RUN/samples/<id>/copies.json"
+	@echo "  review        the listening-review page                        → RUN/review.html"
+	@echo "  bench         the benchmarks in bench/ on this machine"
 	@echo "Variables:"
 	@echo "  CONFIG=$(CONFIG)  RUN=$(RUN)"
-	@echo "  AUDIO=folder of music   GENRE=label for every file   ARTIST=label for every file"
-	@echo "  ARGS='key=value ...' recipe overrides   LAUNCH='torchrun --nproc_per_node N' | 'mpiexec -n N'"
+	@echo "  AUDIO=folder of music  GENRE=genre (labels every file in data; the genre to sample)  ARTIST=..."
+	@echo "  SECONDS=$(SECONDS)  N=$(N)  SAMPLE_ARGS='--fast --morph-to G --prime F --temperature T --seed K'"
+	@echo "  ARGS='key=value ...' recipe overrides  LAUNCH='torchrun --nproc_per_node N --' | 'mpiexec -n N'"
 
 # torch is installed first and pinned (constraints.txt) so pip never swaps it: on a CPU machine the
 # local CPU wheel, on a GPU box the normal CUDA wheel from PyPI.
@@ -57,29 +73,76 @@ test: $(INSTALLED)
 # ---------------------------------------------------------------------------------------------
 # Stages
 
-$(DEMO_AUDIO)/.done: $(INSTALLED)
-	$(JL) demo-corpus --out $(DEMO_AUDIO)
-	touch $@
+# Bad variables fail in one sentence before any work starts.
+check-vars:
+	@[[ "$(SECONDS)" =~ ^[0-9]*\.?[0-9]+$$ ]] && awk 'BEGIN { exit !($(SECONDS) > 0) }' \
+		|| { echo "make: SECONDS=$(SECONDS) must be a positive number of seconds." >&2; exit 2; }
+	@[[ "$(N)" =~ ^[1-9][0-9]*$$ ]] || { echo "make: N=$(N) must be a whole number of tracks, at least 1." >&2; exit 2; }
+	@[[ -z "$(AUDIO)" || -d "$(AUDIO)" ]] || { echo "make: AUDIO=$(AUDIO) is not a folder." >&2; exit 2; }
 
 data: $(RUN)/data/.done
 $(RUN)/data/.done: $(INSTALLED) $(CONFIG)
 	@test -n "$(AUDIO)" || { echo "make data: set AUDIO to your folder of music, e.g. make data AUDIO=~/music/deep_house GENRE=deep_house" >&2; exit 2; }
-	$(JL) prepare --config $(CONFIG) --run $(RUN) $(if $(AUDIO),--audio $(AUDIO)) \
-		$(if $(GENRE),--genre $(GENRE)) $(if $(ARTIST),--artist $(ARTIST)) $(ARGS)
+	$(JL) prepare $(RECIPE) --audio $(AUDIO) $(if $(GENRE),--genre $(GENRE)) $(if $(ARTIST),--artist $(ARTIST)) $(ARGS)
 	touch $@
+
+vqvae: $(RUN)/vqvae/.done
+$(RUN)/vqvae/.done: $(RUN)/data/.done
+	$(LAUNCH) $(JL) train-vqvae $(RECIPE) $(ARGS)
+	touch $@
+
+codes: $(RUN)/codes/.done
+$(RUN)/codes/.done: $(RUN)/vqvae/.done
+	$(JL) encode $(RECIPE) $(ARGS)
+	$(JL) eval-vqvae $(RECIPE) $(ARGS)
+	touch $@
+
+prior: $(RUN)/prior_level2/.done
+upsamplers: $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done
+$(RUN)/prior_level%/.done: $(RUN)/codes/.done
+	$(LAUNCH) $(JL) train-prior --level $* $(RECIPE) $(ARGS)
+	touch $@
+
+refiner: $(RUN)/refiner/.done
+$(RUN)/refiner/.done: $(RUN)/vqvae/.done
+	$(LAUNCH) $(JL) train-refiner $(RECIPE) $(ARGS)
+	$(JL) eval-refiner $(RECIPE) $(ARGS)
+	touch $@
+
+# `make sample` always makes new tracks; `make all` makes them once.
+SAMPLE := $(JL) sample $(RECIPE) --seconds $(SECONDS) --n $(N) $(if $(GENRE),--genre $(GENRE)) \
+	$(if $(ARTIST),--artist $(ARTIST)) $(SAMPLE_ARGS) $(ARGS)
+sample: check-vars $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
+	$(SAMPLE)
+$(RUN)/samples/.done: $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
+	$(SAMPLE)
+	touch $@
+
+check-copies: $(INSTALLED)
+	$(JL) check-copies $(RECIPE) $(ARGS)
 
 # the page is cheap to render, so it is always redone to show the run as it is now
 review: $(INSTALLED)
 	$(JL) review --run $(RUN)
 
+all: check-vars $(RUN)/samples/.done
+	$(MAKE) check-copies review
+
+$(DEMO_AUDIO)/.done: $(INSTALLED)
+	$(JL) demo-corpus --out $(DEMO_AUDIO)
+	touch $@
+
 demo: $(INSTALLED) $(DEMO_AUDIO)/.done
 	$(MAKE) data CONFIG=pipelines/demo.yaml RUN=runs/demo AUDIO=$(DEMO_AUDIO)
-	$(MAKE) review RUN=runs/demo
+	$(MAKE) all CONFIG=pipelines/demo.yaml RUN=runs/demo GENRE=deep_house SECONDS=$(SECONDS) N=$(N)
 	@echo "Open runs/demo/review.html to listen."
 
 bench: $(INSTALLED)
 	$(PY) bench/bench_separation.py
 	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_vqvae.py
+	$(PY) bench/bench_prior.py
+	$(PY) bench/bench_refiner.py
 
 clean-demo:
 	rm -rf runs/demo $(DEMO_AUDIO)

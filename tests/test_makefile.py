@@ -1,0 +1,75 @@
+"""The Make pipeline as a user drives it: bad variables fail first, and a killed stage resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jukebox_lite.checkpoint import load_checkpoint
+from tests.test_train_vqvae import TINY, make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "variables, complaint",
+    [
+        (["SECONDS=0"], "SECONDS=0 must be a positive number"),
+        (["SECONDS=-5"], "SECONDS=-5 must be a positive number"),
+        (["SECONDS=abc"], "SECONDS=abc must be a positive number"),
+        (["N=0"], "N=0 must be a whole number"),
+        (["AUDIO=/no/such/folder"], "AUDIO=/no/such/folder is not a folder"),
+    ],
+)
+def test_bad_variables_fail_in_one_sentence_before_any_work(variables, complaint, tmp_path):
+    result = make("all", f"RUN={tmp_path / 'run'}", *variables)
+    assert result.returncode != 0
+    assert complaint in result.stderr and result.stderr.count("\n") <= 2  # the sentence + make's own line
+    assert not (tmp_path / "run").exists()
+
+
+def fake_venv(tmp_path: Path) -> Path:
+    """A VENV for make that is the interpreter running the tests, already installed (nothing to set up)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "jukebox-lite").symlink_to(Path(sys.executable).parent / "jukebox-lite")
+    (venv / ".installed").touch()
+    return venv
+
+
+def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    run, recipe = tmp_path / "run", tmp_path / "tiny.yaml"
+    recipe.write_text(TINY.replace("steps: 8", "steps: 400").replace("checkpoint_every: 4", "checkpoint_every: 20"))
+    make_corpus(run)
+    (run / "data" / ".done").touch()  # the data stage is done (the corpus above is its output)
+    variables = [f"CONFIG={recipe}", f"RUN={run}", f"VENV={fake_venv(tmp_path)}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    first = subprocess.Popen(["make", "-s", "-C", str(ROOT), "vqvae", *variables], start_new_session=True, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = run / "vqvae" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert checkpoint.exists(), "no checkpoint appeared before the kill"
+    killed_at = load_checkpoint(checkpoint, "vqvae")["step"]
+    assert 0 < killed_at < 400 and not (run / "vqvae" / ".done").exists()
+
+    second = make("vqvae", *variables, env=env)
+    assert second.returncode == 0, second.stderr
+    assert f"at step {killed_at} of 400" in second.stderr  # the loop's "resuming ... at step N of M"
+    assert load_checkpoint(checkpoint, "vqvae")["step"] == 400
+    assert [p.name for p in (run / "vqvae").iterdir() if p.name.startswith(".") and p.name != ".done"] == []
+    assert make("vqvae", *variables, "-q").returncode == 0  # finished: make has nothing left to do
