@@ -25,7 +25,9 @@ LR: warm-up, then constant; annealing decays it linearly to zero from `train.ann
 `train.anneal_steps`, set from the start or switched on later by rerunning with
 `prior_level2.train.anneal_start=STEP`; the run ends when the LR reaches zero (`jukebox_lite.training`).
 If RUN/prior_level{L}/last.pt was imported from OpenAI (`import-jukebox`, step 0) training starts
-from its weights: fine-tuning. Codes are read in-process from memory maps (`train.workers` is unused).
+from its weights: fine-tuning. `prior_levelN.checkpoint_layers: true` recomputes each transformer
+layer in backward: far less activation memory for about a third more compute (the GPU recipes use it).
+Codes are read in-process from memory maps (`train.workers` is unused).
 """
 
 from __future__ import annotations
