@@ -334,7 +334,7 @@ class RefinerConfig:
     """The diffusion refiner: a 1-D waveform U-Net that turns VQ-VAE-decoded audio into cleaner audio.
 
     The defaults are the real size for 44.1 kHz; the demo recipe shrinks every width. Training
-    hyper-parameters live in the shared training loop's section, not here.
+    hyper-parameters are its `train` section (the shared loop's), used by train-refiner.
     """
 
     sample_rate: int = 44100
@@ -353,6 +353,11 @@ class RefinerConfig:
     steps: int = 8  # deterministic DDIM steps
     strength: float = 1.0  # 1: start from noise; below 1: from the coarse audio noised to t = strength
     chunk_batch: int = 4  # chunks per model call
+    # train-refiner: a multiple of 4 windows per rank, so every noise-level quarter is logged each step
+    train: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=8, lr=2e-4, warmup_steps=500))
+
+    def __post_init__(self) -> None:
+        self.train = _training_section(self.train, "refiner.train.")
 
     @property
     def stride(self) -> int:
@@ -391,6 +396,7 @@ class RefinerConfig:
             raise UserError(f"{section}.overlap_length must be at most half of segment_length ({self.segment_length}).")
         if not 0.0 <= self.strength <= 1.0:
             raise UserError(f"{section}.strength is {self.strength}; it must be in [0, 1].")
+        self.train.validate(f"{section}.train")
 
 
 @dataclass

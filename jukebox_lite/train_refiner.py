@@ -1,0 +1,217 @@
+"""Refiner stage: train the diffusion refiner on the run's VQ-VAE audio → RUN/refiner/{last.pt, tb/, config.yaml}.
+
+    jukebox-lite train-refiner --config pipelines/demo.yaml --run runs/demo [refiner.train.steps=2000 ...]
+
+Each step reads windows of `refiner.segment_length` clean samples from the training split of RUN/data,
+sends them through the run's trained VQ-VAE (RUN/vqvae, EMA weights, frozen) at `refiner.cond_level`
+to make their coarse versions, and trains the U-Net on the v-objective to recover the clean audio
+from noise given the coarse audio. Nothing is stored: the pairs are made on the fly.
+
+The noise levels t of a rank's batch are stratified (one uniform draw in each of B equal slices of
+[0, 1)): every item still sees a uniform t, the loss has less variance, and each quarter of noise
+levels gets the same share of the batch, so TensorBoard shows the loss per quarter
+(`train/loss_t0.00_0.25` ... `train/loss_t0.75_1.00`) beside the overall one. Every
+`train.media_every` steps a fixed validation window is logged as original / coarse / refined audio
+and spectrograms, refined with the recipe's sampling settings by the current (not the EMA) weights.
+
+The checkpoint (kind "refiner") holds the VQ-VAE's fingerprint, so `refiner.load_refiner` reads it,
+prefers its EMA weights, and refuses to refine another VQ-VAE's audio. Refused before training, each
+in one sentence: no VQ-VAE yet, a VQ-VAE at another sample rate or without the conditioning level,
+a window that is not a multiple of that level's hop, and a checkpoint in RUN/refiner of another
+architecture or trained on another VQ-VAE. A refiner checkpoint there that is not a training run
+(saved by `save_refiner`) is fine-tuned rather than overwritten. Resume, the finished-run no-op and
+non-finite steps are the shared loop's (`jukebox_lite.training`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from jukebox_lite import distributed, metrics
+from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_checked
+from jukebox_lite.cli import add_recipe_arguments
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.config import RecipeConfig, RefinerConfig, load_config
+from jukebox_lite.datasets import MEDIA_STREAM, AudioWindows, step_batches
+from jukebox_lite.errors import UserError
+from jukebox_lite.refiner import RefinerUNet, load_refiner, make_training_pair, noised, refine, v_target
+from jukebox_lite.train_vqvae import spectrogram_image
+from jukebox_lite.training import Task, TrainResult, train
+from jukebox_lite.vqvae import VQVAE, load_vqvae
+
+log = logging.getLogger(__name__)
+
+NOISE_BANDS = 4  # the loss is also logged per quarter of noise levels t
+# settings a checkpoint in RUN/refiner must share with the recipe: they shape the weights or what they learned
+ARCHITECTURE = (
+    "sample_rate", "cond_level", "channels", "factors", "res_blocks", "attention_levels", "attention_heads",
+    "norm_groups", "kernel_size", "embedding_dim",
+)
+
+
+def check_vqvae(cfg: RefinerConfig, vqvae: VQVAE, path: Path) -> None:
+    """The run's VQ-VAE must make coarse audio this refiner can learn from."""
+    if vqvae.sample_rate != cfg.sample_rate:
+        raise UserError(
+            f"The VQ-VAE '{path}' runs at {vqvae.sample_rate} Hz but refiner.sample_rate is {cfg.sample_rate}; "
+            f"set refiner.sample_rate={vqvae.sample_rate}."
+        )
+    if cfg.cond_level >= vqvae.levels:
+        raise UserError(f"refiner.cond_level is {cfg.cond_level}; the VQ-VAE '{path}' has levels 0 to {vqvae.levels - 1}.")
+    hop = vqvae.hop_lengths[cfg.cond_level]
+    if cfg.segment_length % hop:
+        raise UserError(
+            f"refiner.segment_length is {cfg.segment_length}; use a multiple of both the VQ-VAE's level-{cfg.cond_level} "
+            f"hop {hop} and the U-Net's stride {cfg.stride}."
+        )
+
+
+def check_checkpoint(cfg: RefinerConfig, state: dict, path: Path, fingerprint: str) -> None:
+    """A checkpoint already in RUN/refiner must be one this recipe can resume or fine-tune."""
+    theirs = state["config"]
+    for name in ARCHITECTURE:
+        if theirs.get(name) != getattr(cfg, name):
+            raise UserError(
+                f"refiner.{name} is {getattr(cfg, name)} in the recipe but {theirs.get(name)} in '{path}'; "
+                "set the recipe's model settings to the checkpoint's, or move the checkpoint away to start afresh."
+            )
+    trained_on = state.get("vqvae_fingerprint")
+    if trained_on != fingerprint:
+        raise UserError(
+            f"'{path}' was trained on another VQ-VAE's audio (weights {trained_on}, now {fingerprint}); "
+            "move it away to train a refiner for the new VQ-VAE."
+        )
+
+
+def stratified_times(batch: int, device: torch.device) -> torch.Tensor:
+    """t (batch,) ascending, item i uniform in [i / batch, (i + 1) / batch): uniform marginals, fewer gaps."""
+    return (torch.arange(batch, device=device) + torch.rand(batch, device=device)) / batch
+
+
+class RefinerTask(Task):
+    """The refiner on the shared loop: clean windows in, coarse versions made by the frozen VQ-VAE, v-MSE out."""
+
+    kind = "refiner"
+    section = "refiner"
+
+    def __init__(
+        self, cfg: RefinerConfig, vqvae: VQVAE, data_dir: Path, seed: int, init: Path | None = None,
+        world_size: int = 1,
+    ):
+        self.cfg, self.vqvae, self.data_dir, self.seed, self.init = cfg, vqvae, Path(data_dir), seed, init
+        self.fingerprint = vqvae_fingerprint(vqvae)
+        per_rank = cfg.train.batch_size // world_size
+        self.log_bands = per_rank % NOISE_BANDS == 0  # the same on every rank: metric names must agree under DDP
+        if not self.log_bands:
+            log.info("refiner: %d windows per rank is not a multiple of %d; the loss per noise level is not logged", per_rank, NOISE_BANDS)
+        self._media: torch.Tensor | None = None
+
+    def windows(self, seed: int, split: str = "train") -> AudioWindows:
+        return AudioWindows(self.data_dir, self.cfg.sample_rate, self.cfg.segment_length, seed, split)
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.cfg)
+
+    def build_model(self) -> nn.Module:
+        return RefinerUNet(self.cfg, vqvae_fingerprint=self.fingerprint)
+
+    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
+        if self.init is not None:
+            load_state_checked(model, load_refiner(self.init, vqvae=self.fingerprint).state_dict(), str(self.init))
+            log.info("refiner: fine-tuning the refiner in %s (EMA weights where it has them)", self.init)
+
+    def checkpoint_extra(self) -> dict:
+        return {"vqvae_fingerprint": self.fingerprint}
+
+    def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[Any]:
+        return step_batches(self.windows(seed), self.cfg.train.batch_size, rank, world_size, start_step, self.cfg.train.workers)
+
+    def coarse(self, clean: torch.Tensor) -> torch.Tensor:
+        """Clean (B, 1, T) → the VQ-VAE's reconstruction at cond_level (B, 1, T), on clean's device."""
+        self.vqvae.to(clean.device)
+        return make_training_pair(self.vqvae, clean, self.cfg.cond_level)[0]
+
+    def loss(self, model: nn.Module, clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        coarse = self.coarse(clean)  # clean, coarse (B, 1, segment_length)
+        t = stratified_times(clean.shape[0], clean.device)
+        noise = torch.randn_like(clean)
+        v_pred = model(noised(clean, noise, t), t, coarse)  # `model`, not a method of it: DDP syncs in forward
+        per_item = (v_pred.float() - v_target(clean, noise, t)).pow(2).mean(dim=(1, 2))  # (B,)
+        values = {}
+        if self.log_bands:
+            for band, losses in enumerate(per_item.detach().view(NOISE_BANDS, -1)):  # t ascends: quarter by quarter
+                values[f"loss_t{band / NOISE_BANDS:.2f}_{(band + 1) / NOISE_BANDS:.2f}"] = losses.mean()
+        return per_item.mean(), values
+
+    def media_window(self) -> torch.Tensor:
+        """One fixed clean window (1, 1, segment_length), from the validation split when it has a long enough file."""
+        if self._media is None:
+            try:
+                dataset = self.windows(self.seed, "valid")
+            except UserError:
+                dataset = self.windows(self.seed)
+            self._media = dataset.window(0, MEDIA_STREAM)[None]
+        return self._media
+
+    @torch.no_grad()
+    def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
+        clean = self.media_window().to(model.device)
+        coarse = self.coarse(clean)
+        model.eval()
+        try:
+            refined = refine(model, coarse, seed=self.seed)  # on the CPU
+        finally:
+            model.train()
+        clean, coarse = clean.cpu(), coarse.cpu()
+        sr = self.cfg.sample_rate
+        for name, audio in (("original", clean), ("coarse", coarse), ("refined", refined)):
+            audio = audio[0, 0].clamp(-1, 1)
+            writer.add_audio(f"audio/{name}", audio, step, sample_rate=sr)
+            writer.add_image(f"spectrogram/{name}", spectrogram_image(audio), step)
+        for name, audio in (("coarse", coarse), ("refined", refined)):
+            writer.add_scalar(f"media/mr_stft_distance_{name}", float(metrics.multi_resolution_stft_distance(clean, audio)), step)
+            writer.add_scalar(f"media/log_mel_distance_{name}", float(metrics.log_mel_distance(clean, audio, sr)), step)
+
+
+def train_refiner(recipe: RecipeConfig, run_dir: str | Path) -> TrainResult:
+    """The stage as a function (the CLI and the tests call it); `distributed.init()` comes first on several ranks."""
+    run_dir = Path(run_dir)
+    cfg = recipe.refiner
+    vqvae_path = run_dir / "vqvae" / CHECKPOINT_NAME
+    if not vqvae_path.is_file():
+        raise UserError(
+            f"No VQ-VAE at '{vqvae_path}'; the refiner learns to clean its audio, so train it first "
+            f"(jukebox-lite train-vqvae --run {run_dir} ...)."
+        )
+    vqvae = load_vqvae(vqvae_path)
+    check_vqvae(cfg, vqvae, vqvae_path)
+    task = RefinerTask(cfg, vqvae, run_dir / "data", recipe.seed, world_size=distributed.current().world_size)
+    last = run_dir / "refiner" / CHECKPOINT_NAME
+    if last.exists():
+        state = load_checkpoint(last, "refiner")
+        check_checkpoint(cfg, state, last, task.fingerprint)
+        if "optimizer" not in state:  # saved by save_refiner, not by a training run: start from its weights
+            task.init = last
+    return train(task, cfg.train, last.parent, seed=recipe.seed, recipe=recipe)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/data and RUN/vqvae, writes RUN/refiner")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_config(args.config, args.overrides)
+    distributed.init()
+    try:
+        train_refiner(recipe, args.run)
+    finally:
+        distributed.shutdown()
+    return 0

@@ -1,0 +1,163 @@
+"""train-refiner on a tiny run: the loss falls, the checkpoint ties the refiner to its VQ-VAE, clear refusals."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from jukebox_lite import cli
+from jukebox_lite.checkpoint import load_checkpoint
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.config import load_config
+from jukebox_lite.errors import UserError
+from jukebox_lite.refiner import RefinerUNet, load_refiner, save_refiner
+from jukebox_lite.train_refiner import stratified_times, train_refiner
+from jukebox_lite.vqvae import load_vqvae
+from tests.test_codes import make_run, save_vqvae, tiny_model
+from tests.test_train_vqvae import scalars
+
+TINY = """\
+name: tiny-refiner
+seed: 1
+refiner:
+  sample_rate: 16000
+  cond_level: 0
+  segment_length: 2048
+  overlap_length: 256
+  channels: [8, 16, 32]
+  factors: [4, 4]
+  res_blocks: 1
+  attention_levels: 1
+  attention_heads: 2
+  norm_groups: 4
+  kernel_size: 5
+  embedding_dim: 32
+  steps: 2
+  chunk_batch: 2
+  train:
+    batch_size: 4
+    steps: 40
+    lr: 0.003
+    warmup_steps: 5
+    ema: 0.9
+    log_every: 1
+    checkpoint_every: 20
+    media_every: 20
+    workers: 0
+"""
+BANDS = ["train/loss_t0.00_0.25", "train/loss_t0.25_0.50", "train/loss_t0.50_0.75", "train/loss_t0.75_1.00"]
+
+
+def recipe(tmp: Path, *overrides: str):
+    path = tmp / "tiny_refiner.yaml"
+    path.write_text(TINY)
+    return load_config(path, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run (16 kHz corpus, a tiny VQ-VAE) with a refiner trained for 40 steps, and the training result."""
+    tmp = tmp_path_factory.mktemp("refiner")
+    run = make_run(tmp, seconds=(1.3, 0.7, 2.1, 0.9))
+    return run, train_refiner(recipe(tmp), run)
+
+
+def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
+    run, result = trained
+    assert result.step == 40 and result.skipped == 0 and len(result.losses) == 40
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)  # v-MSE starts near E[v²] = 1 (zero output layer)
+    out = run / "refiner"
+    assert (out / "config.yaml").is_file() and (out / "last.pt").is_file()
+    overall = scalars(out, "train/loss")
+    bands = [scalars(out, tag) for tag in BANDS]
+    assert all(len(b) == 40 for b in bands)
+    for step in range(40):  # each quarter holds one of the 4 items: the overall loss is their mean
+        assert overall[step] == pytest.approx(sum(b[step] for b in bands) / 4, rel=1e-4)
+    mr_coarse, mr_refined = scalars(out, "media/mr_stft_distance_coarse"), scalars(out, "media/mr_stft_distance_refined")
+    assert len(mr_coarse) == len(mr_refined) == 2 and all(v > 0 for v in mr_coarse + mr_refined)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"), size_guidance={"audio": 0, "images": 0})
+    events.Reload()
+    for name in ("original", "coarse", "refined"):
+        assert len(events.Audio(f"audio/{name}")) == 2 and len(events.Images(f"spectrogram/{name}")) == 2
+
+
+def test_checkpoint_records_the_vqvae_and_load_refiner_checks_it(trained, tmp_path):
+    run, _ = trained
+    fingerprint = vqvae_fingerprint(load_vqvae(run / "vqvae"))
+    state = load_checkpoint(run / "refiner", "refiner")
+    assert state["vqvae_fingerprint"] == fingerprint and state["step"] == 40 and "optimizer" in state
+    model = load_refiner(run / "refiner", vqvae=fingerprint)  # accepted with its own VQ-VAE, EMA weights loaded
+    assert model.vqvae_fingerprint == fingerprint and not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state["ema"].items())
+    assert not all(torch.equal(state["model"][k], v) for k, v in state["ema"].items())
+    with pytest.raises(UserError, match="another VQ-VAE"):
+        load_refiner(run / "refiner", vqvae=vqvae_fingerprint(tiny_model(seed=5)))
+
+
+def test_finished_run_is_a_no_op(trained, tmp_path, caplog):
+    run, _ = trained
+    before = (run / "refiner" / "last.pt").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        result = train_refiner(recipe(tmp_path), run)
+    assert result.step == 40 and result.losses == [] and "nothing to do" in caplog.text
+    assert (run / "refiner" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_times_are_stratified_and_uniform():
+    torch.manual_seed(0)
+    t = torch.cat([stratified_times(8, torch.device("cpu")) for _ in range(2000)]).view(2000, 8)
+    assert ((t >= torch.arange(8) / 8) & (t < (torch.arange(8) + 1) / 8)).all()
+    histogram = torch.histc(t.flatten(), bins=10, min=0, max=1) / t.numel()
+    assert torch.allclose(histogram, torch.full((10,), 0.1), atol=0.01)
+
+
+def test_a_saved_refiner_in_the_run_is_fine_tuned_not_overwritten(tmp_path, caplog):
+    run = make_run(tmp_path)
+    cfg = recipe(tmp_path).refiner
+    torch.manual_seed(123)
+    saved = RefinerUNet(cfg, vqvae_fingerprint=vqvae_fingerprint(load_vqvae(run / "vqvae")))
+    for p in saved.parameters():  # not the zero-initialised layers a fresh model has
+        p.data.normal_(std=0.05)
+    save_refiner(run / "refiner" / "last.pt", saved)
+    with caplog.at_level(logging.INFO):
+        train_refiner(recipe(tmp_path, "refiner.train.steps=1", "refiner.train.lr=1e-9"), run)
+    assert "fine-tuning" in caplog.text
+    state = load_checkpoint(run / "refiner", "refiner")
+    assert state["step"] == 1
+    for key, value in saved.state_dict().items():
+        assert torch.allclose(state["model"][key], value, atol=1e-6), key
+
+
+def test_missing_vqvae_other_rate_and_mismatched_checkpoints_are_one_line_errors(trained, tmp_path, capsys):
+    path = tmp_path / "tiny_refiner.yaml"
+    path.write_text(TINY)
+
+    def stage(run: Path, *overrides: str) -> str:
+        assert cli.main(["train-refiner", "--config", str(path), "--run", str(run), *overrides]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        return err
+
+    assert "No VQ-VAE at" in stage(tmp_path / "empty") and "train-vqvae" in stage(tmp_path / "empty")
+    run, _ = trained
+    assert "runs at 16000 Hz but refiner.sample_rate is 8000" in stage(run, "refiner.sample_rate=8000")
+    assert "cond_level is 3" in stage(run, "refiner.cond_level=3")
+    assert "refiner.channels is [8, 16, 64]" in stage(run, "refiner.channels=[8, 16, 64]", "refiner.train.steps=50")
+
+    other = make_run(tmp_path / "other")
+    (other / "refiner").mkdir()
+    (other / "refiner" / "last.pt").write_bytes((run / "refiner" / "last.pt").read_bytes())
+    save_vqvae(other, tiny_model(seed=7))  # the run's VQ-VAE was retrained since
+    assert "trained on another VQ-VAE's audio" in stage(other, "refiner.train.steps=50")
+
+
+def test_empty_training_split_is_a_clear_error(tmp_path):
+    run = make_run(tmp_path, seconds=(0.1, 0.1))  # shorter than one 2048-sample window
+    with pytest.raises(UserError, match="no train file is at least 2048 samples long"):
+        train_refiner(recipe(tmp_path), run)
