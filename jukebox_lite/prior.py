@@ -473,6 +473,7 @@ _OPENAI_DEFAULTS = dict(
     t_bins=128, max_bow_genre_size=5, min_duration=60.0, max_duration=600.0,
     cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_res_scale=False, cond_zero_out=False, cond_m_conv=1.0,
 )
+_OPENAI_LEVEL_DEFAULTS = {1: {"cond_res_scale": True}}  # upsampler_level_1 differs from level 0 in this alone
 _OPENAI_HOPS = {2: 128, 1: 32, 0: 8}  # released VQ-VAE: downs_t (3, 2, 2), strides 2
 
 
@@ -482,7 +483,10 @@ def prior_config_from_openai(hps: dict, sd: dict) -> PriorConfig:
     Unknown hparams fall back to those of OpenAI's released models. Lyrics priors (prime/encoder
     weights) are not supported: they raise a UserError.
     """
-    hps = {**_OPENAI_DEFAULTS, **{k: v for k, v in dict(hps or {}).items() if v is not None}}
+    given = {k: v for k, v in dict(hps or {}).items() if v is not None}
+    upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
+    level = int(given.get("level", 1 if upsampler else 2))
+    hps = {**_OPENAI_DEFAULTS, **_OPENAI_LEVEL_DEFAULTS.get(level, {}), **given}
     if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd) or "prior.x_emb.weight" not in sd:
         raise UserError("This OpenAI checkpoint is not a plain prior (a lyrics prior or another model); it cannot be imported.")
     bins, width = sd["prior.x_emb.weight"].shape
@@ -490,8 +494,6 @@ def prior_config_from_openai(hps: dict, sd: dict) -> PriorConfig:
     depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("prior.transformer._attn_mods."))
     n_state = sd["prior.transformer._attn_mods.0.attn.c_attn.w"].shape[1] // 3
     hidden = sd["prior.transformer._attn_mods.0.mlp.c_fc.w"].shape[1]
-    upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
-    level = int(hps.get("level", 1 if upsampler else 2))
     if (level < 2) != upsampler:
         what = "an upsampler" if upsampler else "a top-level prior"
         raise UserError(f"This OpenAI checkpoint holds {what}, not a level-{level} prior; pass it as the matching level.")
