@@ -32,7 +32,7 @@ DEMO_AUDIO := data/demo
 INSTALLED := $(VENV)/.installed
 RECIPE := --config $(CONFIG) --run $(RUN)
 
-.PHONY: help install test demo all check-vars data vqvae codes prior upsamplers refiner sample \
+.PHONY: help install test demo all check-vars data vqvae codes prior upsamplers anneal refiner sample \
 	check-copies review bench clean-demo
 
 help:
@@ -46,6 +46,7 @@ help:
 	@echo "  codes         encode the corpus at every level                 → RUN/codes"
 	@echo "  prior         train the top-level prior                        → RUN/prior_level2"
 	@echo "  upsamplers    train the level-1 and level-0 upsamplers         → RUN/prior_level1, RUN/prior_level0"
+	@echo "  anneal        resume prior LEVEL with the LR annealed to zero from STEP"
 	@echo "  refiner       train the diffusion refiner                      → RUN/refiner"
 	@echo "  sample        N new tracks of SECONDS in GENRE                 → RUN/samples/<id>/"
 	@echo "  check-copies  flag samples that replay the training corpus     → RUN/samples/<id>/copies.json"
@@ -102,6 +103,13 @@ upsamplers: $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done
 $(RUN)/prior_level%/.done: $(RUN)/codes/.done
 	$(LAUNCH) $(JL) train-prior --level $* $(RECIPE) $(ARGS)
 	touch $@
+
+# Jukebox users "anneal": resume a prior with the LR decaying linearly to zero from STEP; it stops at zero.
+LEVEL ?= 2
+anneal: $(RUN)/codes/.done
+	@test -n "$(STEP)" || { echo "make anneal: set STEP, the step where the LR starts decaying (e.g. STEP=40000)." >&2; exit 2; }
+	$(LAUNCH) $(JL) train-prior --level $(LEVEL) $(RECIPE) prior_level$(LEVEL).train.anneal_start=$(STEP) $(ARGS)
+	touch $(RUN)/prior_level$(LEVEL)/.done
 
 refiner: $(RUN)/refiner/.done
 $(RUN)/refiner/.done: $(RUN)/vqvae/.done
