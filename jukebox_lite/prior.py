@@ -225,9 +225,10 @@ class LabelConditioner(nn.Module):
             sr = cfg.sample_rate
             total, offset, end = y[:, 0], y[:, 1], y[:, 1] + y[:, 2]
             if ((total < cfg.min_duration * sr) | (total >= cfg.max_duration * sr)).any():
+                lengths = ", ".join(sorted({f"{t:.1f}" for t in (total / sr).tolist()}))
                 raise UserError(
-                    f"Total length {(total / sr).tolist()} s is outside this prior's timing range "
-                    f"[{cfg.min_duration}, {cfg.max_duration}) s; ask for a length inside it."
+                    f"A track of {lengths} s is outside this prior's timing range "
+                    f"[{cfg.min_duration:g}, {cfg.max_duration:g}) s; ask for a length inside it."
                 )
             if ((offset < 0) | (offset >= total) | (end > cfg.max_duration * sr)).any():
                 raise UserError(

@@ -219,6 +219,8 @@ def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> li
     codes: dict[int, torch.Tensor] = {}
     clock = time.perf_counter()
     labels = _labels(top, request, request.genre, total, request.n)
+    if labels is not None:
+        top.prior.y_emb.check(labels)  # a length outside the timing embeddings fails before any sampling
     if request.morph_to and labels is not None:
         labels = morph(labels, _labels(top, request, request.morph_to, total, request.n), tokens)
     prime = None if request.prime is None else _prime_codes(vqvae, request.prime, tokens, request.n)

@@ -106,7 +106,7 @@ def test_checkpoint_round_trip_prefers_ema(tmp_path):
     [
         (dict(labels=label(artist=2)), "Artist index"),
         (dict(labels=label(genres=(3, -1))), "Genre index"),
-        (dict(labels=label(total_s=200)), "Total length"),
+        (dict(labels=label(total_s=200)), "A track of 200.0 s is outside"),
         (dict(labels=label(total_s=60, offset_s=61)), "beyond the track or the timing"),
         (dict(labels=None), "labelled"),
     ],

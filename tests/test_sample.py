@@ -115,6 +115,9 @@ def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
     assert not (run / "samples").exists()
     assert main(["sample", "--run", str(run), "--seconds", "0"]) == 2
     assert "must be positive" in capsys.readouterr().err
+    assert sample(run, "--seconds", "9") == 2  # past the timing embeddings' 5 s
+    assert "outside this prior's timing range [0.1, 5) s" in capsys.readouterr().err
+    assert not (run / "samples").exists()
     assert sample(run, "--fast") == 2  # the refiner refines level 0, which --fast does not make
     assert "drop --fast" in capsys.readouterr().err
     shutil.rmtree(run / "prior_level0")
