@@ -2,7 +2,7 @@
 
 Writes a corpus of synthesized house tracks (the demo corpus's synthesizer; 44.1 kHz stereo FLAC), runs
 `prepare` on it with each separation backend, and prints a table; the JSON goes to
-bench/results/ingest.json. Run it on a quiet machine.
+bench/results/. Run it on a quiet machine.
 
     python bench/bench_ingest.py [--files 8] [--seconds 30] [--workers 2] [--backends none torch]
 """
@@ -10,7 +10,6 @@ bench/results/ingest.json. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -20,6 +19,8 @@ import torch
 
 from data_prep.demo_corpus import write_demo_corpus
 from data_prep.ingest import prepare
+
+from results_file import write_results  # bench/ is on sys.path when a script here runs
 
 
 def main() -> None:
@@ -61,9 +62,7 @@ def main() -> None:
     print(f"{'backend':<10}{'workers':>8}{'files':>7}{'audio s':>10}{'wall s':>9}{'x real time':>13}")
     for r in rows:
         print(f"{r['backend']:<10}{r['workers']:>8}{r['files']:>7}{r['audio_seconds']:>10}{r['wall_seconds']:>9}{r['x_realtime']:>13}")
-    out = Path(__file__).parent / "results" / "ingest.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    write_results("ingest", {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -21,12 +21,8 @@ Results go to bench/results/prior-<host>-<time>.json (git-ignored).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
@@ -34,7 +30,8 @@ from jukebox_lite.config import PriorConfig
 from jukebox_lite.sampling import IncrementalDecoder, draw
 from jukebox_lite.train_prior import TrainablePrior
 
-RESULTS = Path(__file__).parent / "results"
+from results_file import write_results  # bench/ is on sys.path when a script here runs
+
 
 
 def synchronize(device: torch.device) -> None:
@@ -182,17 +179,7 @@ def main() -> None:
             print(f"{r['device']}: batch-1 decoding reads {b['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token = "
                   f"{b['achieved_bytes_per_s'] / 1e9:.0f} GB/s, {100 * b['fraction']:.1f}% of the measured copy bandwidth "
                   f"({b['copy_bytes_per_s'] / 1e9:.0f} GB/s)")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"prior-{platform.node() or 'host'}-{stamp}.json"
-    out.write_text(json.dumps({
-        "machine": {"host": platform.node(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                    "torch": torch.__version__},
-        "settings": vars(args),
-        "results": results,
-    }, indent=1))
-    print(f"wrote {out}")
+    write_results("prior", {"settings": vars(args), "results": results})
 
 
 if __name__ == "__main__":

@@ -12,12 +12,10 @@ does not depend on them) refines `--seconds` of synthesized audio through the ch
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -25,7 +23,8 @@ import torch
 from jukebox_lite.config import load_config
 from jukebox_lite.refiner import RefinerUNet, refine
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from results_file import write_results  # bench/ is on sys.path when a script here runs
+
 
 
 def test_audio(seconds: float, sr: int) -> torch.Tensor:
@@ -92,13 +91,7 @@ def main() -> None:
         print(f"{r['recipe']:12}  {r['device']:6}  {r['params_m']:6.1f}M  {r['sample_rate']:6d}  {r['steps']:5d}  "
               f"{r['audio_seconds']:7.1f}  {r['best_x_realtime']:9.3f}  {r['median_x_realtime']:11.3f}")
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.json or RESULTS / f"refiner-{platform.node()}-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-            "args": {k: str(v) for k, v in vars(args).items()}, "host": platform.node(), "utc": stamp}
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {path}")
+    write_results("refiner", {"args": vars(args), "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

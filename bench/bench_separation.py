@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,8 @@ from jukebox_lite.audio import load_audio
 from jukebox_lite.config import SeparationConfig
 from jukebox_lite.separation import SAMPLE_RATE, Spleeter2Stems, make_separator, spleeter_asset
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from results_file import write_results  # bench/ is on sys.path when a script here runs
+
 
 
 def example_audio(seconds: float) -> np.ndarray:
@@ -107,13 +106,7 @@ def main() -> None:
         print(f"{r['device']:6}  {r['measure']:40}  {r['audio_seconds']:8.1f}  "
               f"{r['best_x_realtime']:9.1f}  {r['median_x_realtime']:11.1f}")
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.json or RESULTS / f"separation-{platform.node()}-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-            "args": {k: str(v) for k, v in vars(args).items()}, "host": platform.node(), "utc": stamp}
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {path}")
+    write_results("separation", {"args": vars(args), "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -34,7 +29,8 @@ import torch.nn as nn
 from jukebox_lite.config import VQVAEConfig
 from jukebox_lite.vqvae import VQVAE
 
-RESULTS = Path(__file__).parent / "results"
+from results_file import write_results  # bench/ is on sys.path when a script here runs
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,18 +231,7 @@ def main() -> None:
               f"encode {speedups[device.type]['encode_x_realtime']:.2f}×, "
               f"decode {speedups[device.type]['decode_x_realtime']:.2f}×; fast codes agree "
               f"{', '.join(f'{a:.4f}' for a in fast['code_agreement'])}, decode max |diff| {fast['decode_max_abs_diff']:.2e}")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"vqvae-{platform.node() or 'host'}-{stamp}.json"
-    out.write_text(json.dumps({
-        "machine": {"host": platform.node(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                    "torch": torch.__version__},
-        "settings": vars(args),
-        "results": rows,
-        "speedups": speedups,
-    }, indent=1))
-    print(f"wrote {out}")
+    write_results("vqvae", {"settings": vars(args), "results": rows, "speedups": speedups})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import io
 import logging
 import math
 import os
-import re
 import shutil
 import zlib
 from dataclasses import dataclass

@@ -13,7 +13,6 @@ again to the transformer's output, as in OpenAI's code.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 
 from jukebox_lite.checkpoint import load_checkpoint, load_state_checked
 from jukebox_lite.config import VQVAEConfig, section_from_dict
-from jukebox_lite.errors import UserError
 from jukebox_lite.losses import MultiSpectralLoss, l2_loss, linf_loss, spectral_convergence
 from jukebox_lite.nn.conv import DecoderConvBlock, EncoderConvBlock
 

@@ -8,8 +8,6 @@ level, the refiner, the copy detector and the review page.
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import soundfile as sf
 

@@ -33,7 +33,7 @@ import soundfile as sf
 from jukebox_lite.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
 from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import PriorConfig, RecipeConfig
+from jukebox_lite.config import PriorConfig
 from jukebox_lite.prior import Prior
 from jukebox_lite.refiner import RefinerUNet, save_refiner
 from jukebox_lite.vqvae import load_vqvae
