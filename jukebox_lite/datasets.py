@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from jukebox_lite.atomic import read_jsonl
 from jukebox_lite.errors import UserError
 from jukebox_lite.losses import compute_bandwidth
+from jukebox_lite.training import Task
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +141,33 @@ def data_bandwidth(dataset: AudioWindows, n_windows: int, rank: int = 0, world_s
     """
     clips = (dataset.window(i, BANDWIDTH_STREAM)[0] for i in range(rank, n_windows, world_size))
     return compute_bandwidth(clips)
+
+
+class AudioWindowTask(Task):
+    """A `Task` that trains on windows of the data stage's audio: the VQ-VAE and the refiner.
+
+    Subclasses set `cfg` (with `sample_rate` and `train`), `data_dir`, `seed` and `window_length`.
+    """
+
+    cfg: Any
+    data_dir: Path
+    seed: int
+    window_length: int
+    _media: torch.Tensor | None = None
+
+    def windows(self, seed: int, split: str = "train") -> AudioWindows:
+        return AudioWindows(self.data_dir, self.cfg.sample_rate, self.window_length, seed, split)
+
+    def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[torch.Tensor]:
+        train = self.cfg.train
+        return step_batches(self.windows(seed), train.batch_size, rank, world_size, start_step, train.workers)
+
+    def media_window(self) -> torch.Tensor:
+        """One fixed window (1, 1, window_length), from the validation split when it has a long enough file."""
+        if self._media is None:
+            try:
+                dataset = self.windows(self.seed, "valid")
+            except UserError:
+                dataset = self.windows(self.seed)
+            self._media = dataset.window(0, MEDIA_STREAM)[None]
+        return self._media

@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jukebox_lite import audio as audio_io
 from jukebox_lite import metrics
 from jukebox_lite.atomic import atomic_path
 from jukebox_lite.checkpoint import CHECKPOINT_NAME
@@ -38,7 +37,7 @@ from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.codes import device_autocast, vqvae_fingerprint
 from jukebox_lite.config import load_config
 from jukebox_lite.errors import UserError
-from jukebox_lite.eval_vqvae import folder_files, segments_of, validation_files
+from jukebox_lite.eval_vqvae import folder_files, load_clips, validation_files
 from jukebox_lite.refiner import RefinerUNet, load_refiner, refine
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 
@@ -53,20 +52,6 @@ CLOSER_IS_HIGHER = {
     "si_sdr_db": True,
 }
 VERDICT_METRICS = ("mr_stft_distance", "log_mel_distance", "high_band_abs_error_db")  # what `helpful` needs
-
-
-def audio_metrics(reference: torch.Tensor, estimate: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
-    """Both (B, 1, T) → every metric per item (B,), float32 on the CPU."""
-    high_band = metrics.high_band_energy_error_db(reference, estimate, sample_rate)
-    values = {
-        "mr_stft_distance": metrics.multi_resolution_stft_distance(reference, estimate),
-        "log_mel_distance": metrics.log_mel_distance(reference, estimate, sample_rate),
-        "high_band_error_db": high_band,
-        "high_band_abs_error_db": high_band.abs(),
-        "spectral_convergence_db": metrics.spectral_convergence_db(reference, estimate),
-        "si_sdr_db": metrics.si_sdr(reference, estimate),
-    }
-    return {name: value.float().cpu() for name, value in values.items()}
 
 
 @torch.no_grad()
@@ -95,7 +80,7 @@ def evaluate(
         refined = refine(refiner, decoded, steps=steps, strength=strength, seed=seed)  # (B, 1, T) on the CPU
         x, decoded = x.cpu(), decoded.cpu()
         for name, estimate in (("decoded", decoded), ("refined", refined)):
-            for metric, per_item in audio_metrics(x, estimate, refiner.config.sample_rate).items():
+            for metric, per_item in metrics.audio_metrics(x, estimate, refiner.config.sample_rate).items():
                 values[name][metric] += per_item.tolist()
         order += batch
     position = {index: i for i, index in enumerate(order)}  # back to the clips' order
@@ -162,19 +147,7 @@ def evaluate_run(
     paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run_dir)
     hop = vqvae.hop_lengths[cfg.cond_level]
     segment = max(hop, round(segment_seconds * cfg.sample_rate) // hop * hop)
-    clips = []
-    for path in paths:
-        try:
-            audio, sr = audio_io.load_audio(path)
-        except audio_io.AudioError as e:
-            if audio_dir is None:
-                raise UserError(f"Corpus file '{path}' cannot be read ({e}); rerun the data stage.") from None
-            log.warning("skipping %s: %s", path, e)
-            continue
-        mono = audio_io.resample(audio_io.to_mono(audio), sr, cfg.sample_rate)[0]
-        clips += segments_of(torch.from_numpy(mono.copy()), segment, max_segments, hop)
-    if not clips:
-        raise UserError(f"No usable audio to evaluate in {source}; every file was unreadable or shorter than {hop} samples.")
+    clips = load_clips(paths, source, audio_dir is None, cfg.sample_rate, segment, max_segments, hop)
     seconds = sum(c.shape[-1] for c in clips) / cfg.sample_rate
     steps = cfg.steps if steps is None else steps
     strength = cfg.strength if strength is None else strength

@@ -93,15 +93,9 @@ def evaluate(model: VQVAE, clips: list[torch.Tensor], batch_size: int = 4) -> li
             codes = model.encode(x)
             for level in range(model.levels):
                 recon = model.decode(codes, level).float()  # (B, 1, T)
-                values = {
-                    "spectral_convergence_db": metrics.spectral_convergence_db(x, recon),
-                    "si_sdr_db": metrics.si_sdr(x, recon),
-                    "log_mel_distance": metrics.log_mel_distance(x, recon, model.sample_rate),
-                    "mr_stft_distance": metrics.multi_resolution_stft_distance(x, recon),
-                    "high_band_error_db": metrics.high_band_energy_error_db(x, recon, model.sample_rate),
-                }
-                for name, per_item in values.items():
-                    sums[level][name] += float(per_item.sum())
+                values = metrics.audio_metrics(x, recon, model.sample_rate)
+                for name in AUDIO_METRICS:
+                    sums[level][name] += float(values[name].sum())
                 histograms[level] += metrics.code_histogram(codes[level], model.config.l_bins)
     n = len(clips)
     results = []
@@ -128,6 +122,30 @@ def format_table(results: list[dict]) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
 
 
+def load_clips(
+    paths: list[Path], source: str, from_corpus: bool, sample_rate: int, segment: int, max_segments: int, hop: int
+) -> list[torch.Tensor]:
+    """Mono segments (1, ≤ segment) at `sample_rate` from every file (see `segments_of`).
+
+    An unreadable corpus file means the data stage's output is damaged (an error); in a user's
+    folder it is skipped with a warning.
+    """
+    clips = []
+    for path in paths:
+        try:
+            audio, sr = audio_io.load_audio(path)
+        except audio_io.AudioError as e:
+            if from_corpus:
+                raise UserError(f"Corpus file '{path}' cannot be read ({e}); rerun the data stage.") from None
+            log.warning("skipping %s: %s", path, e)
+            continue
+        mono = audio_io.resample(audio_io.to_mono(audio), sr, sample_rate)[0]
+        clips += segments_of(torch.from_numpy(mono.copy()), segment, max_segments, hop)
+    if not clips:
+        raise UserError(f"No usable audio to evaluate in {source}; every file was unreadable or shorter than {hop} samples.")
+    return clips
+
+
 def evaluate_run(
     run_dir: Path,
     out: Path,
@@ -141,19 +159,7 @@ def evaluate_run(
     paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run_dir)
     top_hop = model.hop_lengths[-1]
     segment = max(top_hop, round(segment_seconds * model.sample_rate) // top_hop * top_hop)
-    clips = []
-    for path in paths:
-        try:
-            audio, sr = audio_io.load_audio(path)
-        except audio_io.AudioError as e:
-            if audio_dir is None:
-                raise UserError(f"Corpus file '{path}' cannot be read ({e}); rerun the data stage.") from None
-            log.warning("skipping %s: %s", path, e)
-            continue
-        mono = audio_io.resample(audio_io.to_mono(audio), sr, model.sample_rate)[0]
-        clips += segments_of(torch.from_numpy(mono.copy()), segment, max_segments, top_hop)
-    if not clips:
-        raise UserError(f"No usable audio to evaluate in {source}; every file was unreadable or shorter than {top_hop} samples.")
+    clips = load_clips(paths, source, audio_dir is None, model.sample_rate, segment, max_segments, top_hop)
     seconds = sum(c.shape[-1] for c in clips) / model.sample_rate
     log.info("evaluating the VQ-VAE on %d segments (%.1f s) from %d files of %s", len(clips), seconds, len(paths), source)
     levels = evaluate(model, clips, batch_size)

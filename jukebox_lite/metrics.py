@@ -1,4 +1,4 @@
-"""Audio and codebook metrics for evaluating reconstructions (eval-vqvae, and later eval-refiner).
+"""Audio and codebook metrics for evaluating reconstructions (eval-vqvae and eval-refiner).
 
 Every audio metric takes a reference and an estimate shaped (batch, channels, time), downmixes them
 to mono, and returns one float32 value per item (batch,), so callers can average over files or
@@ -165,3 +165,17 @@ def codebook_perplexity(histogram: torch.Tensor) -> float:
         return 0.0
     prob = histogram[histogram > 0] / total
     return float(torch.exp(-(prob * prob.log()).sum()))
+
+
+def audio_metrics(reference: torch.Tensor, estimate: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
+    """Both (B, 1, T) → every metric per item (B,), float32 on the CPU."""
+    high_band = high_band_energy_error_db(reference, estimate, sample_rate)
+    values = {
+        "mr_stft_distance": multi_resolution_stft_distance(reference, estimate),
+        "log_mel_distance": log_mel_distance(reference, estimate, sample_rate),
+        "high_band_error_db": high_band,
+        "high_band_abs_error_db": high_band.abs(),
+        "spectral_convergence_db": spectral_convergence_db(reference, estimate),
+        "si_sdr_db": si_sdr(reference, estimate),
+    }
+    return {name: value.float().cpu() for name, value in values.items()}

@@ -258,8 +258,18 @@ def diffusion_loss(
     t = torch.rand(clean.shape[0], device=clean.device, generator=generator)
     noise = torch.randn(clean.shape, device=clean.device, generator=generator)
     with model.autocast():
-        v_pred = model(noised(clean, noise, t), t, coarse)
-    return F.mse_loss(v_pred.float(), v_target(clean, noise, t))
+        return v_loss_per_item(model, clean, coarse, t, noise).mean()
+
+
+def v_loss_per_item(
+    model: nn.Module, clean: torch.Tensor, coarse: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """Squared error of the predicted v, per item: (B, 1, T) audio, (B,) times → (B,).
+
+    `model` may be wrapped (DDP), so autocast is the caller's business.
+    """
+    v_pred = model(noised(clean, noise, t), t, coarse)
+    return (v_pred.float() - v_target(clean, noise, t)).pow(2).mean(dim=(1, 2))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,11 +39,11 @@ from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.codes import vqvae_fingerprint
 from jukebox_lite.config import RecipeConfig, RefinerConfig, load_config
-from jukebox_lite.datasets import MEDIA_STREAM, AudioWindows, step_batches
+from jukebox_lite.datasets import AudioWindowTask
 from jukebox_lite.errors import UserError
-from jukebox_lite.refiner import RefinerUNet, load_refiner, make_training_pair, noised, refine, v_target
+from jukebox_lite.refiner import RefinerUNet, load_refiner, make_training_pair, refine, v_loss_per_item
 from jukebox_lite.train_vqvae import spectrogram_image
-from jukebox_lite.training import Task, TrainResult, train
+from jukebox_lite.training import TrainResult, train
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def stratified_times(batch: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(batch, device=device) + torch.rand(batch, device=device)) / batch
 
 
-class RefinerTask(Task):
+class RefinerTask(AudioWindowTask):
     """The refiner on the shared loop: clean windows in, coarse versions made by the frozen VQ-VAE, v-MSE out."""
 
     kind = "refiner"
@@ -106,15 +106,12 @@ class RefinerTask(Task):
         world_size: int = 1,
     ):
         self.cfg, self.vqvae, self.data_dir, self.seed, self.init = cfg, vqvae, Path(data_dir), seed, init
+        self.window_length = cfg.segment_length
         self.fingerprint = vqvae_fingerprint(vqvae)
         per_rank = cfg.train.batch_size // world_size
         self.log_bands = per_rank % NOISE_BANDS == 0  # the same on every rank: metric names must agree under DDP
         if not self.log_bands:
             log.info("refiner: %d windows per rank is not a multiple of %d; the loss per noise level is not logged", per_rank, NOISE_BANDS)
-        self._media: torch.Tensor | None = None
-
-    def windows(self, seed: int, split: str = "train") -> AudioWindows:
-        return AudioWindows(self.data_dir, self.cfg.sample_rate, self.cfg.segment_length, seed, split)
 
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.cfg)
@@ -130,9 +127,6 @@ class RefinerTask(Task):
     def checkpoint_extra(self) -> dict:
         return {"vqvae_fingerprint": self.fingerprint}
 
-    def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[Any]:
-        return step_batches(self.windows(seed), self.cfg.train.batch_size, rank, world_size, start_step, self.cfg.train.workers)
-
     def coarse(self, clean: torch.Tensor) -> torch.Tensor:
         """Clean (B, 1, T) → the VQ-VAE's reconstruction at cond_level (B, 1, T), on clean's device."""
         self.vqvae.to(clean.device)
@@ -142,23 +136,12 @@ class RefinerTask(Task):
         coarse = self.coarse(clean)  # clean, coarse (B, 1, segment_length)
         t = stratified_times(clean.shape[0], clean.device)
         noise = torch.randn_like(clean)
-        v_pred = model(noised(clean, noise, t), t, coarse)  # `model`, not a method of it: DDP syncs in forward
-        per_item = (v_pred.float() - v_target(clean, noise, t)).pow(2).mean(dim=(1, 2))  # (B,)
+        per_item = v_loss_per_item(model, clean, coarse, t, noise)  # (B,); `model` itself: DDP syncs in forward
         values = {}
         if self.log_bands:
             for band, losses in enumerate(per_item.detach().view(NOISE_BANDS, -1)):  # t ascends: quarter by quarter
                 values[f"loss_t{band / NOISE_BANDS:.2f}_{(band + 1) / NOISE_BANDS:.2f}"] = losses.mean()
         return per_item.mean(), values
-
-    def media_window(self) -> torch.Tensor:
-        """One fixed clean window (1, 1, segment_length), from the validation split when it has a long enough file."""
-        if self._media is None:
-            try:
-                dataset = self.windows(self.seed, "valid")
-            except UserError:
-                dataset = self.windows(self.seed)
-            self._media = dataset.window(0, MEDIA_STREAM)[None]
-        return self._media
 
     @torch.no_grad()
     def log_media(self, model: nn.Module, writer: Any, step: int) -> None:

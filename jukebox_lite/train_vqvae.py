@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,9 +26,9 @@ from jukebox_lite import distributed
 from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.config import RecipeConfig, VQVAEConfig, load_config
-from jukebox_lite.datasets import MEDIA_STREAM, AudioWindows, data_bandwidth, step_batches
+from jukebox_lite.datasets import AudioWindowTask, data_bandwidth
 from jukebox_lite.errors import UserError
-from jukebox_lite.training import Task, TrainResult, resume_state, train
+from jukebox_lite.training import TrainResult, resume_state, train
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def spectrogram_image(audio: torch.Tensor, n_fft: int = 1024, floor_db: float = 
     return image.flip(0)[None]
 
 
-class VQVAETask(Task):
+class VQVAETask(AudioWindowTask):
     """The VQ-VAE as a `Task`: audio windows in, the model's summed level losses out."""
 
     kind = "vqvae"
@@ -61,10 +61,7 @@ class VQVAETask(Task):
 
     def __init__(self, cfg: VQVAEConfig, data_dir: Path, seed: int, init: Path | None = None):
         self.cfg, self.data_dir, self.seed, self.init = cfg, Path(data_dir), seed, init
-        self._media: torch.Tensor | None = None
-
-    def windows(self, seed: int, split: str = "train") -> AudioWindows:
-        return AudioWindows(self.data_dir, self.cfg.sample_rate, self.cfg.sample_length, seed, split)
+        self.window_length = cfg.sample_length
 
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.cfg)
@@ -97,23 +94,9 @@ class VQVAETask(Task):
             block.reset_ema(self.cfg.train.batch_size * self.cfg.sample_length // model.hop_lengths[level])
         log.info("fine-tuning from %s (codebook statistics reset)", self.init)
 
-    def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[Any]:
-        dataset = self.windows(seed)
-        return step_batches(dataset, self.cfg.train.batch_size, rank, world_size, start_step, self.cfg.train.workers)
-
     def loss(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, metrics = model(batch)  # batch (B, 1, sample_length)
         return metrics["loss"], metrics
-
-    def media_window(self) -> torch.Tensor:
-        """One fixed window (1, 1, sample_length), from the validation split when it has a long enough file."""
-        if self._media is None:
-            try:
-                dataset = self.windows(self.seed, "valid")
-            except UserError:
-                dataset = self.windows(self.seed)
-            self._media = dataset.window(0, MEDIA_STREAM)[None]
-        return self._media
 
     @torch.no_grad()
     def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
