@@ -117,6 +117,28 @@ def clip(audio: np.ndarray, sr: int, seconds: float = CLIP_SECONDS) -> np.ndarra
     return audio[start : start + n]
 
 
+def objective_html(run: Path) -> str:
+    """The eval stages' figures: VQ-VAE reconstruction per level, and decoded vs refined audio."""
+    parts = []
+    vqvae_eval, refiner_eval = run / "vqvae" / "eval.json", run / "refiner" / "eval.json"
+    if vqvae_eval.exists():
+        report = json.loads(vqvae_eval.read_text())
+        rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in level.items()} for level in report["levels"]]
+        parts.append(f"<h4>VQ-VAE reconstruction ({report['segments']} segments of the {report['source']} audio)</h4>")
+        parts.append(html_table(rows))
+    if refiner_eval.exists():
+        report = json.loads(refiner_eval.read_text())
+        rows = [
+            {"metric": m, "decoded": round(report["decoded"][m], 3), "refined": round(report["refined"][m], 3),
+             "refined closer": report["closer"][m], "segments won": f"{report['segment_win_rate'][m]:.0%}"}
+            for m in report["closer"]
+        ]
+        verdict = "helps" if report["helpful"] else "does <b>not</b> help yet"
+        parts.append(f"<h4>Refiner vs decoded level-{report['cond_level']} audio: the refiner {verdict}</h4>")
+        parts.append(html_table(rows))
+    return "".join(parts) or "<p><i>No evaluations in this run yet (make codes, make refiner).</i></p>"
+
+
 def copies_html(copies: dict | None) -> str:
     """The copy detector's verdict on one sample, in a sentence and a table of its longest matches."""
     if copies is None:

@@ -61,6 +61,7 @@ def test_demo_pipeline_through_make(tmp_path):
     html = (run / "review.html").read_text()
     assert html.count('src="data:audio/wav;base64,') == 3 * 2 + 4  # vocal-removal pairs + the sample's stages
     assert "e2e_0" in html and "Copy check" in html
+    assert "VQ-VAE reconstruction" in html and "Refiner vs decoded level-0 audio" in html
     assert "No training logs" not in html
 
     rerun = make("all", "GENRE=deep_house", "SECONDS=3", "N=1", *variables)

@@ -70,6 +70,24 @@ def test_ratings_are_appended_never_rewritten(run):
         review.rate(run, "s3", 9)
 
 
+def test_objective_figures_show_both_evaluations(run):
+    assert "No evaluations" in review.objective_html(run)
+    (run / "vqvae").mkdir(exist_ok=True)
+    (run / "vqvae" / "eval.json").write_text(json.dumps({
+        "source": "valid", "segments": 3, "levels": [{"level": 0, "hop_length": 8, "si_sdr_db": 12.3456}],
+    }))
+    (run / "refiner").mkdir()
+    metrics = {"mr_stft_distance": (1.2, 1.4, False), "high_band_abs_error_db": (14.0, 5.0, True)}
+    (run / "refiner" / "eval.json").write_text(json.dumps({
+        "cond_level": 0, "helpful": False,
+        "decoded": {m: v[0] for m, v in metrics.items()}, "refined": {m: v[1] for m, v in metrics.items()},
+        "closer": {m: v[2] for m, v in metrics.items()}, "segment_win_rate": {m: 0.5 for m in metrics},
+    }))
+    html = review.objective_html(run)
+    assert "12.346" in html and "3 segments of the valid audio" in html
+    assert "does <b>not</b> help yet" in html and "high_band_abs_error_db" in html and "50%" in html
+
+
 def test_clip_picks_the_loudest_stretch():
     sr = 100
     x = np.zeros(20 * sr, np.float32)
