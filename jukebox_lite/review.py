@@ -32,6 +32,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "listening_review
 RUN_ENV = "JUKEBOX_LITE_RUN"  # how the stage tells the notebook which run folder to show
 CLIP_SECONDS = 10.0  # excerpts keep the page small: a minute of 22 kHz audio is ~3 MB of base64
 RATING_FIELDS = ("time", "sample", "listener", "score", "note")
+SAMPLE_STAGES = ("level2", "level1", "level0", "refined")  # the sample stage's files, in pipeline order
 
 
 def run_folder() -> Path:
@@ -86,7 +87,7 @@ def samples(run: Path) -> list[dict]:
     for folder in sorted((run / "samples").glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True):
         meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
         copies = json.loads((folder / "copies.json").read_text()) if (folder / "copies.json").exists() else None
-        stages = {p.stem: p for p in sorted(folder.glob("*.wav"))}
+        stages = {stage: folder / f"{stage}.wav" for stage in SAMPLE_STAGES if (folder / f"{stage}.wav").exists()}
         if stages:
             found.append({"id": folder.name, "meta": meta, "stages": stages, "copies": copies})
     return found
