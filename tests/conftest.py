@@ -10,6 +10,10 @@ import soundfile as sf
 import torch
 
 
+# ../shared beside the checkout (as CI lays it out): facts about OpenAI's files, e.g. state-dict listings
+JUKEBOX_FORMAT = Path(__file__).resolve().parents[2] / "shared" / "jukebox-format"
+
+
 def synth_music(seconds: float, sr: int, seed: int = 0, channels: int = 2) -> np.ndarray:
     """A few seconds of tonal + percussive audio, float32 (channels, time), peak about 0.5."""
     rng = np.random.default_rng(seed)

@@ -17,8 +17,9 @@ from jukebox_lite.checkpoint import load_checkpoint
 from jukebox_lite.errors import UserError
 from jukebox_lite.jukebox_import import ForeignObject, import_vqvae, load_openai_checkpoint
 from jukebox_lite.vqvae import load_vqvae
+from tests.conftest import JUKEBOX_FORMAT
 
-TSV = Path("/work/shared/jukebox-format/vqvae_released_hparams.tsv")
+TSV = JUKEBOX_FORMAT / "vqvae_released_hparams.tsv"
 
 
 def released_shapes() -> dict[str, tuple[int, ...]]:

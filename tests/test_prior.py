@@ -10,8 +10,9 @@ from jukebox_lite.checkpoint import save_checkpoint
 from jukebox_lite.config import PriorConfig, PriorLevel1Config
 from jukebox_lite.errors import UserError
 from jukebox_lite.prior import LabelMix, Prior, load_prior, prior_config_from_openai, prior_from_openai
+from tests.conftest import JUKEBOX_FORMAT
 
-FORMAT = Path("/work/shared/jukebox-format")
+FORMAT = JUKEBOX_FORMAT
 FIXTURES = Path(__file__).parent / "fixtures"
 SR = 44100
 

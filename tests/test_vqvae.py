@@ -14,8 +14,9 @@ from jukebox_lite.config import VQVAEConfig, load_config
 from jukebox_lite.errors import UserError
 from jukebox_lite.losses import MultiSpectralLoss, compute_bandwidth, linf_loss
 from jukebox_lite.vqvae import VQVAE, BottleneckBlock, load_vqvae
+from tests.conftest import JUKEBOX_FORMAT
 
-FORMAT_DIR = Path("/work/shared/jukebox-format")
+FORMAT_DIR = JUKEBOX_FORMAT
 FIXTURE = Path(__file__).parent / "fixtures" / "openai_vqvae_small.pt"
 
 
