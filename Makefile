@@ -151,6 +151,7 @@ bench: $(INSTALLED)
 	$(PY) bench/bench_vqvae.py
 	$(PY) bench/bench_prior.py
 	$(PY) bench/bench_refiner.py
+	$(PY) bench/estimate_gpu_hours.py
 
 clean-demo:
 	rm -rf runs/demo $(DEMO_AUDIO)
