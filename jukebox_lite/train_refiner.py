@@ -5,7 +5,8 @@
 Each step reads windows of `refiner.segment_length` clean samples from the training split of RUN/data,
 sends them through the run's trained VQ-VAE (RUN/vqvae, EMA weights, frozen) at `refiner.cond_level`
 to make their coarse versions, and trains the U-Net on the v-objective to recover the clean audio
-from noise given the coarse audio (by default the scaled residual clean − coarse; `refiner.target`). Nothing is stored: the pairs are made on the fly.
+from noise given the coarse audio (by default the scaled residual clean − coarse; `refiner.target`).
+Nothing is stored: the pairs are made on the fly.
 
 The noise levels t of a rank's batch are stratified (one uniform draw in each of B equal slices of
 [0, 1)): every item still sees a uniform t, the loss has less variance, and each quarter of noise
