@@ -349,9 +349,13 @@ class RefinerConfig:
     norm_groups: int = 16  # GroupNorm groups; must divide every width
     kernel_size: int = 5  # residual convolutions (odd)
     embedding_dim: int = 256  # timestep embedding width
+    # what is diffused: "residual" = (original − decoded) / residual_scale, so the refiner only adds the
+    # VQ-VAE's error to the decoded audio; "waveform" = the original itself (rebuilt from the condition)
+    target: str = "residual"
+    residual_scale: float = 0.04  # about the RMS of original − decoded, so the residual target has unit variance
     # sampling defaults (the refine command can override them)
     steps: int = 8  # deterministic DDIM steps
-    strength: float = 1.0  # 1: start from noise; below 1: from the coarse audio noised to t = strength
+    strength: float = 1.0  # 1: start from noise; below 1: from the coarse audio (zero residual) noised to t = strength
     chunk_batch: int = 4  # chunks per model call
     # train-refiner: a multiple of 4 windows per rank, so every noise-level quarter is logged each step
     train: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=8, lr=2e-4, warmup_steps=500))
@@ -396,6 +400,10 @@ class RefinerConfig:
             raise UserError(f"{section}.overlap_length must be at most half of segment_length ({self.segment_length}).")
         if not 0.0 <= self.strength <= 1.0:
             raise UserError(f"{section}.strength is {self.strength}; it must be in [0, 1].")
+        if self.target not in ("residual", "waveform"):
+            raise UserError(f"{section}.target is '{self.target}'; use 'residual' or 'waveform'.")
+        if not self.residual_scale > 0:
+            raise UserError(f"{section}.residual_scale is {self.residual_scale}; it must be positive.")
         self.train.validate(f"{section}.train")
 
 

@@ -3,8 +3,12 @@
 Diffusion in continuous time t ∈ [0, 1] with the cosine schedule α = cos(πt/2), σ = sin(πt/2):
 x_t = α·x0 + σ·ε. The network predicts v = α·ε − σ·x0 (v-prediction, Salimans & Ho 2022), from which
 x0 = α·x_t − σ·v and ε = σ·x_t + α·v; v keeps a unit-scale target at every t, unlike ε at t → 0 or
-x0 at t → 1. The condition is the coarse waveform, fed as a second input channel; the target is the
-original audio. Training pairs are made on the fly by `make_training_pair` (encode → decode at
+x0 at t → 1. The condition is the coarse waveform, fed as a second input channel. What is diffused
+(x0) is set by `config.target`: "residual" (the default) is (original − coarse) / residual_scale, a
+unit-variance signal the output adds to the coarse audio, so the network only has to learn the VQ-VAE's
+error and its own errors are scaled down by residual_scale; "waveform" is the original audio itself,
+which the network must rebuild from the condition (and whose errors become a noise floor of their
+own). Training pairs are made on the fly by `make_training_pair` (encode → decode at
 `cond_level` through the frozen VQ-VAE), so nothing is stored.
 
 Sampling (`refine`) is deterministic DDIM: one noise tensor is drawn for the whole track from the
@@ -65,6 +69,16 @@ def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tens
     """The clean signal implied by (x_t, v): x0 = α·x_t − σ·v."""
     alpha, sigma = (_expand(s, x_t) for s in alpha_sigma(t))
     return alpha * x_t - sigma * v
+
+
+def diffusion_target(cfg: RefinerConfig, clean: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """What the refiner diffuses, x0 (B, 1, T): the scaled residual (clean − coarse) / residual_scale, or clean."""
+    return (clean - coarse) / cfg.residual_scale if cfg.target == "residual" else clean
+
+
+def waveform_from_target(cfg: RefinerConfig, x0: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """The audio (B, 1, T) an x0 stands for; the inverse of `diffusion_target`."""
+    return coarse + cfg.residual_scale * x0 if cfg.target == "residual" else x0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,18 +272,18 @@ def diffusion_loss(
     t = torch.rand(clean.shape[0], device=clean.device, generator=generator)
     noise = torch.randn(clean.shape, device=clean.device, generator=generator)
     with model.autocast():
-        return v_loss_per_item(model, clean, coarse, t, noise).mean()
+        return v_loss_per_item(model, diffusion_target(model.config, clean, coarse), coarse, t, noise).mean()
 
 
 def v_loss_per_item(
-    model: nn.Module, clean: torch.Tensor, coarse: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    model: nn.Module, x0: torch.Tensor, coarse: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
-    """Squared error of the predicted v, per item: (B, 1, T) audio, (B,) times → (B,).
+    """Squared error of the predicted v, per item: x0 (`diffusion_target`) and coarse (B, 1, T), t (B,) → (B,).
 
-    `model` may be wrapped (DDP), so autocast is the caller's business.
+    `model` may be wrapped (DDP), so autocast and the target are the caller's business.
     """
-    v_pred = model(noised(clean, noise, t), t, coarse)
-    return (v_pred.float() - v_target(clean, noise, t)).pow(2).mean(dim=(1, 2))
+    v_pred = model(noised(x0, noise, t), t, coarse)
+    return (v_pred.float() - v_target(x0, noise, t)).pow(2).mean(dim=(1, 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,7 +374,9 @@ def refine(
     """Coarse audio (B, 1, T), any T → refined audio (B, 1, T) in [-1, 1], on the CPU.
 
     Deterministic given `seed`: t runs from `strength` to 0 in `steps` equal DDIM steps, starting from
-    the coarse audio noised to t = strength (strength 1: from pure noise; 0: the input unchanged).
+    the coarse audio's own target (the zero residual, or the coarse waveform) noised to t = strength
+    (strength 1: from pure noise; 0: the input unchanged). Each step's x0 estimate is clamped so the
+    audio it stands for stays in [-1, 1].
     Unset arguments come from the model's config. The whole-track state lives on the CPU; only
     chunks of `segment_length` samples go through the model, on its device.
     """
@@ -383,16 +399,17 @@ def refine(
     noise = torch.randn(coarse.shape, generator=torch.Generator().manual_seed(seed))  # one draw for the whole track
     times = torch.linspace(strength, 0.0, steps + 1, dtype=torch.float64)
     denoiser = ChunkedDenoiser(model, coarse, segment, overlap, cfg.chunk_batch)
-    x = noised(coarse, noise, times[0].float())
+    x = noised(diffusion_target(cfg, coarse, coarse), noise, times[0].float())
     with tqdm(total=steps * denoiser.calls, desc="refine", unit="call", disable=not progress) as bar:
         for t, t_next in zip(times[:-1].float(), times[1:].float()):
             v = denoiser(x, float(t), bar)
             alpha, sigma = alpha_sigma(t)
-            x0 = (alpha * x - sigma * v).clamp(-1.0, 1.0)
+            audio = waveform_from_target(cfg, alpha * x - sigma * v, coarse).clamp(-1.0, 1.0)  # (B, 1, T)
+            x0 = diffusion_target(cfg, audio, coarse)
             eps = (x - alpha * x0) / sigma  # the noise implied by the clamped x0 (σ > 0 for t > 0)
             alpha_next, sigma_next = alpha_sigma(t_next)
             x = alpha_next * x0 + sigma_next * eps
-    return x.clamp(-1.0, 1.0)
+    return waveform_from_target(cfg, x, coarse).clamp(-1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,7 +446,8 @@ def load_refiner(
             f"Refiner checkpoint '{path}' was trained on another VQ-VAE's audio (fingerprint {fingerprint}, "
             f"this run's is {vqvae}); train a refiner for this VQ-VAE or use the run it came from."
         )
-    cfg = section_from_dict(RefinerConfig, state["config"], "refiner.")
+    # checkpoints from before `target` existed diffused the waveform
+    cfg = section_from_dict(RefinerConfig, {"target": "waveform", **state["config"]}, "refiner.")
     model = RefinerUNet(cfg, vqvae_fingerprint=fingerprint)
     load_state_checked(model, state["model"], str(path))
     if state.get("ema"):

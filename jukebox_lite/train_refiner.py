@@ -5,7 +5,8 @@
 Each step reads windows of `refiner.segment_length` clean samples from the training split of RUN/data,
 sends them through the run's trained VQ-VAE (RUN/vqvae, EMA weights, frozen) at `refiner.cond_level`
 to make their coarse versions, and trains the U-Net on the v-objective to recover the clean audio
-from noise given the coarse audio. Nothing is stored: the pairs are made on the fly.
+from noise given the coarse audio (by default the scaled residual clean − coarse; `refiner.target`).
+Nothing is stored: the pairs are made on the fly.
 
 The noise levels t of a rank's batch are stratified (one uniform draw in each of B equal slices of
 [0, 1)): every item still sees a uniform t, the loss has less variance, and each quarter of noise
@@ -41,7 +42,7 @@ from jukebox_lite.codes import vqvae_fingerprint
 from jukebox_lite.config import RecipeConfig, RefinerConfig, load_config
 from jukebox_lite.datasets import AudioWindowTask
 from jukebox_lite.errors import UserError
-from jukebox_lite.refiner import RefinerUNet, load_refiner, make_training_pair, refine, v_loss_per_item
+from jukebox_lite.refiner import RefinerUNet, diffusion_target, load_refiner, make_training_pair, refine, v_loss_per_item
 from jukebox_lite.train_vqvae import spectrogram_image
 from jukebox_lite.training import TrainResult, train
 from jukebox_lite.vqvae import VQVAE, load_vqvae
@@ -52,7 +53,7 @@ NOISE_BANDS = 4  # the loss is also logged per quarter of noise levels t
 # settings a checkpoint in RUN/refiner must share with the recipe: they shape the weights or what they learned
 ARCHITECTURE = (
     "sample_rate", "cond_level", "channels", "factors", "res_blocks", "attention_levels", "attention_heads",
-    "norm_groups", "kernel_size", "embedding_dim",
+    "norm_groups", "kernel_size", "embedding_dim", "target", "residual_scale",
 )
 
 
@@ -136,7 +137,8 @@ class RefinerTask(AudioWindowTask):
         coarse = self.coarse(clean)  # clean, coarse (B, 1, segment_length)
         t = stratified_times(clean.shape[0], clean.device)
         noise = torch.randn_like(clean)
-        per_item = v_loss_per_item(model, clean, coarse, t, noise)  # (B,); `model` itself: DDP syncs in forward
+        x0 = diffusion_target(self.cfg, clean, coarse)  # (B, 1, segment_length)
+        per_item = v_loss_per_item(model, x0, coarse, t, noise)  # (B,); `model` itself: DDP syncs in forward
         values = {}
         if self.log_bands:
             for band, losses in enumerate(per_item.detach().view(NOISE_BANDS, -1)):  # t ascends: quarter by quarter

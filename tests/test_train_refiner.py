@@ -35,6 +35,7 @@ refiner:
   norm_groups: 4
   kernel_size: 5
   embedding_dim: 32
+  residual_scale: 0.3       # the untrained tiny VQ-VAE's error is about 0.29 RMS
   steps: 2
   chunk_batch: 2
   train:
@@ -69,7 +70,9 @@ def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
     run, result = trained
     assert result.step == 40 and result.skipped == 0 and len(result.losses) == 40
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
-    assert last < 0.5 * first, (first, last)  # v-MSE starts near E[v²] = 1 (zero output layer)
+    # v-MSE starts near E[v²] = 1 (zero output layer, unit-variance residual); the untrained tiny VQ-VAE
+    # loses most of the audio, and the part of the residual its output cannot predict stays in the loss
+    assert last < 0.7 * first, (first, last)
     out = run / "refiner"
     assert (out / "config.yaml").is_file() and (out / "last.pt").is_file()
     overall = scalars(out, "train/loss")
@@ -149,6 +152,7 @@ def test_missing_vqvae_other_rate_and_mismatched_checkpoints_are_one_line_errors
     assert "runs at 16000 Hz but refiner.sample_rate is 8000" in stage(run, "refiner.sample_rate=8000")
     assert "cond_level is 3" in stage(run, "refiner.cond_level=3")
     assert "refiner.channels is [8, 16, 64]" in stage(run, "refiner.channels=[8, 16, 64]", "refiner.train.steps=50")
+    assert "refiner.target is waveform" in stage(run, "refiner.target=waveform", "refiner.train.steps=50")
 
     other = make_run(tmp_path / "other")
     (other / "refiner").mkdir()
