@@ -38,6 +38,7 @@ from jukebox_lite import audio as audio_io
 from jukebox_lite.atomic import atomic_path, read_jsonl, remove_stale_temporaries
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.config import load_config, save_config
+from jukebox_lite.distributed import resolve_device
 from jukebox_lite.errors import UserError
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 
@@ -174,7 +175,7 @@ def encode_corpus(run_dir: Path, chunk_seconds: float = 10.0, batch_size: int = 
     manifest = read_jsonl(data_dir / "manifest.jsonl")
     if not manifest:
         raise UserError(f"'{data_dir / 'manifest.jsonl'}' lists no audio; run the data stage (make data) first.")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     model = load_vqvae(run_dir / "vqvae", map_location=device)
     fingerprint = vqvae_fingerprint(model)
     reason = _is_current(_read_index(codes_dir), codes_dir, fingerprint, manifest)

@@ -21,9 +21,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from jukebox_lite.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # world size as MPICH (Hydra) and Open MPI launchers set it
+
+
+def resolve_device(name: str = "auto", option: str = "--device") -> torch.device:
+    """auto → CUDA when present, else CPU; asking for CUDA without one is a clear error naming `option`."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option} is cuda but no CUDA GPU is visible; use auto or cpu.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from jukebox_lite.checkpoint import CHECKPOINT_NAME
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.codes import device_autocast, vqvae_fingerprint
 from jukebox_lite.config import load_config
+from jukebox_lite.distributed import resolve_device
 from jukebox_lite.errors import UserError
 from jukebox_lite.eval_vqvae import folder_files, load_clips, validation_files
 from jukebox_lite.refiner import RefinerUNet, load_refiner, refine
@@ -134,7 +135,7 @@ def evaluate_run(
     strength: float | None = None,
     seed: int = 0,
 ) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     refiner_path, vqvae_path = run_dir / "refiner" / CHECKPOINT_NAME, run_dir / "vqvae" / CHECKPOINT_NAME
     if not vqvae_path.is_file():
         raise UserError(f"No VQ-VAE at '{vqvae_path}'; train it first (jukebox-lite train-vqvae --run {run_dir} ...).")

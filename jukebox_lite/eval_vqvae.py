@@ -28,6 +28,7 @@ from jukebox_lite.atomic import atomic_path, read_jsonl
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.codes import device_autocast, vqvae_fingerprint
 from jukebox_lite.config import AUDIO_EXTENSIONS, load_config
+from jukebox_lite.distributed import resolve_device
 from jukebox_lite.errors import UserError
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 
@@ -154,7 +155,7 @@ def evaluate_run(
     max_segments: int = 8,
     batch_size: int = 4,
 ) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device()
     model = load_vqvae(run_dir / "vqvae", map_location=device)
     paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run_dir)
     top_hop = model.hop_lengths[-1]

@@ -23,6 +23,7 @@ from jukebox_lite.audio import AudioError, load_audio, resample, to_mono
 from jukebox_lite.checkpoint import CHECKPOINT_NAME
 from jukebox_lite.errors import UserError
 from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.distributed import resolve_device
 from jukebox_lite.refiner import load_refiner, refine
 from jukebox_lite.vqvae import load_vqvae
 
@@ -39,14 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the input, 0 returns it")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same output")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _read_input(path: Path, sample_rate: int) -> np.ndarray:
@@ -82,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         expected = vqvae_fingerprint(load_vqvae(vqvae_checkpoint))
     else:
         log.warning("%s is missing, so the refiner cannot be checked against the run's VQ-VAE", vqvae_checkpoint)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model = load_refiner(checkpoint, map_location=device, vqvae=expected)
     sample_rate = model.config.sample_rate
 

@@ -37,6 +37,7 @@ from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.codes import vqvae_fingerprint
 from jukebox_lite.config import RecipeConfig, load_config
 from jukebox_lite.copies import SAMPLE_CODES
+from jukebox_lite.distributed import resolve_device
 from jukebox_lite.errors import UserError
 from jukebox_lite.prior import Prior, prior_from_checkpoint
 from jukebox_lite.refiner import load_refiner, refine
@@ -123,10 +124,6 @@ class LoadedPrior:
     step: int
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _load_prior(run: Path, level: int, fingerprint: str, device: torch.device) -> LoadedPrior:
     path = run / f"prior_level{level}"
     state = load_checkpoint(path, kind="prior")
@@ -177,7 +174,7 @@ def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> li
     """Generate `request.n` tracks and write RUN/samples/<name>_<k>/; returns the folders."""
     if request.seconds <= 0 or request.n < 1:
         raise UserError(f"Asked for {request.n} samples of {request.seconds} s; both must be positive (SECONDS, N).")
-    device = _device()
+    device = resolve_device()
     vqvae = load_vqvae(run / "vqvae").to(device)
     fingerprint = vqvae_fingerprint(vqvae)
     sr, hops = vqvae.sample_rate, vqvae.hop_lengths

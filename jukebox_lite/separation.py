@@ -37,6 +37,7 @@ from jukebox_lite.atomic import atomic_path
 from jukebox_lite.audio import AudioError, load_audio, resample
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.config import SeparationConfig, load_config
+from jukebox_lite.distributed import resolve_device
 from jukebox_lite.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -392,18 +393,9 @@ def separate_in_segments(
 # Separators for the data stage: numpy (channels, time) at any rate → accompaniment, same shape
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto → CUDA when present, else CPU; asking for CUDA without one is a clear error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("separation.device is cuda but no CUDA GPU is visible; use separation.device=auto or cpu.")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def make_torch_separator(cfg: SeparationConfig) -> Separator:
     """Our port, loaded once; each call separates one file of any length and channel count."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "separation.device")
     model = Spleeter2Stems.pretrained(device, cfg.mask_extension)
     segment = segment_samples(cfg.segment_seconds)
     overlap = round(cfg.overlap_seconds * SAMPLE_RATE)

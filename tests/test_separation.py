@@ -299,6 +299,8 @@ def test_asking_for_cuda_without_one_is_a_user_error():
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(UserError, match="cuda"):
         make_separator(SeparationConfig(device="cuda"))
+    with pytest.raises(UserError, match="separation.device is cuda but no CUDA GPU"):
+        make_separator(SeparationConfig(device="cuda"))
 
 
 def test_cli_writes_the_accompaniment(tmp_path, capsys):
