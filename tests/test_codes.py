@@ -18,26 +18,14 @@ from jukebox_lite.config import VQVAEConfig
 from jukebox_lite.errors import UserError
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 from tests.conftest import synth_music
+from tests.test_vqvae import tiny_config as tiny_vqvae_config
 
 SR = 16000
 
 
 def tiny_config() -> VQVAEConfig:
     """hops 2 / 4 / 8 at 16 kHz: quick, and long enough receptive fields to make chunking matter."""
-    return VQVAEConfig(
-        sample_rate=SR,
-        sample_length=1024,
-        downs_t=[1, 1, 1],
-        emb_width=8,
-        l_bins=16,
-        width=16,
-        depth=2,
-        multipliers=[1, 1, 1],
-        linf_k=64,
-        stft_n_fft=[256, 128, 64],
-        stft_hop_length=[32, 16, 8],
-        stft_window_size=[128, 64, 32],
-    )
+    return tiny_vqvae_config(sample_rate=SR)
 
 
 def tiny_model(seed: int = 0) -> VQVAE:

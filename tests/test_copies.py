@@ -4,15 +4,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from jukebox_lite.cli import main
 from jukebox_lite.codes import CodesCorpus, encode_corpus
 from jukebox_lite.config import CopiesConfig
 from jukebox_lite.copies import SAMPLE_CODES, CorpusIndex, check_run, longest_tolerant_run, ngram_hashes
 from jukebox_lite.errors import UserError
-from tests.conftest import synth_music
-from tests.test_codes import make_run, save_vqvae, tiny_model
+from tests.test_codes import make_run, save_vqvae
+from tests.test_train_prior import varied_vqvae
 
 # the tiny test VQ-VAE runs at 16 kHz with a top hop of 8: 2000 top-level tokens per second
 SETTINGS = CopiesConfig(ngram=6, tolerance=0.15, min_seeds=3, report_seconds=0.1, flag_seconds=0.4)
@@ -23,11 +22,7 @@ def corpus(tmp_path_factory):
     """Codes of three synthesized files from a tiny VQ-VAE whose codebooks were set from encoder outputs
     (as training starts), so the codes are as varied as music's: an untrained codebook gives one code."""
     run = make_run(tmp_path_factory.mktemp("copies"), seconds=(1.3, 1.6, 2.1))
-    model = tiny_model().train()
-    first_batch = torch.from_numpy(np.stack([synth_music(0.5, 16000, seed=s, channels=1) for s in range(8)]))
-    with torch.no_grad():
-        model(first_batch)
-    save_vqvae(run, model.eval())
+    save_vqvae(run, varied_vqvae())
     encode_corpus(run)
     return run, CodesCorpus(run / "codes")
 

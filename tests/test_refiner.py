@@ -12,7 +12,7 @@ from torch import nn
 
 from jukebox_lite.checkpoint import save_checkpoint
 from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import RefinerConfig, VQVAEConfig, load_config
+from jukebox_lite.config import RefinerConfig, load_config
 from jukebox_lite.errors import UserError
 from jukebox_lite.refiner import (
     RefinerUNet,
@@ -31,6 +31,7 @@ from jukebox_lite.refiner import (
 )
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 from tests.conftest import synth_music
+from tests.test_vqvae import tiny_config as tiny_vqvae_config
 
 SR = 8000
 
@@ -47,12 +48,7 @@ def tiny_config(**changes) -> RefinerConfig:
 
 def tiny_vqvae(seed: int = 0) -> VQVAE:
     torch.manual_seed(seed)
-    cfg = VQVAEConfig(
-        sample_rate=SR, sample_length=1024, downs_t=[1, 1, 1], emb_width=8, l_bins=16, width=16, depth=2,
-        multipliers=[1, 1, 1], linf_k=64, stft_n_fft=[256, 128, 64], stft_hop_length=[32, 16, 8],
-        stft_window_size=[128, 64, 32],
-    )
-    model = VQVAE(cfg).train()
+    model = VQVAE(tiny_vqvae_config(sample_rate=SR)).train()
     model(torch.from_numpy(synth_music(0.5, SR, seed=seed, channels=1))[None, :, :3968])  # initialise codebooks
     return model.eval()
 
