@@ -11,12 +11,13 @@ process, so stage code calls them unconditionally.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -140,6 +141,15 @@ def current() -> DistEnv:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def launched() -> Iterator[DistEnv]:
+    """`with launched():` around a training stage's work: join the launcher's ranks, always leave them."""
+    try:
+        yield init()
+    finally:
+        shutdown()
 
 
 def is_distributed() -> bool:

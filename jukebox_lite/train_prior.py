@@ -356,9 +356,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_config(args.config, args.overrides)
-    distributed.init()
-    try:
+    with distributed.launched():
         train_prior(recipe, args.run, args.level)
-    finally:
-        distributed.shutdown()
     return 0

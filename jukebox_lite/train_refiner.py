@@ -194,9 +194,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_config(args.config, args.overrides)
-    distributed.init()
-    try:
+    with distributed.launched():
         train_refiner(recipe, args.run)
-    finally:
-        distributed.shutdown()
     return 0

@@ -144,9 +144,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_config(args.config, args.overrides)
-    distributed.init()
-    try:
+    with distributed.launched():
         train_vqvae(recipe, args.run, args.init)
-    finally:
-        distributed.shutdown()
     return 0
