@@ -10,17 +10,15 @@ bench/results/. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from data_prep.demo_corpus import write_demo_corpus
 from data_prep.ingest import prepare
 
-from results_file import write_results  # bench/ is on sys.path when a script here runs
+from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
 
 
 def main() -> None:
@@ -57,8 +55,7 @@ def main() -> None:
                 }
             )
 
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    print(f"ingestion throughput ({machine}; worker start-up included)")
+    print(f"ingestion throughput ({machine_line()}; worker start-up included)")
     print(f"{'backend':<10}{'workers':>8}{'files':>7}{'audio s':>10}{'wall s':>9}{'x real time':>13}")
     for r in rows:
         print(f"{r['backend']:<10}{r['workers']:>8}{r['files']:>7}{r['audio_seconds']:>10}{r['wall_seconds']:>9}{r['x_realtime']:>13}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from jukebox_lite.config import load_config
 from jukebox_lite.refiner import RefinerUNet, refine
 
-from results_file import write_results  # bench/ is on sys.path when a script here runs
+from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
 
 
 
@@ -85,7 +84,7 @@ def main() -> None:
                     "median_x_realtime": args.seconds / statistics.median(times), "times_s": times,
                 })
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
+    print(machine_line())
     print(f"{'recipe':12}  {'device':6}  {'params':>7}  {'rate':>6}  {'steps':>5}  {'audio s':>7}  {'best x RT':>9}  {'median x RT':>11}")
     for r in rows:
         print(f"{r['recipe']:12}  {r['device']:6}  {r['params_m']:6.1f}M  {r['sample_rate']:6d}  {r['steps']:5d}  "

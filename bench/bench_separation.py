@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from jukebox_lite.audio import load_audio
 from jukebox_lite.config import SeparationConfig
 from jukebox_lite.separation import SAMPLE_RATE, Spleeter2Stems, make_separator, spleeter_asset
 
-from results_file import write_results  # bench/ is on sys.path when a script here runs
+from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
 
 
 
@@ -100,7 +99,7 @@ def main() -> None:
     devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     rows = [row for device in devices for row in bench_device(device, audio, args)]
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}")
+    print(machine_line())
     print(f"{'device':6}  {'measure':40}  {'audio s':>8}  {'best x RT':>9}  {'median x RT':>11}")
     for r in rows:
         print(f"{r['device']:6}  {r['measure']:40}  {r['audio_seconds']:8.1f}  "

@@ -26,6 +26,12 @@ def machine() -> dict:
     }
 
 
+def machine_line() -> str:
+    """The machine in one line, for the header of a benchmark's printed table."""
+    m = machine()
+    return f"{m['processor']}, {m['cpu_threads']} torch threads, torch {m['torch']}" + (f", {m['cuda']}" if m["cuda"] else "")
+
+
 def write_results(name: str, payload: dict, path: Path | None = None) -> Path:
     """Write {"machine": ..., **payload} to `path` or a new file under bench/results/; returns the path."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
