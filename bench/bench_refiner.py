@@ -79,7 +79,7 @@ def main() -> None:
                 times = bench_case(model, audio, steps, args.repeats, sync)
                 rows.append({
                     "recipe": recipe_cfg.name, "device": device, "params_m": params / 1e6, "sample_rate": cfg.sample_rate,
-                    "segment_length": cfg.segment_length, "steps": steps, "audio_seconds": args.seconds,
+                    "chunk_length": cfg.chunk_length, "steps": steps, "audio_seconds": args.seconds,
                     "best_x_realtime": args.seconds / min(times),
                     "median_x_realtime": args.seconds / statistics.median(times), "times_s": times,
                 })

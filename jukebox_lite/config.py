@@ -86,6 +86,9 @@ class DataConfig:
         self.separation.validate()
 
 
+PRECISIONS = ("auto", "bf16", "float32")
+
+
 @dataclass
 class TrainingConfig:
     """A stage's run of the shared training loop (`jukebox_lite.training`): optimiser, schedule, logging.
@@ -111,6 +114,9 @@ class TrainingConfig:
     checkpoint_every: int = 1000  # steps between checkpoints (one is also written at the end)
     media_every: int = 1000  # steps between audio/spectrogram summaries (0: never)
     workers: int = 2  # data-loading processes per rank (0: read in the training process)
+    # "auto": bf16 autocast on CUDA, float32 on CPU; "bf16": bf16 autocast on any device (worth it on CPUs
+    # with AVX512-BF16 or AMX, docs/benchmarks.md); "float32": no autocast
+    precision: str = "auto"
 
     def validate(self, section: str) -> None:
         for name in ("batch_size", "steps", "max_bad_steps", "log_every", "checkpoint_every"):
@@ -126,6 +132,8 @@ class TrainingConfig:
             raise UserError(f"{section}.ema must be in [0, 1).")
         if self.media_every < 0 or self.workers < 0:
             raise UserError(f"{section}: media_every and workers must not be negative.")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"{section}.precision is '{self.precision}'; use one of {', '.join(PRECISIONS)}.")
 
 
 def _training_section(value: TrainingConfig | dict, prefix: str) -> TrainingConfig:
@@ -151,6 +159,9 @@ class VQVAEConfig:
     dilation_cycle: int | None = None
     multipliers: list[int] = field(default_factory=lambda: [2, 1, 1])  # per-level width and depth factor
     reverse_decoder_dilation: bool = True
+    # run the convolutions as (1, k) 2-D ones on channels-last (B, C, 1, T) tensors: the same weights
+    # and function, faster on CPU (docs/benchmarks.md); false runs plain 1-D convolutions
+    channels_last: bool = True
     mu: float = 0.99  # EMA decay of the codebooks
     commit: float = 0.02  # commitment loss weight
     revival_threshold: float = 1.0  # codes whose EMA count falls below this are restarted
@@ -339,14 +350,17 @@ class RefinerConfig:
 
     sample_rate: int = 44100
     cond_level: int = 0  # the VQ-VAE level whose decoded audio is the condition (0 best; 1 faster sampling)
-    segment_length: int = 65536  # samples per training window and per sampling chunk; a multiple of the U-Net's stride
-    overlap_length: int = 8192  # sampling: neighbouring chunks overlap by this much and are cross-faded
+    segment_length: int = 65536  # samples per training window; a multiple of the U-Net's stride
+    # sampling: samples per model call; each chunk's edges (one receptive field, ~0.6 s here) are
+    # discarded and neighbours cross-faded over overlap_length, so chunking changes nothing
+    chunk_length: int = 262144
+    overlap_length: int = 4096
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256, 512])  # width per resolution level
     factors: list[int] = field(default_factory=lambda: [4, 4, 4, 2, 2])  # downsampling between levels (even)
     res_blocks: int = 2  # residual blocks per level, on the way down and on the way up
     attention_levels: int = 2  # the coarsest this-many levels (and the middle) have self-attention
     attention_heads: int = 8
-    norm_groups: int = 16  # GroupNorm groups; must divide every width
+    attention_window: int = 8  # positions on either side each attending position sees
     kernel_size: int = 5  # residual convolutions (odd)
     embedding_dim: int = 256  # timestep embedding width
     # what is diffused: "residual" = (original − decoded) / residual_scale, so the refiner only adds the
@@ -368,9 +382,32 @@ class RefinerConfig:
         """Samples per position at the coarsest level: audio lengths the U-Net takes are multiples of this."""
         return math.prod(self.factors)
 
+    @property
+    def receptive_field(self) -> int:
+        """Samples on either side of a position that the U-Net's output there can depend on (an upper bound).
+
+        Every operation is local (convolutions, per-position norms, windowed attention), so the reach
+        adds up along the deepest path: stem, each level down, the middle, each level up, out. An op
+        reaching r positions at a level where a position spans `step` samples adds r·step; each change
+        of resolution adds one coarse position more, for the rounding between the grids.
+        """
+        n = len(self.channels)
+        steps = [math.prod(self.factors[:i]) for i in range(n)]  # samples per position at each level
+        block = 2 * (self.kernel_size // 2)  # a ResBlock: two convolutions, the skip is 1×1
+        window = self.attention_window
+        reach = 3 + 3  # stem and out, kernel 7
+        for i in range(n):
+            attends = i >= n - self.attention_levels
+            reach += 2 * self.res_blocks * (block + (window if attends else 0)) * steps[i]  # down and up
+        reach += (2 * block + (window if self.attention_levels else 0)) * steps[-1]  # middle
+        for i in range(n - 1):
+            reach += 2 * steps[i + 1]  # downsample: kernel 2·factor, padding factor / 2, plus rounding
+            reach += steps[i + 1] + steps[i]  # upsample: nearest repeat, then a kernel-3 conv
+        return reach
+
     def validate(self, section: str = "refiner") -> None:
-        for name in ("sample_rate", "segment_length", "overlap_length", "res_blocks", "attention_heads",
-                     "norm_groups", "kernel_size", "embedding_dim", "steps", "chunk_batch"):
+        for name in ("sample_rate", "segment_length", "chunk_length", "overlap_length", "res_blocks",
+                     "attention_heads", "attention_window", "kernel_size", "embedding_dim", "steps", "chunk_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"{section}.{name} is {getattr(self, name)}; it must be at least 1.")
         if self.cond_level < 0:
@@ -381,23 +418,28 @@ class RefinerConfig:
             )
         if any(f < 2 or f % 2 for f in self.factors):
             raise UserError(f"{section}.factors is {self.factors}; every factor must be even and at least 2.")
-        bad_width = [c for c in self.channels if c < 1 or c % self.norm_groups or c % self.attention_heads]
+        bad_width = [c for c in self.channels if c < 1 or c % self.attention_heads]
         if bad_width:
             raise UserError(
                 f"{section}.channels has {bad_width[0]}; every width must be a positive multiple of "
-                f"norm_groups ({self.norm_groups}) and attention_heads ({self.attention_heads})."
+                f"attention_heads ({self.attention_heads})."
             )
         if not 0 <= self.attention_levels <= len(self.channels):
             raise UserError(f"{section}.attention_levels must be between 0 and the number of levels ({len(self.channels)}).")
         if self.kernel_size % 2 == 0 or self.embedding_dim % 2:
             raise UserError(f"{section}: kernel_size must be odd and embedding_dim even.")
-        if self.segment_length % self.stride:
+        for name in ("segment_length", "chunk_length"):
+            if getattr(self, name) % self.stride:
+                raise UserError(
+                    f"{section}.{name} is {getattr(self, name)}; use a multiple of the U-Net's stride {self.stride} "
+                    f"(e.g. {max(1, round(getattr(self, name) / self.stride)) * self.stride})."
+                )
+        shortest = 2 * self.receptive_field + self.overlap_length + self.stride
+        if self.chunk_length < shortest:
             raise UserError(
-                f"{section}.segment_length is {self.segment_length}; use a multiple of the U-Net's stride {self.stride} "
-                f"(e.g. {max(1, round(self.segment_length / self.stride)) * self.stride})."
+                f"{section}.chunk_length is {self.chunk_length}; each chunk discards one receptive field "
+                f"({self.receptive_field} samples) at both edges and cross-fades overlap_length, so use at least {shortest}."
             )
-        if 2 * self.overlap_length > self.segment_length:
-            raise UserError(f"{section}.overlap_length must be at most half of segment_length ({self.segment_length}).")
         if not 0.0 <= self.strength <= 1.0:
             raise UserError(f"{section}.strength is {self.strength}; it must be in [0, 1].")
         if self.target not in ("residual", "waveform"):

@@ -11,11 +11,12 @@ which the network must rebuild from the condition (and whose errors become a noi
 own). Training pairs are made on the fly by `make_training_pair` (encode → decode at
 `cond_level` through the frozen VQ-VAE), so nothing is stored.
 
-Sampling (`refine`) is deterministic DDIM: one noise tensor is drawn for the whole track from the
-seed, so the noise at a position does not depend on how the track is cut into chunks. At every
-step the U-Net sees overlapping chunks of `segment_length` samples (bounded model memory for any
-length) and their v-predictions are blended with raised-cosine cross-fades before the update, so
-the chunks agree at every step and the seams stay continuous.
+The U-Net is local by construction: per-position norms instead of GroupNorm, self-attention only
+within a window, so its output at a position depends on a bounded stretch of audio around it
+(`config.receptive_field`). Sampling (`refine`) is deterministic DDIM: one noise tensor is drawn for the
+whole track from the seed. At every step the U-Net sees overlapping chunks of `chunk_length`
+samples (bounded model memory for any length) whose edges, one receptive field wide, are discarded
+before their v-predictions are cross-faded, so chunked refinement equals whole-track refinement.
 
 Shapes: audio (batch, 1, time); the U-Net takes time lengths that are multiples of `config.stride`.
 """
@@ -99,19 +100,38 @@ class TimestepEmbedding(nn.Module):
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
 
 
+class PositionNorm(nn.Module):
+    """LayerNorm over the channels of each time step, (B, C, T) → (B, C, T).
+
+    Unlike GroupNorm, no statistic spans time, so a position's output never depends on distant audio:
+    that locality is what makes refining a track in chunks equal refining it whole.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)  # (B, 1, T)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None] + self.bias[:, None]
+
+
 class ResBlock(nn.Module):
-    """GroupNorm → SiLU → conv, timestep scale/shift, GroupNorm → SiLU → conv, plus a skip path.
+    """Norm → SiLU → conv, timestep scale/shift, norm → SiLU → conv, plus a skip path.
 
     The second conv starts at zero, so every block starts as the identity and a deep U-Net trains stably.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, groups: int, kernel_size: int):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, kernel_size: int):
         super().__init__()
         pad = kernel_size // 2
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = PositionNorm(in_ch)
         self.conv1 = nn.Conv1d(in_ch, out_ch, kernel_size, padding=pad)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = PositionNorm(out_ch)
         self.conv2 = nn.Conv1d(out_ch, out_ch, kernel_size, padding=pad)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
@@ -124,13 +144,38 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over time, residual; used only at coarse levels where T is short."""
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Each query attends to the keys at most `window` positions away; (B, H, T, D) each → (B, H, T, D).
 
-    def __init__(self, channels: int, heads: int, groups: int):
+    Computed in blocks of `window` queries, each against the 3·window keys around its block, so memory
+    grows with T·window instead of T². Keys past either end of the sequence are masked out.
+    """
+    B, H, T, D = q.shape
+    blocks = -(-T // window)
+    pad = blocks * window - T
+    q_blocks = F.pad(q, (0, 0, 0, pad)).view(B, H, blocks, window, D)
+    span = 3 * window  # the keys one block of queries can reach
+
+    def neighbourhoods(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) → (B, H, blocks, 3·window, D)
+        return F.pad(x, (0, 0, window, pad + window)).unfold(2, span, window).transpose(-1, -2)
+
+    query = torch.arange(window)[:, None]  # offset in the block
+    key = torch.arange(span)[None, :] - window  # offset of each reachable key from the block start
+    block_start = torch.arange(blocks)[:, None, None] * window
+    key_position = block_start + key  # (blocks, 1, 3·window)
+    mask = ((key - query).abs() <= window) & (key_position >= 0) & (key_position < T)  # (blocks, window, 3·window)
+    out = F.scaled_dot_product_attention(q_blocks, neighbourhoods(k), neighbourhoods(v), attn_mask=mask.to(q.device))
+    return out.reshape(B, H, blocks * window, D)[:, :, :T]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the `window` positions on either side, residual; used only at
+    coarse levels, where a position spans many samples."""
+
+    def __init__(self, channels: int, heads: int, window: int):
         super().__init__()
-        self.heads = heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.heads, self.window = heads, window
+        self.norm = PositionNorm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -139,7 +184,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, T = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, T).transpose(-1, -2).unbind(1)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, C / heads)
+        h = local_attention(q, k, v, self.window)  # (B, heads, T, C / heads)
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, T))
 
 
@@ -149,11 +194,11 @@ class Level(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, cfg: RefinerConfig, attention: bool):
         super().__init__()
         self.blocks = nn.ModuleList(
-            ResBlock(in_ch if i == 0 else out_ch, out_ch, cfg.embedding_dim, cfg.norm_groups, cfg.kernel_size)
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, cfg.embedding_dim, cfg.kernel_size)
             for i in range(cfg.res_blocks)
         )
         self.attention = nn.ModuleList(
-            SelfAttention(out_ch, cfg.attention_heads, cfg.norm_groups) if attention else nn.Identity()
+            SelfAttention(out_ch, cfg.attention_heads, cfg.attention_window) if attention else nn.Identity()
             for _ in range(cfg.res_blocks)
         )
 
@@ -206,13 +251,13 @@ class RefinerUNet(nn.Module):
         self.down = nn.ModuleList(Level(widths[i], widths[i], cfg, attends[i]) for i in range(n))
         self.downsample = nn.ModuleList(Downsample(widths[i], widths[i + 1], cfg.factors[i]) for i in range(n - 1))
         self.middle = nn.ModuleList([
-            ResBlock(widths[-1], widths[-1], cfg.embedding_dim, cfg.norm_groups, cfg.kernel_size),
-            SelfAttention(widths[-1], cfg.attention_heads, cfg.norm_groups) if cfg.attention_levels else nn.Identity(),
-            ResBlock(widths[-1], widths[-1], cfg.embedding_dim, cfg.norm_groups, cfg.kernel_size),
+            ResBlock(widths[-1], widths[-1], cfg.embedding_dim, cfg.kernel_size),
+            SelfAttention(widths[-1], cfg.attention_heads, cfg.attention_window) if cfg.attention_levels else nn.Identity(),
+            ResBlock(widths[-1], widths[-1], cfg.embedding_dim, cfg.kernel_size),
         ])
         self.up = nn.ModuleList(Level(2 * widths[i], widths[i], cfg, attends[i]) for i in range(n))
         self.upsample = nn.ModuleList(Upsample(widths[i + 1], widths[i], cfg.factors[i]) for i in range(n - 1))
-        self.out_norm = nn.GroupNorm(cfg.norm_groups, widths[0])
+        self.out_norm = PositionNorm(widths[0])
         self.out = nn.Conv1d(widths[0], 1, 7, padding=3)
         nn.init.zeros_(self.out.weight)  # v̂ = 0 at the start: the loss starts at E[v²] ≈ 1
         nn.init.zeros_(self.out.bias)
@@ -290,48 +335,62 @@ def v_loss_per_item(
 # Sampling: DDIM over overlapping chunks
 
 
-def chunk_starts(length: int, segment: int, overlap: int) -> list[int]:
-    """Chunk starts covering [0, length): every segment − overlap samples, the last one flush with the end."""
-    if length <= segment:
-        return [0]
-    hop = segment - overlap
-    starts = list(range(0, length - segment, hop))
-    return starts + [length - segment]
+def chunk_plan(length: int, chunk: int, overlap: int, margin: int, align: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Chunk starts and blending weights (chunk,) for a track of `length` samples, a multiple of `align`.
 
-
-def chunk_weights(length: int, segment: int, overlap: int) -> tuple[list[int], list[torch.Tensor]]:
-    """Starts and blending weights (segment,) per chunk: raised-cosine ramps of `overlap` samples where
-    a chunk meets a neighbour, 1 elsewhere. Where two regular chunks overlap the ramps sum to 1; the
-    blend divides by the summed weights anyway, so the flush-with-the-end last chunk is handled too."""
-    starts = chunk_starts(length, segment, overlap)
-    if len(starts) == 1:
-        return starts, [torch.ones(min(length, segment))]
+    Starts are multiples of `align` (so every chunk sees the track's own down-sampling grid) and the
+    last chunk is flush with the end. Where a chunk meets a neighbour, its `margin` outermost samples
+    get weight 0 (there its output sees the chunk's edge instead of the track), then a raised-cosine
+    ramp of `overlap` samples cross-fades it with the neighbour; weight 1 elsewhere. With margin ≥ the
+    U-Net's receptive field, every weighted output equals the whole track's output.
+    """
+    if length <= chunk:
+        return [0], [torch.ones(length)]
+    hop = (chunk - 2 * margin - overlap) // align * align
+    if hop < align:
+        raise ValueError(
+            f"chunk length {chunk} leaves no room: it must exceed 2 × the U-Net's receptive field ({margin} samples) "
+            f"+ overlap ({overlap}) by at least the stride {align}"
+        )
+    starts = list(range(0, length - chunk, hop)) + [length - chunk]
     ramp = torch.sin(math.pi / 2 * (torch.arange(overlap) + 0.5) / overlap) ** 2  # rises from ~0 to ~1
     weights = []
     for k in range(len(starts)):
-        w = torch.ones(segment)
+        w = torch.ones(chunk)
         if k > 0:
-            w[:overlap] = ramp
+            w[:margin] = 0.0
+            w[margin : margin + overlap] = ramp
         if k < len(starts) - 1:
-            w[-overlap:] = ramp.flip(0)
+            w[chunk - margin :] = 0.0
+            w[chunk - margin - overlap : chunk - margin] = ramp.flip(0)
         weights.append(w)
     return starts, weights
 
 
 class ChunkedDenoiser:
-    """v-prediction for a whole track (B, 1, T) from overlapping chunks, blended; model memory is per chunk."""
+    """v-prediction for a whole track (B, 1, T) from overlapping chunks, blended; model memory is per chunk.
 
-    def __init__(self, model: RefinerUNet, coarse: torch.Tensor, segment: int, overlap: int, chunk_batch: int):
-        self.model, self.coarse, self.chunk_batch = model, coarse, chunk_batch
-        length = coarse.shape[2]
-        self.starts, weights = chunk_weights(length, segment, overlap)
-        self.weights = weights
-        self.span = min(length, segment)  # samples each chunk covers
-        self.padded = math.ceil(self.span / model.config.stride) * model.config.stride  # what the U-Net is given
-        total = torch.zeros(length)
-        for start, w in zip(self.starts, weights):
+    The track is zero-padded to a multiple of the U-Net's stride, exactly as a whole-track call pads
+    it, and cut by `chunk_plan` with the receptive field as margin: the result equals one call on the
+    whole track up to float rounding, at the seams too.
+    """
+
+    def __init__(self, model: RefinerUNet, coarse: torch.Tensor, chunk: int, overlap: int, chunk_batch: int):
+        self.model, self.chunk_batch = model, chunk_batch
+        stride = model.config.stride
+        self.length = coarse.shape[2]
+        padded = -(-self.length // stride) * stride
+        self.span = min(padded, chunk)  # samples each chunk covers
+        self.starts, self.weights = chunk_plan(padded, self.span, overlap, model.config.receptive_field, stride)
+        self.coarse = self._pad(coarse, padded)
+        total = torch.zeros(padded)
+        for start, w in zip(self.starts, self.weights):
             total[start : start + self.span] += w
         self.total_weight = total
+
+    @staticmethod
+    def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
+        return F.pad(x, (0, length - x.shape[2]))
 
     @property
     def calls(self) -> int:
@@ -339,25 +398,24 @@ class ChunkedDenoiser:
         return math.ceil(len(self.starts) / self.chunk_batch)
 
     def _chunks(self, x: torch.Tensor, indices: range) -> torch.Tensor:
-        """Chunks `indices` of (B, 1, T) stacked → (n·B, 1, padded), zero-padded past the end of a short track."""
-        pieces = [x[:, :, self.starts[k] : self.starts[k] + self.span] for k in indices]
-        return F.pad(torch.cat(pieces), (0, self.padded - self.span))
+        """Chunks `indices` of the padded (B, 1, T') stacked → (n·B, 1, span)."""
+        return torch.cat([x[:, :, self.starts[k] : self.starts[k] + self.span] for k in indices])
 
     @torch.no_grad()
     def __call__(self, x_t: torch.Tensor, t: float, progress: tqdm) -> torch.Tensor:
         device, batch = self.model.device, x_t.shape[0]
-        v = torch.zeros_like(x_t)
+        x_t = self._pad(x_t, self.coarse.shape[2])
+        v = torch.zeros_like(x_t)  # (B, 1, T')
         for first in range(0, len(self.starts), self.chunk_batch):
             indices = range(first, min(first + self.chunk_batch, len(self.starts)))
             x_chunks = self._chunks(x_t, indices).to(device)
             c_chunks = self._chunks(self.coarse, indices).to(device)
             with self.model.autocast():
                 v_chunks = self.model(x_chunks, torch.full((1,), t, device=device), c_chunks)
-            v_chunks = v_chunks.float().cpu()[:, :, : self.span].split(batch)  # n × (B, 1, span)
-            for k, v_chunk in zip(indices, v_chunks):
+            for k, v_chunk in zip(indices, v_chunks.float().cpu().split(batch)):  # n × (B, 1, span)
                 v[:, :, self.starts[k] : self.starts[k] + self.span] += self.weights[k] * v_chunk
             progress.update(1)
-        return v / self.total_weight
+        return (v / self.total_weight)[:, :, : self.length]
 
 
 @torch.no_grad()
@@ -367,7 +425,7 @@ def refine(
     steps: int | None = None,
     strength: float | None = None,
     seed: int = 0,
-    segment_length: int | None = None,
+    chunk_length: int | None = None,
     overlap_length: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -378,12 +436,13 @@ def refine(
     (strength 1: from pure noise; 0: the input unchanged). Each step's x0 estimate is clamped so the
     audio it stands for stays in [-1, 1].
     Unset arguments come from the model's config. The whole-track state lives on the CPU; only
-    chunks of `segment_length` samples go through the model, on its device.
+    chunks of `chunk_length` samples go through the model, on its device, and the result equals
+    refining the whole track in one call (see `ChunkedDenoiser`).
     """
     cfg = model.config
     steps = cfg.steps if steps is None else steps
     strength = cfg.strength if strength is None else strength
-    segment = cfg.segment_length if segment_length is None else segment_length
+    chunk = cfg.chunk_length if chunk_length is None else chunk_length
     overlap = cfg.overlap_length if overlap_length is None else overlap_length
     if coarse.dim() != 3 or coarse.shape[1] != 1 or coarse.shape[2] == 0:
         raise ValueError(f"expected coarse audio shaped (batch, 1, time), got {tuple(coarse.shape)}")
@@ -391,14 +450,14 @@ def refine(
         raise ValueError("the audio to refine contains NaN or infinite samples")
     if not 0.0 <= strength <= 1.0 or steps < 1:
         raise ValueError(f"need 0 <= strength <= 1 and steps >= 1, got strength {strength}, steps {steps}")
-    if segment % cfg.stride or not 0 < overlap <= segment // 2:
-        raise ValueError(f"segment_length must be a multiple of {cfg.stride} and overlap_length in (0, segment_length / 2]")
+    if chunk % cfg.stride or overlap < 1:
+        raise ValueError(f"chunk_length must be a multiple of {cfg.stride} and overlap_length at least 1")
     coarse = coarse.detach().float().cpu()
     if strength == 0.0:
         return coarse.clone()
     noise = torch.randn(coarse.shape, generator=torch.Generator().manual_seed(seed))  # one draw for the whole track
     times = torch.linspace(strength, 0.0, steps + 1, dtype=torch.float64)
-    denoiser = ChunkedDenoiser(model, coarse, segment, overlap, cfg.chunk_batch)
+    denoiser = ChunkedDenoiser(model, coarse, chunk, overlap, cfg.chunk_batch)
     x = noised(diffusion_target(cfg, coarse, coarse), noise, times[0].float())
     with tqdm(total=steps * denoiser.calls, desc="refine", unit="call", disable=not progress) as bar:
         for t, t_next in zip(times[:-1].float(), times[1:].float()):
@@ -446,8 +505,12 @@ def load_refiner(
             f"Refiner checkpoint '{path}' was trained on another VQ-VAE's audio (fingerprint {fingerprint}, "
             f"this run's is {vqvae}); train a refiner for this VQ-VAE or use the run it came from."
         )
-    # checkpoints from before `target` existed diffused the waveform
-    cfg = section_from_dict(RefinerConfig, {"target": "waveform", **state["config"]}, "refiner.")
+    if "norm_groups" in state["config"]:
+        raise UserError(
+            f"Refiner checkpoint '{path}' is the older GroupNorm U-Net, which cannot refine in chunks exactly; "
+            "retrain it with train-refiner."
+        )
+    cfg = section_from_dict(RefinerConfig, state["config"], "refiner.")
     model = RefinerUNet(cfg, vqvae_fingerprint=fingerprint)
     load_state_checked(model, state["model"], str(path))
     if state.get("ema"):

@@ -53,7 +53,7 @@ NOISE_BANDS = 4  # the loss is also logged per quarter of noise levels t
 # settings a checkpoint in RUN/refiner must share with the recipe: they shape the weights or what they learned
 ARCHITECTURE = (
     "sample_rate", "cond_level", "channels", "factors", "res_blocks", "attention_levels", "attention_heads",
-    "norm_groups", "kernel_size", "embedding_dim", "target", "residual_scale",
+    "attention_window", "kernel_size", "embedding_dim", "target", "residual_scale",
 )
 
 

@@ -1,10 +1,11 @@
 """The one training loop every stage uses: the VQ-VAE now, the priors and the diffusion refiner later.
 
 A stage says *what* to train as a `Task` (model, data, loss, media); `train` does the rest the same
-way for all of them: device and bf16 autocast on CUDA, DDP across ranks, AdamW with warm-up and
-linear annealing to zero, gradient clipping, an EMA of the weights (what sampling uses), skipping
-non-finite steps, TensorBoard and a progress bar on rank 0, and atomic checkpoints that resume the
-run exactly where it stopped (model, EMA, optimizer, step and every rank's RNG state).
+way for all of them: device and bf16 autocast (on CUDA, or anywhere with `precision: bf16`), DDP
+across ranks, AdamW with warm-up and linear annealing to zero, gradient clipping, an EMA of the
+weights (what sampling uses), skipping non-finite steps, TensorBoard and a progress bar on rank 0,
+and atomic checkpoints that resume the run exactly where it stopped (model, EMA, optimizer, step and
+every rank's RNG state).
 
 The schedule is a function of the step and of the *current* config, so a finished run can be
 extended or annealed by rerunning with new `train.*` values; rerunning it unchanged does nothing.
@@ -287,7 +288,8 @@ def train(
             ) from None
         log.debug("saved %s at step %d", path, step)
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     result = TrainResult(step)
     batches = task.batches(env.rank, env.world_size, seed, step)
     bar = tqdm(total=end, initial=step, desc=task.section, unit="step", disable=not env.is_main, dynamic_ncols=True)

@@ -29,12 +29,20 @@ import torch.nn.functional as F
 from jukebox_lite.checkpoint import load_checkpoint, load_state_checked
 from jukebox_lite.config import VQVAEConfig, section_from_dict
 from jukebox_lite.losses import MultiSpectralLoss, l2_loss, linf_loss, spectral_convergence
-from jukebox_lite.nn.conv import DecoderConvBlock, EncoderConvBlock
+from jukebox_lite.nn.conv import (
+    Conv1d,
+    DecoderConvBlock,
+    EncoderConvBlock,
+    from_time_as_width,
+    store_kernels_channels_last,
+    to_time_as_width,
+)
 
 log = logging.getLogger(__name__)
 
 EMA_BUFFERS = ("k_sum", "k_elem", "initialised")  # per codebook, beyond OpenAI's `k`
 BANDWIDTH_KEYS = ("l1", "l2", "spec")
+DISTANCE_TABLE_ENTRIES = 2**22  # per block of the codebook search: 16 MB in float32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,6 +58,7 @@ class LevelEncoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig, level: int):
         super().__init__()
         mult = cfg.multipliers[level]
+        self.channels_last = cfg.channels_last
         self.level_blocks = nn.ModuleList(
             EncoderConvBlock(
                 1 if i == 0 else cfg.emb_width,
@@ -64,11 +73,15 @@ class LevelEncoder(nn.Module):
             )
             for i in range(level + 1)
         )
+        if self.channels_last:
+            store_kernels_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = to_time_as_width(x)  # (B, 1, 1, T)
         for block in self.level_blocks:
             x = block(x)
-        return x
+        return from_time_as_width(x) if self.channels_last else x
 
 
 class LevelDecoder(nn.Module):
@@ -80,6 +93,7 @@ class LevelDecoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig, level: int):
         super().__init__()
         mult = cfg.multipliers[level]
+        self.channels_last = cfg.channels_last
         self.level_blocks = nn.ModuleList(
             DecoderConvBlock(
                 cfg.emb_width,
@@ -95,12 +109,17 @@ class LevelDecoder(nn.Module):
             )
             for i in range(level + 1)
         )
-        self.out = nn.Conv1d(cfg.emb_width, 1, kernel_size=3, padding=1)
+        self.out = Conv1d(cfg.emb_width, 1, kernel_size=3, padding=1)
+        if self.channels_last:
+            store_kernels_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = to_time_as_width(x)  # (B, emb_width, 1, T / hop_L)
         for block in reversed(self.level_blocks):
             x = block(x)
-        return self.out(x)
+        x = self.out(x)
+        return from_time_as_width(x) if self.channels_last else x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,11 +166,20 @@ class BottleneckBlock(nn.Module):
     # -- quantisation
 
     def quantise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, emb_width) → codes (N,) and squared distance to the chosen entry (N,)."""
+        """(N, emb_width) → codes (N,) and squared distance to the chosen entry (N,).
+
+        Rows go in blocks, so the (rows, l_bins) distance table stays at DISTANCE_TABLE_ENTRIES
+        whatever N is (4 s of audio at hop 8 would otherwise need 180 MB at 2048 codes).
+        """
         # ‖x − k‖² = ‖x‖² − 2x·k + ‖k‖²; ‖x‖² does not change the argmin, so it is added only for the distance.
-        partial = torch.addmm((self.k**2).sum(dim=1), x, self.k.t(), alpha=-2.0)  # (N, l_bins)
-        min_partial, codes = partial.min(dim=1)
-        return codes, min_partial + (x**2).sum(dim=1)
+        k_sq = (self.k**2).sum(dim=1)  # (l_bins,)
+        codes, min_partial = [], []
+        for rows in x.split(max(1, DISTANCE_TABLE_ENTRIES // self.l_bins)):
+            partial = torch.addmm(k_sq, rows, self.k.t(), alpha=-2.0)  # (rows, l_bins)
+            block_min, block_codes = partial.min(dim=1)
+            codes.append(block_codes)
+            min_partial.append(block_min)
+        return torch.cat(codes), torch.cat(min_partial) + (x**2).sum(dim=1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents (B, emb_width, T) → codes (B, T)."""

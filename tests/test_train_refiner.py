@@ -26,13 +26,14 @@ refiner:
   sample_rate: 16000
   cond_level: 0
   segment_length: 2048
+  chunk_length: 2048
   overlap_length: 256
   channels: [8, 16, 32]
   factors: [4, 4]
   res_blocks: 1
   attention_levels: 1
   attention_heads: 2
-  norm_groups: 4
+  attention_window: 4
   kernel_size: 5
   embedding_dim: 32
   residual_scale: 0.3       # the untrained tiny VQ-VAE's error is about 0.29 RMS

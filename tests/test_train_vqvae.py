@@ -109,6 +109,15 @@ def test_stage_learns_to_reconstruct_and_logs_media(run, tmp_path):
     assert (run / "vqvae" / "config.yaml").read_text().startswith("name: tiny")
 
 
+def test_bf16_precision_trains_on_cpu(run, tmp_path):
+    """`precision: bf16` runs the step under bf16 autocast on the CPU too, and the model still learns."""
+    cfg = recipe(tmp_path, "vqvae.train.steps=60", "vqvae.train.media_every=0", "vqvae.train.precision=bf16")
+    result = train_vqvae(cfg, run)
+    assert result.step == 60 and all(np.isfinite(result.losses))
+    l2 = scalars(run / "vqvae", "train/l2_l0")
+    assert np.mean(l2[-10:]) < 0.35 * np.mean(l2[:5]), (l2[:5], l2[-10:])
+
+
 def test_resume_equals_uninterrupted_training(tmp_path):
     """Codebook restarts draw random numbers: this also checks the RNG state travels in the checkpoint."""
     for name in ("whole", "split"):
@@ -190,5 +199,7 @@ def test_short_files_are_skipped_with_a_warning(tmp_path, caplog):
 def test_bad_step_settings_are_config_errors(tmp_path):
     with pytest.raises(UserError, match="vqvae.train.batch_size"):
         recipe(tmp_path, "vqvae.train.batch_size=0")
+    with pytest.raises(UserError, match="vqvae.train.precision is 'fp16'; use one of auto, bf16, float32"):
+        recipe(tmp_path, "vqvae.train.precision=fp16")
     with pytest.raises(UserError, match="vqvae.sample_length is 1004; use a positive multiple of the top hop 8"):
         recipe(tmp_path, "vqvae.sample_length=1004")

@@ -13,6 +13,9 @@ from jukebox_lite.checkpoint import save_checkpoint
 from jukebox_lite.config import VQVAEConfig, load_config
 from jukebox_lite.errors import UserError
 from jukebox_lite.losses import MultiSpectralLoss, compute_bandwidth, linf_loss
+import jukebox_lite.vqvae as vqvae_module
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.nn.conv import Conv1d, ConvTranspose1d, from_time_as_width, to_time_as_width
 from jukebox_lite.vqvae import VQVAE, BottleneckBlock, load_vqvae
 from tests.conftest import JUKEBOX_FORMAT
 
@@ -107,6 +110,53 @@ def test_config_validation_and_recipe_section():
 # Codebook maths
 
 
+@pytest.mark.parametrize("kind", [Conv1d, ConvTranspose1d])
+@pytest.mark.parametrize("stride, padding, dilation", [(1, 1, 1), (1, 9, 9), (2, 1, 1)])
+def test_time_as_width_convolution_equals_the_1d_one(kind, stride, padding, dilation):
+    """Same module, same weights: (B, C, 1, T) channels-last input gives the 1-D output and gradients."""
+    torch.manual_seed(0)
+    kernel = 3 if stride == 1 else 4
+    conv = kind(6, 5, kernel, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(2, 6, 40, requires_grad=True)
+    y = conv(x)
+    y.pow(2).sum().backward()
+    grads = (x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone())
+    conv.zero_grad()
+    x2 = to_time_as_width(x.detach()).requires_grad_()
+    y2 = conv(x2)
+    assert y2.shape == (2, 5, 1, y.shape[2]) and y2.is_contiguous(memory_format=torch.channels_last)
+    from_time_as_width(y2).pow(2).sum().backward()
+    assert torch.allclose(from_time_as_width(y2), y, atol=1e-5)
+    for a, b in zip(grads, (from_time_as_width(x2.grad), conv.weight.grad, conv.bias.grad)):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_channels_last_layout_is_the_same_model():
+    """`channels_last` changes how the convolutions run, not the model: same keys, shapes, fingerprint,
+    codes, audio, loss and gradients as plain 1-D convolutions."""
+    torch.manual_seed(0)
+    plain = VQVAE(tiny_config(channels_last=False))
+    fast = VQVAE(tiny_config(channels_last=True))
+    fast.load_state_dict(plain.state_dict())
+    assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    x = synth_audio(2, 1024, seed=5)
+    plain.train()(x)  # first batch initialises the codebooks
+    fast.load_state_dict(plain.state_dict())
+    assert vqvae_fingerprint(fast) == vqvae_fingerprint(plain)
+    _, plain_metrics = plain(x)
+    _, fast_metrics = fast(x)
+    assert torch.allclose(plain_metrics["loss"], fast_metrics["loss"], rtol=1e-5)
+    plain_metrics["loss"].backward()
+    fast_metrics["loss"].backward()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name
+    plain.eval(), fast.eval()
+    codes = plain.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(codes, fast.encode(x)))
+    for level in range(3):
+        assert torch.allclose(plain.decode(codes, level), fast.decode(codes, level), atol=1e-6)
+
+
 def make_block(mu: float = 0.9) -> BottleneckBlock:
     block = BottleneckBlock(l_bins=4, emb_width=2, mu=mu, threshold=1.0)
     block.k.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]))
@@ -122,6 +172,18 @@ def test_quantise_picks_nearest_code():
     codes, distance = block.quantise(x)
     assert codes.tolist() == [0, 1, 2, 3]
     assert torch.allclose(distance, ((x - block.k[codes]) ** 2).sum(dim=1), atol=1e-6)
+
+
+def test_quantise_in_blocks_equals_searching_one_table(monkeypatch):
+    torch.manual_seed(0)
+    block = BottleneckBlock(l_bins=16, emb_width=4, mu=0.99)
+    block.k.copy_(torch.randn(16, 4))
+    x = torch.randn(50, 4)
+    monkeypatch.setattr(vqvae_module, "DISTANCE_TABLE_ENTRIES", 16 * 7)  # blocks of 7 rows, the last one short
+    codes, distance = block.quantise(x)
+    table = torch.cdist(x, block.k) ** 2  # (50, 16)
+    assert torch.equal(codes, table.argmin(dim=1))
+    assert torch.allclose(distance, table.min(dim=1).values, atol=1e-5)
 
 
 def test_ema_update_equals_formula():
