@@ -14,6 +14,7 @@ extended or annealed by rerunning with new `train.*` values; rerunning it unchan
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import random
 import time
@@ -67,7 +68,8 @@ class Task(abc.ABC):
 
     def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
         """Audio or images for TensorBoard, on rank 0 alone every `media_every` steps, so no collectives here.
-        Random numbers drawn here are given back: the run continues as if this had not run."""
+        `model` holds the EMA weights meanwhile (what sampling uses; the training weights come back after),
+        and random numbers drawn here are given back: the run continues as if this had not run."""
 
     def checkpoint_extra(self) -> dict:
         """Further entries for the checkpoint."""
@@ -130,6 +132,21 @@ class WeightEMA:
         for name, value in self.shadow.items():
             value.copy_(state[name])
         self.updates = updates
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """The EMA weights in the model for the duration (what sampling will use), its own ones restored after."""
+        params = dict(model.named_parameters())
+        own = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(own[name])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +367,8 @@ def train(
                 timer, timed_steps = time.perf_counter(), 0
             if writer is not None and cfg.media_every and step % cfg.media_every == 0:
                 devices = [device] if device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
+                weights = ema.applied(model) if ema is not None else contextlib.nullcontext()
+                with torch.random.fork_rng(devices=devices), weights:
                     task.log_media(model, writer, step)
             if step % cfg.checkpoint_every == 0 or step == end:
                 save()

@@ -163,6 +163,29 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     assert torch.equal(a["optimizer"]["state"][0]["exp_avg_sq"], b["optimizer"]["state"][0]["exp_avg_sq"])
 
 
+class MediaTask(ToyTask):
+    """Records the weights log_media sees, and draws random numbers there."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.seen = []
+
+    def log_media(self, model, writer, step):
+        self.seen.append(model.linear.weight.detach().clone())
+        torch.rand(3)
+
+
+def test_media_see_the_ema_weights_and_change_nothing(tmp_path):
+    cfg = config(media_every=4)
+    task = MediaTask(cfg)
+    result = train(task, cfg, tmp_path / "media", seed=7)
+    assert len(task.seen) == 3
+    state = load_checkpoint(tmp_path / "media" / "last.pt", "toy")
+    assert torch.equal(task.seen[-1], state["ema"]["linear.weight"])  # step 12: the media and the checkpoint agree
+    assert not torch.equal(task.seen[-1], state["model"]["linear.weight"])
+    assert result.losses == run(tmp_path / "plain").losses  # training weights restored, RNG given back
+
+
 def test_rerunning_a_finished_run_does_nothing(tmp_path, caplog):
     run(tmp_path)
     before = (tmp_path / "last.pt").read_bytes()
