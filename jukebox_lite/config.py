@@ -366,7 +366,9 @@ class RefinerConfig:
     # what is diffused: "residual" = (original − decoded) / residual_scale, so the refiner only adds the
     # VQ-VAE's error to the decoded audio; "waveform" = the original itself (rebuilt from the condition)
     target: str = "residual"
-    residual_scale: float = 0.04  # about the RMS of original − decoded, so the residual target has unit variance
+    # about the RMS of original − decoded, so the residual target has unit variance; null: train-refiner
+    # measures it on the training split through the run's VQ-VAE and records it in the checkpoint
+    residual_scale: float | None = None
     # sampling defaults (the refine command can override them)
     steps: int = 8  # deterministic DDIM steps
     strength: float = 1.0  # 1: start from noise; below 1: from the coarse audio (zero residual) noised to t = strength
@@ -444,8 +446,8 @@ class RefinerConfig:
             raise UserError(f"{section}.strength is {self.strength}; it must be in [0, 1].")
         if self.target not in ("residual", "waveform"):
             raise UserError(f"{section}.target is '{self.target}'; use 'residual' or 'waveform'.")
-        if not self.residual_scale > 0:
-            raise UserError(f"{section}.residual_scale is {self.residual_scale}; it must be positive.")
+        if self.residual_scale is not None and not self.residual_scale > 0:
+            raise UserError(f"{section}.residual_scale is {self.residual_scale}; it must be positive, or null to measure it.")
         self.train.validate(f"{section}.train")
 
 

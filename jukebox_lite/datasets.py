@@ -26,7 +26,7 @@ from jukebox_lite.training import Task
 log = logging.getLogger(__name__)
 
 # independent random streams of windows over the same files
-TRAIN_STREAM, BANDWIDTH_STREAM, MEDIA_STREAM = 0, 1, 2
+TRAIN_STREAM, BANDWIDTH_STREAM, MEDIA_STREAM, RESIDUAL_STREAM = 0, 1, 2, 3
 
 
 def read_manifest(data_dir: Path, split: str) -> list[dict]:

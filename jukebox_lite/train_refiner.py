@@ -13,7 +13,11 @@ The noise levels t of a rank's batch are stratified (one uniform draw in each of
 levels gets the same share of the batch, so TensorBoard shows the loss per quarter
 (`train/loss_t0.00_0.25` ... `train/loss_t0.75_1.00`) beside the overall one. Every
 `train.media_every` steps a fixed validation window is logged as original / coarse / refined audio
-and spectrograms, refined with the recipe's sampling settings by the current (not the EMA) weights.
+and spectrograms, refined with the recipe's sampling settings by the EMA weights (what sampling uses).
+
+With `refiner.residual_scale: null` a fresh run first measures it: the RMS of clean − coarse over
+RESIDUAL_WINDOWS training windows of their own random stream (the same on every rank), recorded in
+the checkpoint's config and in RUN/refiner/config.yaml; a resumed run reads it back.
 
 The checkpoint (kind "refiner") holds the VQ-VAE's fingerprint, so `refiner.load_refiner` reads it,
 prefers its EMA weights, and refuses to refine another VQ-VAE's audio. Refused before training, each
@@ -40,7 +44,7 @@ from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state
 from jukebox_lite.cli import add_recipe_arguments
 from jukebox_lite.codes import vqvae_fingerprint
 from jukebox_lite.config import RecipeConfig, RefinerConfig, load_config
-from jukebox_lite.datasets import AudioWindowTask
+from jukebox_lite.datasets import RESIDUAL_STREAM, AudioWindows, AudioWindowTask
 from jukebox_lite.errors import UserError
 from jukebox_lite.refiner import RefinerUNet, diffusion_target, load_refiner, make_training_pair, refine, v_loss_per_item
 from jukebox_lite.train_vqvae import spectrogram_image
@@ -50,6 +54,7 @@ from jukebox_lite.vqvae import VQVAE, load_vqvae
 log = logging.getLogger(__name__)
 
 NOISE_BANDS = 4  # the loss is also logged per quarter of noise levels t
+RESIDUAL_WINDOWS = 32  # training windows measured for `residual_scale: null`
 # settings a checkpoint in RUN/refiner must share with the recipe: they shape the weights or what they learned
 ARCHITECTURE = (
     "sample_rate", "cond_level", "channels", "factors", "res_blocks", "attention_levels", "attention_heads",
@@ -89,6 +94,25 @@ def check_checkpoint(cfg: RefinerConfig, state: dict, path: Path, fingerprint: s
             f"'{path}' was trained on another VQ-VAE's audio (weights {trained_on}, now {fingerprint}); "
             "move it away to train a refiner for the new VQ-VAE."
         )
+
+
+@torch.no_grad()
+def measure_residual_scale(
+    vqvae: VQVAE, windows: AudioWindows, cond_level: int, device: torch.device, n_windows: int = RESIDUAL_WINDOWS
+) -> float:
+    """RMS of clean − coarse (the VQ-VAE's level-`cond_level` error) over `n_windows` windows of the
+    residual stream: the scale that gives the residual target unit variance."""
+    vqvae.to(device)
+    squares, count = 0.0, 0
+    for first in range(0, n_windows, 8):
+        clean = torch.stack([windows.window(i, RESIDUAL_STREAM) for i in range(first, min(first + 8, n_windows))])
+        coarse, clean = make_training_pair(vqvae, clean.to(device), cond_level)  # (B, 1, T) each
+        squares += float((clean - coarse).double().pow(2).sum())
+        count += clean.numel()
+    scale = (squares / count) ** 0.5
+    if not scale > 0:
+        raise UserError("The VQ-VAE reconstructs the training windows exactly (or they are silent); set refiner.residual_scale.")
+    return scale
 
 
 def stratified_times(batch: int, device: torch.device) -> torch.Tensor:
@@ -177,10 +201,19 @@ def train_refiner(recipe: RecipeConfig, run_dir: str | Path) -> TrainResult:
         )
     vqvae = load_vqvae(vqvae_path)
     check_vqvae(cfg, vqvae, vqvae_path)
-    task = RefinerTask(cfg, vqvae, run_dir / "data", recipe.seed, world_size=distributed.current().world_size)
     last = run_dir / "refiner" / CHECKPOINT_NAME
-    if last.exists():
-        state = load_checkpoint(last, "refiner")
+    state = load_checkpoint(last, "refiner") if last.exists() else None
+    if cfg.target == "residual" and cfg.residual_scale is None:
+        if state is not None:
+            scale = state["config"].get("residual_scale")
+        else:
+            windows = AudioWindows(run_dir / "data", cfg.sample_rate, cfg.segment_length, recipe.seed)
+            scale = measure_residual_scale(vqvae, windows, cfg.cond_level, distributed.current().device)
+            log.info("refiner: residual_scale measured at %.4f (RMS of original − decoded, %d training windows)", scale, RESIDUAL_WINDOWS)
+        cfg = dataclasses.replace(cfg, residual_scale=scale)
+        recipe = dataclasses.replace(recipe, refiner=cfg)
+    task = RefinerTask(cfg, vqvae, run_dir / "data", recipe.seed, world_size=distributed.current().world_size)
+    if state is not None:
         check_checkpoint(cfg, state, last, task.fingerprint)
         if "optimizer" not in state:  # saved by save_refiner, not by a training run: start from its weights
             task.init = last

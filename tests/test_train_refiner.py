@@ -12,9 +12,10 @@ from jukebox_lite import cli
 from jukebox_lite.checkpoint import load_checkpoint
 from jukebox_lite.codes import vqvae_fingerprint
 from jukebox_lite.config import load_config
+from jukebox_lite.datasets import RESIDUAL_STREAM, AudioWindows
 from jukebox_lite.errors import UserError
 from jukebox_lite.refiner import RefinerUNet, load_refiner, save_refiner
-from jukebox_lite.train_refiner import stratified_times, train_refiner
+from jukebox_lite.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
 from jukebox_lite.vqvae import load_vqvae
 from tests.test_codes import make_run, save_vqvae, tiny_model
 from tests.test_train_vqvae import scalars
@@ -111,6 +112,26 @@ def test_finished_run_is_a_no_op(trained, tmp_path, caplog):
         result = train_refiner(recipe(tmp_path), run)
     assert result.step == 40 and result.losses == [] and "nothing to do" in caplog.text
     assert (run / "refiner" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_residual_scale_null_is_measured_recorded_and_kept_on_resume(tmp_path, caplog):
+    run = make_run(tmp_path)
+    with caplog.at_level(logging.INFO):
+        train_refiner(recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=2", "refiner.train.media_every=0"), run)
+    state = load_checkpoint(run / "refiner", "refiner")
+    scale = state["config"]["residual_scale"]
+    vqvae = load_vqvae(run / "vqvae")
+    windows = AudioWindows(run / "data", 16000, 2048, seed=1)
+    clean = torch.stack([windows.window(i, RESIDUAL_STREAM) for i in range(RESIDUAL_WINDOWS)])
+    coarse = vqvae.decode(vqvae.encode(clean, levels=[0]), level=0)
+    assert scale == pytest.approx(float((clean - coarse).pow(2).mean().sqrt()), rel=1e-4)
+    assert f"residual_scale measured at {scale:.4f}" in caplog.text
+    assert f"residual_scale: {scale}" in (run / "refiner" / "config.yaml").read_text()
+    assert load_refiner(run / "refiner").config.residual_scale == scale
+    result = train_refiner(recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=3", "refiner.train.media_every=0"), run)
+    assert result.step == 3 and load_checkpoint(run / "refiner", "refiner")["config"]["residual_scale"] == scale
+    with pytest.raises(ValueError, match="residual_scale is not set"):
+        RefinerUNet(recipe(tmp_path, "refiner.residual_scale=null").refiner)
 
 
 def test_times_are_stratified_and_uniform():
