@@ -153,19 +153,20 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     B, H, T, D = q.shape
     blocks = -(-T // window)
     pad = blocks * window - T
-    q_blocks = F.pad(q, (0, 0, 0, pad)).view(B, H, blocks, window, D)
     span = 3 * window  # the keys one block of queries can reach
+    q_blocks = F.pad(q, (0, 0, 0, pad)).reshape(B, H * blocks, window, D)
 
-    def neighbourhoods(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) → (B, H, blocks, 3·window, D)
-        return F.pad(x, (0, 0, window, pad + window)).unfold(2, span, window).transpose(-1, -2)
+    def neighbourhoods(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) → (B, H·blocks, 3·window, D)
+        x = F.pad(x, (0, 0, window, pad + window)).unfold(2, span, window)  # (B, H, blocks, D, 3·window)
+        return x.transpose(-1, -2).reshape(B, H * blocks, span, D)
 
     query = torch.arange(window)[:, None]  # offset in the block
     key = torch.arange(span)[None, :] - window  # offset of each reachable key from the block start
-    block_start = torch.arange(blocks)[:, None, None] * window
-    key_position = block_start + key  # (blocks, 1, 3·window)
+    key_position = torch.arange(blocks)[:, None, None] * window + key  # (blocks, 1, 3·window)
     mask = ((key - query).abs() <= window) & (key_position >= 0) & (key_position < T)  # (blocks, window, 3·window)
-    out = F.scaled_dot_product_attention(q_blocks, neighbourhoods(k), neighbourhoods(v), attn_mask=mask.to(q.device))
-    return out.reshape(B, H, blocks * window, D)[:, :, :T]
+    mask = mask.repeat(H, 1, 1).to(q.device)  # (H·blocks, ...): 4-D inputs, the shape every SDPA kernel takes
+    out = F.scaled_dot_product_attention(q_blocks, neighbourhoods(k), neighbourhoods(v), attn_mask=mask)
+    return out.view(B, H, blocks * window, D)[:, :, :T]
 
 
 class SelfAttention(nn.Module):
