@@ -1,10 +1,27 @@
 """Sample stage: chunked decoding, and long tracks through every stage."""
 
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
+from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.cli import main
+from jukebox_lite.codes import vqvae_fingerprint
+from jukebox_lite.config import PriorConfig
+from jukebox_lite.prior import Prior
+from jukebox_lite.refiner import RefinerUNet, save_refiner
 from jukebox_lite.sample import decode_long
+from jukebox_lite.vqvae import load_vqvae
+from tests.conftest import synth_music, write_audio
 from tests.test_codes import tiny_model
+from tests.test_refiner import tiny_config as tiny_refiner_config
+from tests.test_train_prior import SHAPE, coded  # noqa: F401 (module fixture: a tiny run with codes)
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
@@ -21,25 +38,6 @@ def test_chunked_decoding_equals_decoding_the_whole_track(level, chunk):
 # ----------------------------------------------------------------------------------------------
 # The stage, on untrained tiny models: it is the plumbing that is tested here, not the music
 
-
-import dataclasses
-import json
-import shutil
-from pathlib import Path
-
-import numpy as np
-import soundfile as sf
-
-from jukebox_lite.checkpoint import save_checkpoint
-from jukebox_lite.cli import main
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import PriorConfig
-from jukebox_lite.prior import Prior
-from jukebox_lite.refiner import RefinerUNet, save_refiner
-from jukebox_lite.vqvae import load_vqvae
-from tests.conftest import synth_music, write_audio
-from tests.test_refiner import tiny_config as tiny_refiner_config
-from tests.test_train_prior import SHAPE, coded  # noqa: F401 (module fixture: a tiny run with codes)
 
 GENRES, ARTISTS = ["house", "garage"], ["artist0", "artist1", "artist2"]
 UPSAMPLER = dict(cond_down_t=1, cond_stride_t=2, cond_width=16, cond_depth=1, hop_fraction=0.5)
