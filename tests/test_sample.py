@@ -67,7 +67,6 @@ def sampled_run(coded, tmp_path):  # noqa: F811
     return run
 
 
-
 def sample(run, *args: str) -> int:
     return main(["sample", "--run", str(run), "--seconds", "0.25", "--name", "t", *args])
 
