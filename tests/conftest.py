@@ -42,3 +42,15 @@ def pytest_configure(config):
     """Tests use tiny tensors: one intra-op thread is far faster than two spinning on a busy 2-core
     machine. Set for the whole session, so module-scoped fixtures that train get it too."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory) -> Path:
+    """A tiny run with data, a VQ-VAE whose codes vary, and its encoded corpus (RUN/codes); one per module."""
+    from jukebox_lite.codes import encode_corpus
+    from tests.helpers import make_run, save_vqvae, varied_vqvae  # helpers import this module
+
+    run = make_run(tmp_path_factory.mktemp("coded"))
+    save_vqvae(run, varied_vqvae())
+    encode_corpus(run, chunk_seconds=0.5)
+    return run

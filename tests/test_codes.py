@@ -2,61 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from jukebox_lite import cli
-from jukebox_lite.audio import load_audio, write_flac
-from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.audio import load_audio
 from jukebox_lite.codes import CodesCorpus, encode_corpus, encode_waveform, encoder_context, vqvae_fingerprint
 from jukebox_lite.config import VQVAEConfig
 from jukebox_lite.errors import UserError
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 from tests.conftest import synth_music
-from tests.test_vqvae import tiny_config as tiny_vqvae_config
-
-SR = 16000
-
-
-def tiny_config() -> VQVAEConfig:
-    """hops 2 / 4 / 8 at 16 kHz: quick, and long enough receptive fields to make chunking matter."""
-    return tiny_vqvae_config(sample_rate=SR)
-
-
-def tiny_model(seed: int = 0) -> VQVAE:
-    torch.manual_seed(seed)
-    model = VQVAE(tiny_config()).eval()
-    for block in model.bottleneck.level_blocks:  # spread codebooks so every code can win
-        block.k.normal_(std=0.5)
-    return model
-
-
-def save_vqvae(run: Path, model: VQVAE) -> None:
-    save_checkpoint(run / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(model.config), model.state_dict())
-
-
-def make_run(tmp_path: Path, seconds=(1.3, 0.7, 2.1, 0.9), sr: int = SR) -> Path:
-    """RUN with a manifest of synthesized files (the second in the valid split) and a tiny VQ-VAE."""
-    run = tmp_path / "run"
-    rows = []
-    for i, duration in enumerate(seconds):
-        audio = synth_music(duration, sr, seed=i, channels=1)
-        write_flac(run / "data" / "audio" / f"t{i}.flac", audio, sr)
-        rows.append({
-            "id": f"t{i}", "path": f"audio/t{i}.flac", "source": f"t{i}.wav", "sha256": f"{i:064d}",
-            "duration": audio.shape[1] / sr, "sample_rate": sr,
-            "labels": {"genre": "house", "artist": f"artist{i % 2}"} if i != 3 else {},
-            "split": "valid" if i == 1 else "train",
-        })
-    (run / "data" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    save_vqvae(run, tiny_model())
-    return run
-
+from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
 
 # ----------------------------------------------------------------------------------------------
 # Chunked encoding
@@ -84,7 +43,7 @@ def test_released_settings_context_is_about_one_second():
 @pytest.mark.parametrize("chunk, batch", [(8, 1), (48, 3), (400, 2), (10_000, 4)])
 def test_chunked_codes_equal_whole_file_codes(chunk, batch):
     model = tiny_model()
-    audio = torch.from_numpy(synth_music(0.31, SR, seed=5, channels=1)[0])  # 4960 samples
+    audio = torch.from_numpy(synth_music(0.31, RUN_SR, seed=5, channels=1)[0])  # 4960 samples
     audio = audio[:4957]  # not a multiple of the top hop: padded to 4960
     whole = model.encode(torch.nn.functional.pad(audio, (0, 3))[None, None])
     chunked = encode_waveform(model, audio, chunk_samples=chunk, batch_size=batch)
@@ -119,7 +78,7 @@ def test_encode_stage_writes_aligned_memmaps_and_index(tmp_path):
     assert cli.main(["encode", "--run", str(run), "--chunk-seconds", "0.1", "--batch-size", "2"]) == 0
     index = json.loads((run / "codes" / "index.json").read_text())
     model = load_vqvae(run / "vqvae")
-    assert index["vqvae"] == {"fingerprint": vqvae_fingerprint(model), "sample_rate": SR,
+    assert index["vqvae"] == {"fingerprint": vqvae_fingerprint(model), "sample_rate": RUN_SR,
                               "hop_lengths": [2, 4, 8], "bins": 16}
     assert index["dtype"] == "uint16" and index["genres"] == ["house", "unknown"]
     assert index["artists"] == ["artist0", "artist1", "unknown"]
@@ -128,7 +87,7 @@ def test_encode_stage_writes_aligned_memmaps_and_index(tmp_path):
 
     corpus = CodesCorpus(run / "codes", vqvae_fingerprint=vqvae_fingerprint(model))
     for i, entry in enumerate(corpus.files):
-        audio = torch.from_numpy(synth_music([1.3, 0.7, 2.1, 0.9][i], SR, seed=i, channels=1)[0])
+        audio = torch.from_numpy(synth_music([1.3, 0.7, 2.1, 0.9][i], RUN_SR, seed=i, channels=1)[0])
         assert entry["samples"] == audio.shape[0]
         padded = -(-audio.shape[0] // 8) * 8
         for level in range(3):

@@ -10,8 +10,7 @@ from jukebox_lite.codes import CodesCorpus, encode_corpus
 from jukebox_lite.config import CopiesConfig
 from jukebox_lite.copies import SAMPLE_CODES, CorpusIndex, check_run, longest_tolerant_run, ngram_hashes
 from jukebox_lite.errors import UserError
-from tests.test_codes import make_run, save_vqvae
-from tests.test_train_prior import varied_vqvae
+from tests.helpers import make_run, save_vqvae, varied_vqvae
 
 # the tiny test VQ-VAE runs at 16 kHz with a top hop of 8: 2000 top-level tokens per second
 SETTINGS = CopiesConfig(ngram=6, tolerance=0.15, min_seeds=3, report_seconds=0.1, flag_seconds=0.4)

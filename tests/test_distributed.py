@@ -22,7 +22,7 @@ from jukebox_lite import distributed
 from jukebox_lite.checkpoint import load_checkpoint, save_checkpoint
 from jukebox_lite.train_vqvae import train_vqvae
 from jukebox_lite.vqvae import VQVAE
-from tests.test_train_vqvae import make_corpus, recipe, scalars
+from tests.helpers import make_corpus, scalars, vqvae_recipe
 
 BIN = Path(sys.executable).parent
 OVERRIDES = ["vqvae.train.steps=3", "vqvae.train.media_every=0", "vqvae.train.checkpoint_every=100"]
@@ -37,7 +37,7 @@ def launch(launcher: list[str], tmp: Path, run: Path, *extra: str) -> subprocess
 
 @pytest.fixture
 def setup(tmp_path) -> Path:
-    cfg = recipe(tmp_path)  # writes tiny.yaml
+    cfg = vqvae_recipe(tmp_path)  # writes tiny.yaml
     torch.manual_seed(5)
     model = VQVAE(cfg.vqvae)
     with torch.no_grad():
@@ -52,7 +52,7 @@ def test_two_ranks_under_mpiexec_and_torchrun_match_one_process(setup):
     runs = {name: tmp / name for name in ("single", "mpiexec", "torchrun")}
     for run in runs.values():
         make_corpus(run)
-    train_vqvae(recipe(tmp, *OVERRIDES), runs["single"], init=tmp / "init.pt")
+    train_vqvae(vqvae_recipe(tmp, *OVERRIDES), runs["single"], init=tmp / "init.pt")
     launchers = {
         "mpiexec": [str(BIN / "mpiexec"), "-n", "2"],
         # `--` ends torchrun's options: else it takes our --run for an abbreviation of its --run-path
@@ -66,7 +66,7 @@ def test_two_ranks_under_mpiexec_and_torchrun_match_one_process(setup):
     reference = load_checkpoint(runs["single"] / "vqvae", "vqvae")["model"]
     single_losses = scalars(runs["single"] / "vqvae", "train/loss")
     assert len(single_losses) == 3
-    weights = [name for name, _ in VQVAE(recipe(tmp).vqvae).named_parameters()]
+    weights = [name for name, _ in VQVAE(vqvae_recipe(tmp).vqvae).named_parameters()]
     buffers = [key for key in reference if key not in weights and reference[key].is_floating_point()]
     for name in launchers:
         state = load_checkpoint(runs[name] / "vqvae", "vqvae")

@@ -5,17 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from jukebox_lite.checkpoint import load_checkpoint
-from tests.test_train_vqvae import TINY, make_corpus
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.helpers import ROOT, VQVAE_RECIPE, fake_venv, make_corpus
 
 def make(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True, **kwargs)
@@ -38,18 +33,9 @@ def test_bad_variables_fail_in_one_sentence_before_any_work(variables, complaint
     assert not (tmp_path / "run").exists()
 
 
-def fake_venv(tmp_path: Path) -> Path:
-    """A VENV for make that is the interpreter running the tests, already installed (nothing to set up)."""
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "jukebox-lite").symlink_to(Path(sys.executable).parent / "jukebox-lite")
-    (venv / ".installed").touch()
-    return venv
-
-
 def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     run, recipe = tmp_path / "run", tmp_path / "tiny.yaml"
-    recipe.write_text(TINY.replace("steps: 8", "steps: 400").replace("checkpoint_every: 4", "checkpoint_every: 20"))
+    recipe.write_text(VQVAE_RECIPE.replace("steps: 8", "steps: 400").replace("checkpoint_every: 4", "checkpoint_every: 20"))
     make_corpus(run)
     (run / "data" / ".done").touch()  # the data stage is done (the corpus above is its output)
     variables = [f"CONFIG={recipe}", f"RUN={run}", f"VENV={fake_venv(tmp_path)}"]

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from jukebox_lite import review
 from jukebox_lite.cli import main
-from tests.test_makefile import ROOT, fake_venv
+from tests.helpers import ROOT, fake_venv
 
 FEW_STEPS = [
     f"{section}.train.{key}={value}"

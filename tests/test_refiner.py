@@ -31,40 +31,20 @@ from jukebox_lite.refiner import (
     waveform_from_target,
     x0_from_v,
 )
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.vqvae import load_vqvae
 from tests.conftest import synth_music
-from tests.test_vqvae import tiny_config as tiny_vqvae_config
-
-SR = 8000
-
-
-def tiny_config(**changes) -> RefinerConfig:
-    values = dict(
-        sample_rate=SR, segment_length=2048, chunk_length=2048, overlap_length=256, channels=[8, 16, 32],
-        factors=[4, 4], res_blocks=1, attention_levels=1, attention_heads=2, attention_window=4, kernel_size=5,
-        embedding_dim=32,
-        steps=4, chunk_batch=2, residual_scale=0.025,  # the RMS of clean − degrade(clean) below
-    )
-    values.update(changes)
-    return RefinerConfig(**values)
-
-
-def tiny_vqvae(seed: int = 0) -> VQVAE:
-    torch.manual_seed(seed)
-    model = VQVAE(tiny_vqvae_config(sample_rate=SR)).train()
-    model(torch.from_numpy(synth_music(0.5, SR, seed=seed, channels=1))[None, :, :3968])  # initialise codebooks
-    return model.eval()
+from tests.helpers import REFINER_SR, tiny_refiner_config, tiny_refiner_vqvae
 
 
 def music(seconds: float, seed: int) -> torch.Tensor:
     """(1, 1, T) synthesized mono music."""
-    return torch.from_numpy(synth_music(seconds, SR, seed=seed, channels=1))[None]
+    return torch.from_numpy(synth_music(seconds, REFINER_SR, seed=seed, channels=1))[None]
 
 
 def degrade(clean: torch.Tensor, seed: int) -> torch.Tensor:
     """A stand-in for VQ-VAE damage: everything above 1 kHz removed, a little noise added."""
     spectrum = torch.fft.rfft(clean)
-    spectrum[..., int(1000 / SR * clean.shape[-1]) :] = 0
+    spectrum[..., int(1000 / REFINER_SR * clean.shape[-1]) :] = 0
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
     return torch.fft.irfft(spectrum, n=clean.shape[-1]) + 0.01 * noise
 
@@ -99,7 +79,7 @@ def train(model: RefinerUNet, steps: int = 100) -> list[float]:
 def trained():
     """A tiny refiner after a short training run, with its losses (shared: training is the slow part)."""
     torch.manual_seed(0)
-    model = RefinerUNet(tiny_config())
+    model = RefinerUNet(tiny_refiner_config())
     losses = train(model)
     return model.eval(), losses
 
@@ -163,22 +143,22 @@ def test_v_target_and_x0_recovery():
 def test_residual_target_is_the_scaled_error_of_the_coarse_audio():
     clean = music(0.1, seed=1)
     coarse = degrade(clean, seed=2)
-    cfg = tiny_config(residual_scale=0.05)
+    cfg = tiny_refiner_config(residual_scale=0.05)
     assert cfg.target == "residual"  # the default
     x0 = diffusion_target(cfg, clean, coarse)
     torch.testing.assert_close(x0, (clean - coarse) / 0.05)
     torch.testing.assert_close(waveform_from_target(cfg, x0, coarse), clean)
     assert torch.equal(diffusion_target(cfg, coarse, coarse), torch.zeros_like(coarse))  # where strength < 1 starts
-    waveform = tiny_config(target="waveform")
+    waveform = tiny_refiner_config(target="waveform")
     assert diffusion_target(waveform, clean, coarse) is clean and waveform_from_target(waveform, clean, coarse) is clean
     # v and x0 recovery are the same maths on the residual
     noise, t = torch.randn(clean.shape, generator=torch.Generator().manual_seed(3)), torch.tensor([0.4])
     v = v_target(x0, noise, t)
     torch.testing.assert_close(x0_from_v(noised(x0, noise, t), v, t), x0, atol=1e-4, rtol=1e-5)
     with pytest.raises(UserError, match="refiner.target"):
-        tiny_config(target="spectrum").validate()
+        tiny_refiner_config(target="spectrum").validate()
     with pytest.raises(UserError, match="refiner.residual_scale"):
-        tiny_config(residual_scale=0.0).validate()
+        tiny_refiner_config(residual_scale=0.0).validate()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +166,7 @@ def test_residual_target_is_the_scaled_error_of_the_coarse_audio():
 
 
 def test_unet_shape_stride_and_config_checks():
-    cfg = tiny_config()
+    cfg = tiny_refiner_config()
     model = RefinerUNet(cfg)
     assert cfg.stride == 16
     x = torch.randn(2, 1, 160)
@@ -194,22 +174,22 @@ def test_unet_shape_stride_and_config_checks():
     with pytest.raises(ValueError, match="multiple of the refiner's stride 16"):
         model(torch.randn(1, 1, 150), torch.tensor([0.5]), torch.randn(1, 1, 150))
     with pytest.raises(UserError, match="refiner.segment_length"):
-        tiny_config(segment_length=2040).validate()
+        tiny_refiner_config(segment_length=2040).validate()
     with pytest.raises(UserError, match="refiner.factors"):
-        tiny_config(factors=[4, 3]).validate()
+        tiny_refiner_config(factors=[4, 3]).validate()
     with pytest.raises(UserError, match="refiner.channels"):
-        tiny_config(channels=[8, 16, 31]).validate()
+        tiny_refiner_config(channels=[8, 16, 31]).validate()
     with pytest.raises(UserError, match="refiner.strength"):
-        tiny_config(strength=1.5).validate()
+        tiny_refiner_config(strength=1.5).validate()
     with pytest.raises(UserError, match=r"refiner.chunk_length is 1024; each chunk discards one receptive field \(\d+ samples\)"):
-        tiny_config(chunk_length=1024).validate()
+        tiny_refiner_config(chunk_length=1024).validate()
     cfg = load_config(None, ["refiner.channels=[8,16,32]", "refiner.factors=[4,4]", "refiner.attention_window=4",
                              "refiner.attention_heads=2", "refiner.segment_length=4096", "refiner.overlap_length=512"])
     assert cfg.refiner.stride == 16 and cfg.refiner.overlap_length == 512
 
 
 def test_attention_only_at_coarse_levels_and_timestep_reaches_every_block():
-    model = RefinerUNet(tiny_config(channels=[8, 16, 32, 32], factors=[2, 2, 2], attention_levels=2))
+    model = RefinerUNet(tiny_refiner_config(channels=[8, 16, 32, 32], factors=[2, 2, 2], attention_levels=2))
     attended = [any(not isinstance(a, nn.Identity) for a in level.attention) for level in model.down]
     assert attended == [False, False, True, True]
     x = torch.randn(1, 1, 64)
@@ -241,25 +221,25 @@ def test_loss_falls_in_a_short_adam_loop(trained):
     held-out crops with fixed t and noise, as the training losses of single batches are too noisy."""
     model, losses = trained
     torch.manual_seed(0)
-    untrained = held_out_loss(RefinerUNet(tiny_config()))
+    untrained = held_out_loss(RefinerUNet(tiny_refiner_config()))
     assert 0.8 < untrained < 1.3 and held_out_loss(model) < 0.85 * untrained, (untrained, held_out_loss(model))
     assert all(math.isfinite(loss) for loss in losses)
     torch.manual_seed(0)
-    waveform = RefinerUNet(tiny_config(target="waveform"))
+    waveform = RefinerUNet(tiny_refiner_config(target="waveform"))
     untrained = held_out_loss(waveform)
     train(waveform)
     assert 0.3 < untrained < 1.0 and held_out_loss(waveform) < 0.3 * untrained, (untrained, held_out_loss(waveform))
 
 
 def test_training_pairs_through_a_tiny_vqvae():
-    vqvae = tiny_vqvae()
+    vqvae = tiny_refiner_vqvae()
     before = {k: v.clone() for k, v in vqvae.state_dict().items()}
     clean = music(1.0, seed=4)[:, :, :4096].repeat(2, 1, 1)
     coarse, target = make_training_pair(vqvae, clean, cond_level=1)
     assert target is clean and coarse.shape == clean.shape and not coarse.requires_grad
     torch.testing.assert_close(coarse, vqvae.decode(vqvae.encode(clean), level=1))
     assert not torch.allclose(coarse, clean, atol=1e-3)  # the VQ-VAE's damage is what the refiner learns to undo
-    model = RefinerUNet(tiny_config())
+    model = RefinerUNet(tiny_refiner_config())
     loss = diffusion_loss(model, target, coarse, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert model.out.weight.grad.abs().sum() > 0
@@ -297,7 +277,7 @@ def test_strength_zero_returns_the_input_and_small_strength_stays_close(trained)
 @pytest.mark.parametrize("length", [1001, 2048, 4096 + 37, 9000])
 def test_sampler_with_a_perfect_network_recovers_the_target_at_any_length(target, strength, length):
     """DDIM with the exact v returns x0 and so the clean audio; chunked, padded and odd lengths included, seams and all."""
-    cfg = tiny_config(chunk_length=2048, overlap_length=128, target=target)
+    cfg = tiny_refiner_config(chunk_length=2048, overlap_length=128, target=target)
     oracle = OracleRefiner(cfg)
     coarse = music(1.2, seed=2)[:, :, :length].repeat(2, 1, 1)  # batch of two
     out = refine(oracle, coarse, steps=3, strength=strength, seed=5)
@@ -306,9 +286,9 @@ def test_sampler_with_a_perfect_network_recovers_the_target_at_any_length(target
 
 
 def test_model_memory_is_bounded_by_the_chunk_not_the_track():
-    cfg = tiny_config(chunk_length=2048, overlap_length=128)
+    cfg = tiny_refiner_config(chunk_length=2048, overlap_length=128)
     oracle = OracleRefiner(cfg)
-    refine(oracle, torch.zeros(1, 1, 60 * SR), steps=1)  # a minute of audio
+    refine(oracle, torch.zeros(1, 1, 60 * REFINER_SR), steps=1)  # a minute of audio
     assert oracle.longest_input == 2048
 
 
@@ -351,7 +331,7 @@ def randomised(model: RefinerUNet, seed: int = 0) -> RefinerUNet:
 def test_receptive_field_bounds_how_far_a_change_travels(changes):
     """Change the input at one sample: the output moves within the receptive field and nowhere else,
     and the bound is not loose (the change reaches well over half of it)."""
-    cfg = tiny_config(**changes)
+    cfg = tiny_refiner_config(**changes)
     model = randomised(RefinerUNet(cfg))
     length, at = 8192, 4000
     x, coarse = torch.randn(1, 1, length), torch.randn(1, 1, length)
@@ -387,29 +367,29 @@ def test_chunked_equals_unchunked_everywhere_and_seams_are_continuous(trained, l
 
 
 def test_load_refiner_prefers_ema_and_checks_the_vqvae(tmp_path):
-    vqvae = tiny_vqvae(seed=0)
+    vqvae = tiny_refiner_vqvae(seed=0)
     fingerprint = vqvae_fingerprint(vqvae)
     save_checkpoint(tmp_path / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(vqvae.config), vqvae.state_dict())
     assert vqvae_fingerprint(load_vqvae(tmp_path / "vqvae")) == fingerprint
-    assert vqvae_fingerprint(tiny_vqvae(seed=1)) != fingerprint
+    assert vqvae_fingerprint(tiny_refiner_vqvae(seed=1)) != fingerprint
 
     torch.manual_seed(0)
-    model = RefinerUNet(tiny_config(), vqvae_fingerprint=fingerprint)
+    model = RefinerUNet(tiny_refiner_config(), vqvae_fingerprint=fingerprint)
     ema = {k: v + 0.01 for k, v in model.state_dict().items()}
     save_refiner(tmp_path / "refiner" / "last.pt", model, ema=ema, step=7)
     loaded = load_refiner(tmp_path / "refiner", vqvae=fingerprint)
     assert not loaded.training and loaded.config == model.config and loaded.vqvae_fingerprint == fingerprint
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in ema.items())
     with pytest.raises(UserError, match="another VQ-VAE"):
-        load_refiner(tmp_path / "refiner", vqvae=vqvae_fingerprint(tiny_vqvae(seed=1)))
+        load_refiner(tmp_path / "refiner", vqvae=vqvae_fingerprint(tiny_refiner_vqvae(seed=1)))
     with pytest.raises(UserError, match="does not exist"):
         load_refiner(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="vqvae_fingerprint"):
-        save_refiner(tmp_path / "bad.pt", RefinerUNet(tiny_config()))
+        save_refiner(tmp_path / "bad.pt", RefinerUNet(tiny_refiner_config()))
 
 
 def test_a_groupnorm_checkpoint_from_before_chunk_exact_refinement_is_refused(tmp_path):
-    model = RefinerUNet(tiny_config(), vqvae_fingerprint="abc")
+    model = RefinerUNet(tiny_refiner_config(), vqvae_fingerprint="abc")
     config = {**dataclasses.asdict(model.config), "norm_groups": 4}
     del config["attention_window"], config["chunk_length"]
     save_checkpoint(tmp_path / "old.pt", "refiner", config, model.state_dict(), vqvae_fingerprint="abc")

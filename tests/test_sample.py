@@ -19,9 +19,7 @@ from jukebox_lite.refiner import RefinerUNet, save_refiner
 from jukebox_lite.sample import decode_long
 from jukebox_lite.vqvae import load_vqvae
 from tests.conftest import synth_music, write_audio
-from tests.test_codes import tiny_model
-from tests.test_refiner import tiny_config as tiny_refiner_config
-from tests.test_train_prior import SHAPE, coded  # noqa: F401 (module fixture: a tiny run with codes)
+from tests.helpers import PRIOR_SHAPE, tiny_model, tiny_refiner_config
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
@@ -45,7 +43,7 @@ UPSAMPLER = dict(cond_down_t=1, cond_stride_t=2, cond_width=16, cond_depth=1, ho
 
 def save_prior(run, level: int, fingerprint: str, **changes) -> None:
     cfg = PriorConfig(
-        level=level, **SHAPE, hop_length={2: 8, 1: 4, 0: 2}[level], sample_rate=16000, t_bins=8, min_duration=0.1,
+        level=level, **PRIOR_SHAPE, hop_length={2: 8, 1: 4, 0: 2}[level], sample_rate=16000, t_bins=8, min_duration=0.1,
         max_duration=5.0, **(UPSAMPLER if level < 2 else {"hop_fraction": 0.5}), **changes,
     )
     torch.manual_seed(level)
@@ -57,7 +55,7 @@ def save_prior(run, level: int, fingerprint: str, **changes) -> None:
 
 
 @pytest.fixture
-def sampled_run(coded, tmp_path):  # noqa: F811
+def sampled_run(coded, tmp_path):
     run = Path(shutil.copytree(coded, tmp_path / "run"))
     fingerprint = vqvae_fingerprint(load_vqvae(run / "vqvae"))
     for level in (2, 1, 0):

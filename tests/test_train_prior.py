@@ -19,39 +19,18 @@ from jukebox_lite.errors import UserError
 from jukebox_lite.prior import load_prior
 from jukebox_lite.train_prior import PriorVocabulary, TrainablePrior, train_prior
 from jukebox_lite.training import learning_rate
-from tests.conftest import synth_music
-from tests.test_codes import SR, make_run, save_vqvae, tiny_model
+from tests.helpers import PRIOR_SHAPE, RUN_SR, save_vqvae, varied_vqvae
 
 TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, media_every=0, ema=0.9, workers=0)
-SHAPE = dict(n_ctx=64, width=32, depth=3, blocks=4, bins=16, n_genres=2, n_artists=3)
 RECIPE = {
     "name": "tiny",
     "seed": 0,
-    # tiny VQ-VAE of tests.test_codes: 16 kHz, hops 2 / 4 / 8, 16 codes per level
-    "prior_level2": {**SHAPE, "hop_length": 8, "sample_rate": SR, "t_bins": 8, "min_duration": 0.5,
+    # tests.helpers.tiny_model: 16 kHz, hops 2 / 4 / 8, 16 codes per level
+    "prior_level2": {**PRIOR_SHAPE, "hop_length": 8, "sample_rate": RUN_SR, "t_bins": 8, "min_duration": 0.5,
                      "max_duration": 5.0, "train": {**TRAIN, "steps": 80}},
-    "prior_level1": {**SHAPE, "hop_length": 4, "cond_down_t": 1, "cond_stride_t": 2, "cond_width": 16,
+    "prior_level1": {**PRIOR_SHAPE, "hop_length": 4, "cond_down_t": 1, "cond_stride_t": 2, "cond_width": 16,
                      "cond_depth": 1, "train": {**TRAIN, "steps": 60}},
 }
-
-
-def varied_vqvae(seed: int = 0):
-    """The tiny VQ-VAE with codebooks drawn from its encoders' outputs on music, so codes vary (random ones collapse)."""
-    model = tiny_model(seed)
-    torch.manual_seed(seed)
-    music = torch.from_numpy(synth_music(1.0, SR, seed=7, channels=1))[None]  # (1, 1, 16000)
-    with torch.no_grad():
-        for level, block in enumerate(model.bottleneck.level_blocks):
-            block.init_codebook(model.encoders[level](music)[0].t())
-    return model
-
-
-@pytest.fixture(scope="module")
-def coded(tmp_path_factory) -> Path:
-    run = make_run(tmp_path_factory.mktemp("coded"))
-    save_vqvae(run, varied_vqvae())
-    encode_corpus(run, chunk_seconds=0.5)
-    return run
 
 
 @pytest.fixture
@@ -113,7 +92,7 @@ def test_top_prior_with_labels_learns_and_stores_its_vocabulary(run, tmp_path):
     # the sample stage's side: the EMA prior, labels from genre and artist names
     prior = load_prior(out)
     vocab = PriorVocabulary.load(out)
-    labels = torch.tensor([[SR * 2, 0, 64 * 8, vocab.artist_id("artist1"), vocab.genre_id("house")]])
+    labels = torch.tensor([[RUN_SR * 2, 0, 64 * 8, vocab.artist_id("artist1"), vocab.genre_id("house")]])
     codes = prior.sample(1, 32, labels=labels, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (1, 32) and 0 <= int(codes.min()) and int(codes.max()) < 16
     with pytest.raises(UserError, match=r"genre 'techno' is unknown to this prior; known genres: house, unknown\."):
@@ -139,7 +118,7 @@ def test_upsampler_learns_from_the_level_above(run, tmp_path):
 
 
 def test_forward_is_the_training_objective():
-    model = TrainablePrior(load_config(None, [f"prior_level2.{k}={v}" for k, v in SHAPE.items()] + [
+    model = TrainablePrior(load_config(None, [f"prior_level2.{k}={v}" for k, v in PRIOR_SHAPE.items()] + [
         "prior_level2.labels=false"]).prior_level2)
     tokens = torch.randint(0, 16, (2, 64))
     nats, metrics = model(tokens)
@@ -149,7 +128,7 @@ def test_forward_is_the_training_objective():
 
 
 def test_layer_checkpointing_recomputes_layers_and_gives_the_same_gradients():
-    shape = [f"prior_level1.{k}={v}" for k, v in SHAPE.items()] + ["prior_level1.cond_depth=1", "prior_level1.cond_width=8"]
+    shape = [f"prior_level1.{k}={v}" for k, v in PRIOR_SHAPE.items()] + ["prior_level1.cond_depth=1", "prior_level1.cond_width=8"]
     models = {}
     for flag in (False, True):
         torch.manual_seed(0)

@@ -11,53 +11,14 @@ import torch
 from jukebox_lite import cli
 from jukebox_lite.checkpoint import load_checkpoint
 from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import load_config
 from jukebox_lite.datasets import RESIDUAL_STREAM, AudioWindows
 from jukebox_lite.errors import UserError
 from jukebox_lite.refiner import RefinerUNet, load_refiner, save_refiner
 from jukebox_lite.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
 from jukebox_lite.vqvae import load_vqvae
-from tests.test_codes import make_run, save_vqvae, tiny_model
-from tests.test_train_vqvae import scalars
+from tests.helpers import REFINER_RECIPE, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
 
-TINY = """\
-name: tiny-refiner
-seed: 1
-refiner:
-  sample_rate: 16000
-  cond_level: 0
-  segment_length: 2048
-  chunk_length: 2048
-  overlap_length: 256
-  channels: [8, 16, 32]
-  factors: [4, 4]
-  res_blocks: 1
-  attention_levels: 1
-  attention_heads: 2
-  attention_window: 4
-  kernel_size: 5
-  embedding_dim: 32
-  residual_scale: 0.3       # the untrained tiny VQ-VAE's error is about 0.29 RMS
-  steps: 2
-  chunk_batch: 2
-  train:
-    batch_size: 4
-    steps: 40
-    lr: 0.003
-    warmup_steps: 5
-    ema: 0.9
-    log_every: 1
-    checkpoint_every: 20
-    media_every: 20
-    workers: 0
-"""
 BANDS = ["train/loss_t0.00_0.25", "train/loss_t0.25_0.50", "train/loss_t0.50_0.75", "train/loss_t0.75_1.00"]
-
-
-def recipe(tmp: Path, *overrides: str):
-    path = tmp / "tiny_refiner.yaml"
-    path.write_text(TINY)
-    return load_config(path, list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +26,7 @@ def trained(tmp_path_factory):
     """A tiny run (16 kHz corpus, a tiny VQ-VAE) with a refiner trained for 40 steps, and the training result."""
     tmp = tmp_path_factory.mktemp("refiner")
     run = make_run(tmp, seconds=(1.3, 0.7, 2.1, 0.9))
-    return run, train_refiner(recipe(tmp), run)
+    return run, train_refiner(refiner_recipe(tmp), run)
 
 
 def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
@@ -109,7 +70,7 @@ def test_finished_run_is_a_no_op(trained, tmp_path, caplog):
     run, _ = trained
     before = (run / "refiner" / "last.pt").stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
-        result = train_refiner(recipe(tmp_path), run)
+        result = train_refiner(refiner_recipe(tmp_path), run)
     assert result.step == 40 and result.losses == [] and "nothing to do" in caplog.text
     assert (run / "refiner" / "last.pt").stat().st_mtime_ns == before
 
@@ -117,7 +78,7 @@ def test_finished_run_is_a_no_op(trained, tmp_path, caplog):
 def test_residual_scale_null_is_measured_recorded_and_kept_on_resume(tmp_path, caplog):
     run = make_run(tmp_path)
     with caplog.at_level(logging.INFO):
-        train_refiner(recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=2", "refiner.train.media_every=0"), run)
+        train_refiner(refiner_recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=2", "refiner.train.media_every=0"), run)
     state = load_checkpoint(run / "refiner", "refiner")
     scale = state["config"]["residual_scale"]
     vqvae = load_vqvae(run / "vqvae")
@@ -128,10 +89,10 @@ def test_residual_scale_null_is_measured_recorded_and_kept_on_resume(tmp_path, c
     assert f"residual_scale measured at {scale:.4f}" in caplog.text
     assert f"residual_scale: {scale}" in (run / "refiner" / "config.yaml").read_text()
     assert load_refiner(run / "refiner").config.residual_scale == scale
-    result = train_refiner(recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=3", "refiner.train.media_every=0"), run)
+    result = train_refiner(refiner_recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=3", "refiner.train.media_every=0"), run)
     assert result.step == 3 and load_checkpoint(run / "refiner", "refiner")["config"]["residual_scale"] == scale
     with pytest.raises(ValueError, match="residual_scale is not set"):
-        RefinerUNet(recipe(tmp_path, "refiner.residual_scale=null").refiner)
+        RefinerUNet(refiner_recipe(tmp_path, "refiner.residual_scale=null").refiner)
 
 
 def test_times_are_stratified_and_uniform():
@@ -144,14 +105,14 @@ def test_times_are_stratified_and_uniform():
 
 def test_a_saved_refiner_in_the_run_is_fine_tuned_not_overwritten(tmp_path, caplog):
     run = make_run(tmp_path)
-    cfg = recipe(tmp_path).refiner
+    cfg = refiner_recipe(tmp_path).refiner
     torch.manual_seed(123)
     saved = RefinerUNet(cfg, vqvae_fingerprint=vqvae_fingerprint(load_vqvae(run / "vqvae")))
     for p in saved.parameters():  # not the zero-initialised layers a fresh model has
         p.data.normal_(std=0.05)
     save_refiner(run / "refiner" / "last.pt", saved)
     with caplog.at_level(logging.INFO):
-        train_refiner(recipe(tmp_path, "refiner.train.steps=1", "refiner.train.lr=1e-9"), run)
+        train_refiner(refiner_recipe(tmp_path, "refiner.train.steps=1", "refiner.train.lr=1e-9"), run)
     assert "fine-tuning" in caplog.text
     state = load_checkpoint(run / "refiner", "refiner")
     assert state["step"] == 1
@@ -161,7 +122,7 @@ def test_a_saved_refiner_in_the_run_is_fine_tuned_not_overwritten(tmp_path, capl
 
 def test_missing_vqvae_other_rate_and_mismatched_checkpoints_are_one_line_errors(trained, tmp_path, capsys):
     path = tmp_path / "tiny_refiner.yaml"
-    path.write_text(TINY)
+    path.write_text(REFINER_RECIPE)
 
     def stage(run: Path, *overrides: str) -> str:
         assert cli.main(["train-refiner", "--config", str(path), "--run", str(run), *overrides]) == 2
@@ -186,4 +147,4 @@ def test_missing_vqvae_other_rate_and_mismatched_checkpoints_are_one_line_errors
 def test_empty_training_split_is_a_clear_error(tmp_path):
     run = make_run(tmp_path, seconds=(0.1, 0.1))  # shorter than one 2048-sample window
     with pytest.raises(UserError, match="no train file is at least 2048 samples long"):
-        train_refiner(recipe(tmp_path), run)
+        train_refiner(refiner_recipe(tmp_path), run)

@@ -3,80 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from jukebox_lite.audio import write_flac
 from jukebox_lite.checkpoint import load_checkpoint, save_checkpoint
 from jukebox_lite.cli import main
-from jukebox_lite.config import load_config
 from jukebox_lite.datasets import AudioWindows, data_bandwidth
 from jukebox_lite.errors import UserError
 from jukebox_lite.train_vqvae import train_vqvae
 from jukebox_lite.vqvae import VQVAE, load_vqvae
-from tests.conftest import synth_music
-
-SR = 8000
-TINY = """\
-name: tiny
-seed: 3
-data:
-  sample_rate: 8000
-vqvae:
-  sample_rate: 8000
-  sample_length: 1024
-  downs_t: [1, 1, 1]
-  emb_width: 8
-  l_bins: 16
-  width: 8
-  depth: 2
-  multipliers: [1, 1, 1]
-  linf_k: 64
-  stft_n_fft: [256, 128, 64]
-  stft_hop_length: [32, 16, 8]
-  stft_window_size: [128, 64, 32]
-  train:
-    batch_size: 4
-    steps: 8
-    lr: 0.003
-    log_every: 1
-    checkpoint_every: 4
-    media_every: 4
-    workers: 0
-"""
-
-
-def make_corpus(run: Path, seconds=(2.0, 2.5, 3.0, 2.0), splits=("train", "train", "train", "valid"), sr=SR) -> None:
-    """RUN/data as the data stage writes it: mono FLACs and manifest.jsonl."""
-    rows = []
-    for i, (length, split) in enumerate(zip(seconds, splits)):
-        audio = synth_music(length, sr, seed=i, channels=1)
-        write_flac(run / "data" / "audio" / f"t{i}.flac", audio, sr)
-        rows.append({
-            "id": f"t{i}", "path": f"audio/t{i}.flac", "source": f"t{i}.wav", "sha256": f"{i:064d}",
-            "duration": length, "sample_rate": sr, "labels": {"genre": "house", "artist": "a"}, "split": split,
-        })
-    (run / "data").mkdir(parents=True, exist_ok=True)
-    (run / "data" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def recipe(tmp: Path, *overrides: str):
-    path = tmp / "tiny.yaml"
-    path.write_text(TINY)
-    return load_config(path, list(overrides))
-
-
-def scalars(run_dir: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    events.Reload()
-    return [e.value for e in events.Scalars(tag)]
-
+from tests.helpers import CORPUS_SR, make_corpus, scalars, vqvae_recipe
 
 @pytest.fixture
 def run(tmp_path) -> Path:
@@ -85,7 +24,7 @@ def run(tmp_path) -> Path:
 
 
 def test_stage_learns_to_reconstruct_and_logs_media(run, tmp_path):
-    cfg = recipe(tmp_path, "vqvae.train.steps=80", "vqvae.train.media_every=80", "vqvae.train.checkpoint_every=80")
+    cfg = vqvae_recipe(tmp_path, "vqvae.train.steps=80", "vqvae.train.media_every=80", "vqvae.train.checkpoint_every=80")
     result = train_vqvae(cfg, run)
     assert result.step == 80
     l2 = scalars(run / "vqvae", "train/l2_l0")  # bandwidth-normalised squared error, one per step
@@ -93,9 +32,9 @@ def test_stage_learns_to_reconstruct_and_logs_media(run, tmp_path):
 
     model = load_vqvae(run / "vqvae")  # the EMA weights
     assert model.bandwidth["l2"] == pytest.approx(
-        data_bandwidth(AudioWindows(run / "data", SR, 1024, seed=3), 256)["l2"], rel=1e-6
+        data_bandwidth(AudioWindows(run / "data", CORPUS_SR, 1024, seed=3), 256)["l2"], rel=1e-6
     )
-    x = AudioWindows(run / "data", SR, 1024, seed=99, split="valid").window(0)[None]
+    x = AudioWindows(run / "data", CORPUS_SR, 1024, seed=99, split="valid").window(0)[None]
     with torch.no_grad():
         recon = model.decode(model.encode(x), level=0)
     assert ((recon - x) ** 2).mean() < 0.3 * (x**2).mean()  # far better than silence
@@ -111,7 +50,7 @@ def test_stage_learns_to_reconstruct_and_logs_media(run, tmp_path):
 
 def test_bf16_precision_trains_on_cpu(run, tmp_path):
     """`precision: bf16` runs the step under bf16 autocast on the CPU too, and the model still learns."""
-    cfg = recipe(tmp_path, "vqvae.train.steps=60", "vqvae.train.media_every=0", "vqvae.train.precision=bf16")
+    cfg = vqvae_recipe(tmp_path, "vqvae.train.steps=60", "vqvae.train.media_every=0", "vqvae.train.precision=bf16")
     result = train_vqvae(cfg, run)
     assert result.step == 60 and all(np.isfinite(result.losses))
     l2 = scalars(run / "vqvae", "train/l2_l0")
@@ -122,9 +61,9 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     """Codebook restarts draw random numbers: this also checks the RNG state travels in the checkpoint."""
     for name in ("whole", "split"):
         make_corpus(tmp_path / name)
-    cfg = recipe(tmp_path, "vqvae.revival_threshold=3.0", "vqvae.train.media_every=0")
+    cfg = vqvae_recipe(tmp_path, "vqvae.revival_threshold=3.0", "vqvae.train.media_every=0")
     whole = train_vqvae(cfg, tmp_path / "whole")
-    first = train_vqvae(recipe(tmp_path, "vqvae.revival_threshold=3.0", "vqvae.train.steps=3"), tmp_path / "split")
+    first = train_vqvae(vqvae_recipe(tmp_path, "vqvae.revival_threshold=3.0", "vqvae.train.steps=3"), tmp_path / "split")
     second = train_vqvae(cfg, tmp_path / "split")
     assert first.losses + second.losses == whole.losses
     assert sum(scalars(tmp_path / "whole" / "vqvae", "train/restarts_l0")) > 0
@@ -136,7 +75,7 @@ def test_resume_equals_uninterrupted_training(tmp_path):
 
 
 def test_fine_tuning_starts_from_an_imported_checkpoint_with_reset_codebook_statistics(run, tmp_path):
-    cfg = recipe(tmp_path, "vqvae.train.steps=1", "vqvae.train.lr=0.0000001", "vqvae.train.media_every=0")
+    cfg = vqvae_recipe(tmp_path, "vqvae.train.steps=1", "vqvae.train.lr=0.0000001", "vqvae.train.media_every=0")
     torch.manual_seed(123)
     source = VQVAE(cfg.vqvae)
     with torch.no_grad():
@@ -157,14 +96,14 @@ def test_fine_tuning_starts_from_an_imported_checkpoint_with_reset_codebook_stat
 
 
 def test_init_with_another_architecture_names_the_setting(run, tmp_path):
-    other = recipe(tmp_path, "vqvae.width=4")
+    other = vqvae_recipe(tmp_path, "vqvae.width=4")
     save_checkpoint(tmp_path / "other.pt", "vqvae", dataclasses.asdict(other.vqvae), VQVAE(other.vqvae).state_dict(), step=0)
     with pytest.raises(UserError, match="vqvae.width is 8 in the recipe but 4"):
-        train_vqvae(recipe(tmp_path), run, init=tmp_path / "other.pt")
+        train_vqvae(vqvae_recipe(tmp_path), run, init=tmp_path / "other.pt")
 
 
 def test_cli_runs_the_stage_and_reports_errors_in_one_line(run, tmp_path, capsys):
-    recipe(tmp_path)  # writes tiny.yaml
+    vqvae_recipe(tmp_path)  # writes tiny.yaml
     args = ["train-vqvae", "--config", str(tmp_path / "tiny.yaml"), "--run", str(run), "vqvae.train.steps=2"]
     assert main(args) == 0
     assert load_checkpoint(run / "vqvae", "vqvae")["step"] == 2
@@ -177,19 +116,19 @@ def test_cli_runs_the_stage_and_reports_errors_in_one_line(run, tmp_path, capsys
 def test_empty_or_unusable_corpus_is_one_clear_error(tmp_path):
     make_corpus(tmp_path / "valid_only", splits=("valid",) * 4)
     with pytest.raises(UserError, match="no train files"):
-        train_vqvae(recipe(tmp_path), tmp_path / "valid_only")
+        train_vqvae(vqvae_recipe(tmp_path), tmp_path / "valid_only")
     make_corpus(tmp_path / "short", seconds=(0.05, 0.1, 0.1, 0.1))  # 400-800 samples < one window of 1024
     with pytest.raises(UserError, match="no train file is at least 1024 samples long"):
-        train_vqvae(recipe(tmp_path), tmp_path / "short")
+        train_vqvae(vqvae_recipe(tmp_path), tmp_path / "short")
     make_corpus(tmp_path / "rate", sr=16000)
     with pytest.raises(UserError, match="16000 Hz audio but the model runs at 8000 Hz"):
-        train_vqvae(recipe(tmp_path), tmp_path / "rate")
+        train_vqvae(vqvae_recipe(tmp_path), tmp_path / "rate")
 
 
 def test_short_files_are_skipped_with_a_warning(tmp_path, caplog):
     make_corpus(tmp_path, seconds=(0.05, 2.0, 2.0, 2.0))
     with caplog.at_level("WARNING"):
-        windows = AudioWindows(tmp_path / "data", SR, 1024, seed=0)
+        windows = AudioWindows(tmp_path / "data", CORPUS_SR, 1024, seed=0)
     assert "skipping 1 train file" in caplog.text and len(windows.paths) == 2
     first, again, other = windows.window(5), windows.window(5), windows.window(6)
     assert first.shape == (1, 1024) and first.dtype == torch.float32
@@ -198,8 +137,8 @@ def test_short_files_are_skipped_with_a_warning(tmp_path, caplog):
 
 def test_bad_step_settings_are_config_errors(tmp_path):
     with pytest.raises(UserError, match="vqvae.train.batch_size"):
-        recipe(tmp_path, "vqvae.train.batch_size=0")
+        vqvae_recipe(tmp_path, "vqvae.train.batch_size=0")
     with pytest.raises(UserError, match="vqvae.train.precision is 'fp16'; use one of auto, bf16, float32"):
-        recipe(tmp_path, "vqvae.train.precision=fp16")
+        vqvae_recipe(tmp_path, "vqvae.train.precision=fp16")
     with pytest.raises(UserError, match="vqvae.sample_length is 1004; use a positive multiple of the top hop 8"):
-        recipe(tmp_path, "vqvae.sample_length=1004")
+        vqvae_recipe(tmp_path, "vqvae.sample_length=1004")

@@ -9,36 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import jukebox_lite.vqvae as vqvae_module
 from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.codes import vqvae_fingerprint
 from jukebox_lite.config import VQVAEConfig, load_config
 from jukebox_lite.errors import UserError
 from jukebox_lite.losses import MultiSpectralLoss, compute_bandwidth, linf_loss
-import jukebox_lite.vqvae as vqvae_module
-from jukebox_lite.codes import vqvae_fingerprint
 from jukebox_lite.nn.conv import Conv1d, ConvTranspose1d, from_time_as_width, to_time_as_width
 from jukebox_lite.vqvae import VQVAE, BottleneckBlock, load_vqvae
 from tests.conftest import JUKEBOX_FORMAT
+from tests.helpers import tiny_vqvae_config
 
 FORMAT_DIR = JUKEBOX_FORMAT
 FIXTURE = Path(__file__).parent / "fixtures" / "openai_vqvae_small.pt"
-
-
-def tiny_config(**changes) -> VQVAEConfig:
-    values = dict(
-        sample_length=1024,
-        downs_t=[1, 1, 1],
-        emb_width=8,
-        l_bins=16,
-        width=16,
-        depth=2,
-        multipliers=[1, 1, 1],
-        linf_k=64,
-        stft_n_fft=[256, 128, 64],
-        stft_hop_length=[32, 16, 8],
-        stft_window_size=[128, 64, 32],
-    )
-    values.update(changes)
-    return VQVAEConfig(**values)
 
 
 def synth_audio(batch: int, length: int, seed: int, sr: int = 44100) -> torch.Tensor:
@@ -84,7 +67,7 @@ def test_hop_lengths_and_code_lengths_at_released_settings():
 
 
 def test_encode_rejects_bad_shapes():
-    model = VQVAE.from_config(tiny_config()).eval()
+    model = VQVAE.from_config(tiny_vqvae_config()).eval()
     with pytest.raises(ValueError, match="multiple of the hop"):
         model.encode(torch.zeros(1, 1, 100))
     with pytest.raises(ValueError, match="batch, 1, time"):
@@ -135,8 +118,8 @@ def test_channels_last_layout_is_the_same_model():
     """`channels_last` changes how the convolutions run, not the model: same keys, shapes, fingerprint,
     codes, audio, loss and gradients as plain 1-D convolutions."""
     torch.manual_seed(0)
-    plain = VQVAE(tiny_config(channels_last=False))
-    fast = VQVAE(tiny_config(channels_last=True))
+    plain = VQVAE(tiny_vqvae_config(channels_last=False))
+    fast = VQVAE(tiny_vqvae_config(channels_last=True))
     fast.load_state_dict(plain.state_dict())
     assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
     x = synth_audio(2, 1024, seed=5)
@@ -301,7 +284,7 @@ def test_compute_bandwidth_statistics():
     assert math.isclose(bandwidth["l2"], samples.var(unbiased=False).item(), rel_tol=1e-9)
     assert math.isclose(bandwidth["l1"], samples.abs().mean().item(), rel_tol=1e-9)
     assert bandwidth["spec"] > 0
-    model = VQVAE.from_config(tiny_config())
+    model = VQVAE.from_config(tiny_vqvae_config())
     model.set_bandwidth(bandwidth)
     assert model.state_dict()["bandwidth_l2"].item() == pytest.approx(bandwidth["l2"])
 
@@ -367,7 +350,7 @@ def test_matches_openai_reference():
 
 def test_load_vqvae_round_trip_prefers_ema(tmp_path):
     torch.manual_seed(0)
-    cfg = tiny_config()
+    cfg = tiny_vqvae_config()
     model = VQVAE.from_config(cfg).train()
     model(synth_audio(2, 1024, seed=2))  # initialise the codebooks
     ema = {k: v + 0.01 for k, v in model.state_dict().items() if k.startswith("decoders.")}
@@ -382,7 +365,7 @@ def test_load_vqvae_round_trip_prefers_ema(tmp_path):
 
 
 def test_load_vqvae_names_a_mismatched_key(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_vqvae_config()
     state = VQVAE.from_config(cfg).state_dict()
     state["decoders.1.out.weight"] = torch.zeros(1, 8, 5)
     save_checkpoint(tmp_path / "last.pt", "vqvae", dataclasses.asdict(cfg), state)
@@ -392,7 +375,7 @@ def test_load_vqvae_names_a_mismatched_key(tmp_path):
 
 def test_tiny_vqvae_learns_to_reconstruct():
     torch.manual_seed(0)
-    cfg = tiny_config(sample_length=512, width=8)
+    cfg = tiny_vqvae_config(sample_length=512, width=8)
     model = VQVAE.from_config(cfg).train()
     model.set_bandwidth(compute_bandwidth(synth_audio(8, cfg.sample_length, seed=100)[:, 0]))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -419,7 +402,7 @@ def _two_rank_worker(rank: int, store: str, results) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
-        model = VQVAE.from_config(tiny_config(l_bins=64, revival_threshold=5.0)).train()  # many restarts
+        model = VQVAE.from_config(tiny_vqvae_config(l_bins=64, revival_threshold=5.0)).train()  # many restarts
         torch.manual_seed(100 + rank)  # each rank draws different random numbers
         restarts = 0.0
         for step in range(3):

@@ -1,0 +1,234 @@
+"""Tiny models, corpora, recipes and runs that several test modules build on.
+
+What one module alone uses stays in that module; what several use lives here, so that no test
+module imports another. conftest.py keeps the synthesized audio and the shared fixtures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from jukebox_lite.audio import write_flac
+from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.config import RecipeConfig, RefinerConfig, VQVAEConfig, load_config
+from jukebox_lite.vqvae import VQVAE
+from tests.conftest import synth_music
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: where the Makefile is
+
+
+def scalars(run_dir: Path, tag: str) -> list[float]:
+    """Every value TensorBoard holds for `tag` in RUN_DIR/tb, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def fake_venv(tmp_path: Path) -> Path:
+    """A VENV for make that is the interpreter running the tests, already installed (nothing to set up)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "jukebox-lite").symlink_to(Path(sys.executable).parent / "jukebox-lite")
+    (venv / ".installed").touch()
+    return venv
+
+
+def recipe_from_text(tmp: Path, text: str, overrides: tuple[str, ...]) -> RecipeConfig:
+    """A recipe written to TMP/tiny.yaml and loaded with key=value overrides, as the CLI loads one."""
+    path = tmp / "tiny.yaml"
+    path.write_text(text)
+    return load_config(path, list(overrides))
+
+
+# ----------------------------------------------------------------------------------------------
+# VQ-VAE
+
+
+def tiny_vqvae_config(**changes) -> VQVAEConfig:
+    """Hops 2 / 4 / 8, 16 codes of width 8 per level: trains and encodes in moments."""
+    values = dict(
+        sample_length=1024,
+        downs_t=[1, 1, 1],
+        emb_width=8,
+        l_bins=16,
+        width=16,
+        depth=2,
+        multipliers=[1, 1, 1],
+        linf_k=64,
+        stft_n_fft=[256, 128, 64],
+        stft_hop_length=[32, 16, 8],
+        stft_window_size=[128, 64, 32],
+    )
+    values.update(changes)
+    return VQVAEConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# A run with data and a tiny VQ-VAE, as the codes, prior, sample and refiner stages find it
+
+RUN_SR = 16000
+PRIOR_SHAPE = dict(n_ctx=64, width=32, depth=3, blocks=4, bins=16, n_genres=2, n_artists=3)  # priors on its codes
+
+
+def tiny_model(seed: int = 0) -> VQVAE:
+    """The tiny VQ-VAE at 16 kHz with codebooks spread so every code can win; its receptive fields
+    are long enough to make chunking matter."""
+    torch.manual_seed(seed)
+    model = VQVAE(tiny_vqvae_config(sample_rate=RUN_SR)).eval()
+    for block in model.bottleneck.level_blocks:
+        block.k.normal_(std=0.5)
+    return model
+
+
+def varied_vqvae(seed: int = 0) -> VQVAE:
+    """The tiny VQ-VAE with codebooks drawn from its encoders' outputs on music, so codes vary (random ones collapse)."""
+    model = tiny_model(seed)
+    torch.manual_seed(seed)
+    music = torch.from_numpy(synth_music(1.0, RUN_SR, seed=7, channels=1))[None]  # (1, 1, 16000)
+    with torch.no_grad():
+        for level, block in enumerate(model.bottleneck.level_blocks):
+            block.init_codebook(model.encoders[level](music)[0].t())
+    return model
+
+
+def save_vqvae(run: Path, model: VQVAE) -> None:
+    save_checkpoint(run / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(model.config), model.state_dict())
+
+
+def make_run(tmp_path: Path, seconds=(1.3, 0.7, 2.1, 0.9), sr: int = RUN_SR) -> Path:
+    """RUN with a manifest of synthesized files (the second in the valid split) and a tiny VQ-VAE."""
+    run = tmp_path / "run"
+    rows = []
+    for i, duration in enumerate(seconds):
+        audio = synth_music(duration, sr, seed=i, channels=1)
+        write_flac(run / "data" / "audio" / f"t{i}.flac", audio, sr)
+        rows.append({
+            "id": f"t{i}", "path": f"audio/t{i}.flac", "source": f"t{i}.wav", "sha256": f"{i:064d}",
+            "duration": audio.shape[1] / sr, "sample_rate": sr,
+            "labels": {"genre": "house", "artist": f"artist{i % 2}"} if i != 3 else {},
+            "split": "valid" if i == 1 else "train",
+        })
+    (run / "data" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_vqvae(run, tiny_model())
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# The VQ-VAE stage: an 8 kHz corpus and a recipe
+
+CORPUS_SR = 8000
+VQVAE_RECIPE = """\
+name: tiny
+seed: 3
+data:
+  sample_rate: 8000
+vqvae:
+  sample_rate: 8000
+  sample_length: 1024
+  downs_t: [1, 1, 1]
+  emb_width: 8
+  l_bins: 16
+  width: 8
+  depth: 2
+  multipliers: [1, 1, 1]
+  linf_k: 64
+  stft_n_fft: [256, 128, 64]
+  stft_hop_length: [32, 16, 8]
+  stft_window_size: [128, 64, 32]
+  train:
+    batch_size: 4
+    steps: 8
+    lr: 0.003
+    log_every: 1
+    checkpoint_every: 4
+    media_every: 4
+    workers: 0
+"""
+
+
+def make_corpus(run: Path, seconds=(2.0, 2.5, 3.0, 2.0), splits=("train", "train", "train", "valid"), sr=CORPUS_SR) -> None:
+    """RUN/data as the data stage writes it: mono FLACs and manifest.jsonl."""
+    rows = []
+    for i, (length, split) in enumerate(zip(seconds, splits)):
+        audio = synth_music(length, sr, seed=i, channels=1)
+        write_flac(run / "data" / "audio" / f"t{i}.flac", audio, sr)
+        rows.append({
+            "id": f"t{i}", "path": f"audio/t{i}.flac", "source": f"t{i}.wav", "sha256": f"{i:064d}",
+            "duration": length, "sample_rate": sr, "labels": {"genre": "house", "artist": "a"}, "split": split,
+        })
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    (run / "data" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def vqvae_recipe(tmp: Path, *overrides: str) -> RecipeConfig:
+    return recipe_from_text(tmp, VQVAE_RECIPE, overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# The refiner
+
+REFINER_SR = 8000
+
+
+def tiny_refiner_config(**changes) -> RefinerConfig:
+    values = dict(
+        sample_rate=REFINER_SR, segment_length=2048, chunk_length=2048, overlap_length=256, channels=[8, 16, 32],
+        factors=[4, 4], res_blocks=1, attention_levels=1, attention_heads=2, attention_window=4, kernel_size=5,
+        embedding_dim=32, steps=4, chunk_batch=2,
+        residual_scale=0.025,  # the RMS of clean − degrade(clean) in test_refiner
+    )
+    values.update(changes)
+    return RefinerConfig(**values)
+
+
+def tiny_refiner_vqvae(seed: int = 0) -> VQVAE:
+    """The tiny VQ-VAE at the refiner's 8 kHz, codebooks initialised from one batch of music."""
+    torch.manual_seed(seed)
+    model = VQVAE(tiny_vqvae_config(sample_rate=REFINER_SR)).train()
+    model(torch.from_numpy(synth_music(0.5, REFINER_SR, seed=seed, channels=1))[None, :, :3968])
+    return model.eval()
+
+
+REFINER_RECIPE = """\
+name: tiny-refiner
+seed: 1
+refiner:
+  sample_rate: 16000
+  cond_level: 0
+  segment_length: 2048
+  chunk_length: 2048
+  overlap_length: 256
+  channels: [8, 16, 32]
+  factors: [4, 4]
+  res_blocks: 1
+  attention_levels: 1
+  attention_heads: 2
+  attention_window: 4
+  kernel_size: 5
+  embedding_dim: 32
+  residual_scale: 0.3       # the untrained tiny VQ-VAE's error is about 0.29 RMS
+  steps: 2
+  chunk_batch: 2
+  train:
+    batch_size: 4
+    steps: 40
+    lr: 0.003
+    warmup_steps: 5
+    ema: 0.9
+    log_every: 1
+    checkpoint_every: 20
+    media_every: 20
+    workers: 0
+"""
+
+
+def refiner_recipe(tmp: Path, *overrides: str) -> RecipeConfig:
+    """The refiner stage's recipe, for a run made by `make_run` (16 kHz)."""
+    return recipe_from_text(tmp, REFINER_RECIPE, overrides)
