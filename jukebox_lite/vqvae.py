@@ -73,8 +73,6 @@ class LevelEncoder(nn.Module):
             )
             for i in range(level + 1)
         )
-        if self.channels_last:
-            store_kernels_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -110,8 +108,6 @@ class LevelDecoder(nn.Module):
             for i in range(level + 1)
         )
         self.out = Conv1d(cfg.emb_width, 1, kernel_size=3, padding=1)
-        if self.channels_last:
-            store_kernels_channels_last(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -297,6 +293,8 @@ class VQVAE(nn.Module):
         self.encoders = nn.ModuleList(LevelEncoder(cfg, level) for level in range(cfg.levels))
         self.decoders = nn.ModuleList(LevelDecoder(cfg, level) for level in range(cfg.levels))
         self.bottleneck = Bottleneck(cfg)
+        if cfg.channels_last:
+            store_kernels_channels_last(self)
         self.multispectral = MultiSpectralLoss(cfg.stft_n_fft, cfg.stft_hop_length, cfg.stft_window_size)
         for key in BANDWIDTH_KEYS:  # 1.0 until `set_bandwidth` is called with the data's statistics
             self.register_buffer(f"bandwidth_{key}", torch.tensor(1.0))

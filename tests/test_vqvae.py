@@ -122,6 +122,8 @@ def test_channels_last_layout_is_the_same_model():
     fast = VQVAE(tiny_vqvae_config(channels_last=True))
     fast.load_state_dict(plain.state_dict())
     assert {k: v.shape for k, v in fast.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    convs = [m for m in fast.modules() if isinstance(m, (Conv1d, ConvTranspose1d))]
+    assert convs and all(m.weight[:, :, None].is_contiguous(memory_format=torch.channels_last) for m in convs)
     x = synth_audio(2, 1024, seed=5)
     plain.train()(x)  # first batch initialises the codebooks
     fast.load_state_dict(plain.state_dict())
