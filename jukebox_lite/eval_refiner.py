@@ -38,7 +38,7 @@ from jukebox_lite.codes import device_autocast, vqvae_fingerprint
 from jukebox_lite.config import load_config
 from jukebox_lite.distributed import resolve_device
 from jukebox_lite.errors import UserError
-from jukebox_lite.eval_vqvae import folder_files, load_clips, validation_files
+from jukebox_lite.eval_vqvae import add_segment_arguments, check_segment_arguments, folder_files, load_clips, validation_files
 from jukebox_lite.refiner import RefinerUNet, load_refiner, refine
 from jukebox_lite.vqvae import VQVAE, load_vqvae
 
@@ -184,19 +184,15 @@ def evaluate_run(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser)
     parser.add_argument("--run", required=True, type=Path, help="run folder holding RUN/refiner, RUN/vqvae (and RUN/data)")
-    parser.add_argument("--audio", type=Path, help="evaluate on this folder of audio instead of the validation split")
     parser.add_argument("--json", type=Path, help="where the report goes (default RUN/refiner/eval.json)")
-    parser.add_argument("--segment-seconds", type=float, default=3.0, help="length of each evaluated segment")
-    parser.add_argument("--max-segments", type=int, default=4, help="segments per file at most, spread over it")
-    parser.add_argument("--batch-size", type=int, default=4, help="segments refined together")
+    add_segment_arguments(parser, segment_seconds=3.0, max_segments=4, batch_help="segments refined together")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the refiner's refiner.steps)")
     parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the decoded audio")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.segment_seconds <= 0 or args.max_segments < 1 or args.batch_size < 1:
-        raise UserError("--segment-seconds must be positive, --max-segments and --batch-size at least 1.")
+    check_segment_arguments(args)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps is {args.steps}; use at least 1.")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:

@@ -182,19 +182,28 @@ def evaluate_run(
     return report
 
 
+def add_segment_arguments(parser: argparse.ArgumentParser, segment_seconds: float, max_segments: int, batch_help: str) -> None:
+    """What both evaluation commands are evaluated on and how it is cut: --audio and the segment options."""
+    parser.add_argument("--audio", type=Path, help="evaluate on this folder of audio instead of the validation split")
+    parser.add_argument("--segment-seconds", type=float, default=segment_seconds, help="length of each evaluated segment")
+    parser.add_argument("--max-segments", type=int, default=max_segments, help="segments per file at most, spread over it")
+    parser.add_argument("--batch-size", type=int, default=4, help=batch_help)
+
+
+def check_segment_arguments(args: argparse.Namespace) -> None:
+    if args.segment_seconds <= 0 or args.max_segments < 1 or args.batch_size < 1:
+        raise UserError("--segment-seconds must be positive, --max-segments and --batch-size at least 1.")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser)
     parser.add_argument("--run", required=True, type=Path, help="run folder holding RUN/vqvae (and RUN/data)")
-    parser.add_argument("--audio", type=Path, help="evaluate on this folder of audio instead of the validation split")
     parser.add_argument("--json", type=Path, help="where the metrics go (default RUN/vqvae/eval.json)")
-    parser.add_argument("--segment-seconds", type=float, default=6.0, help="length of each evaluated segment")
-    parser.add_argument("--max-segments", type=int, default=8, help="segments per file at most, spread over it")
-    parser.add_argument("--batch-size", type=int, default=4, help="segments per forward pass")
+    add_segment_arguments(parser, segment_seconds=6.0, max_segments=8, batch_help="segments per forward pass")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.segment_seconds <= 0 or args.max_segments < 1 or args.batch_size < 1:
-        raise UserError("--segment-seconds must be positive, --max-segments and --batch-size at least 1.")
+    check_segment_arguments(args)
     load_config(args.config, args.overrides)  # a bad recipe or override is reported like every other stage
     evaluate_run(
         args.run,
