@@ -3,7 +3,7 @@
 Measures, on one unlabelled top-level prior (default: n_ctx 2048, width 256, depth 6, attn_order 2
 with blocks of 64 tokens, 2048 codes; ~2.3 M parameters, a couple of minutes on 2 CPU cores):
   train      tokens per second of one step (forward + backward + AdamW) on batch × n_ctx tokens
-  cached     sampling tokens per second with the KV cache (jukebox_lite.sampling.IncrementalDecoder)
+  cached     sampling tokens per second with the KV cache (jukebox_lite.algorithms.sampling.IncrementalDecoder)
   uncached   the same without it: the full teacher-forced forward recomputed for every new token
 Sampling is timed token by token over the last tokens of a window (context ≈ n_ctx), where the
 cost of recomputing is the largest and the cache reads the most, and each rate is batch / the
@@ -26,9 +26,9 @@ import time
 
 import torch
 
-from jukebox_lite.config import PriorConfig
-from jukebox_lite.sampling import IncrementalDecoder, draw
-from jukebox_lite.train_prior import TrainablePrior
+from jukebox_lite.core.config import PriorConfig
+from jukebox_lite.algorithms.sampling import IncrementalDecoder, draw
+from jukebox_lite.models.prior import Prior
 
 from results_file import write_results  # bench/ is on sys.path when a script here runs
 
@@ -50,12 +50,12 @@ def timed(fn, device: torch.device) -> float:
 def train_tokens_per_s(cfg: PriorConfig, args: argparse.Namespace, device: torch.device) -> float:
     """Best of `repeats` full training steps (the step itself runs in the prior's own bf16 autocast on CUDA)."""
     torch.manual_seed(0)
-    model = TrainablePrior(cfg).to(device).train()
+    model = Prior(cfg).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
     tokens = torch.randint(0, cfg.bins, (args.train_batch, cfg.n_ctx), device=device)
 
     def step():
-        loss, _ = model(tokens)
+        loss = model(tokens)[1]["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,7 +65,7 @@ def train_tokens_per_s(cfg: PriorConfig, args: argparse.Namespace, device: torch
 
 
 @torch.no_grad()
-def cached_tokens_per_s(prior: TrainablePrior, batch: int, new: int, device: torch.device) -> float:
+def cached_tokens_per_s(prior: Prior, batch: int, new: int, device: torch.device) -> float:
     """batch / median time of one step (draw a token, feed it through the cache) over `new` steps."""
     n_ctx, gen = prior.cfg.n_ctx, torch.Generator(device).manual_seed(0)
     prefix = torch.randint(0, prior.cfg.bins, (batch, n_ctx - new - 1), device=device)
@@ -82,7 +82,7 @@ def cached_tokens_per_s(prior: TrainablePrior, batch: int, new: int, device: tor
 
 
 @torch.no_grad()
-def uncached_tokens_per_s(prior: TrainablePrior, batch: int, new: int, device: torch.device) -> float:
+def uncached_tokens_per_s(prior: Prior, batch: int, new: int, device: torch.device) -> float:
     """batch / median time of one step that recomputes the whole window's forward to get the next token."""
     n_ctx, gen = prior.cfg.n_ctx, torch.Generator(device).manual_seed(0)
     tokens = torch.randint(0, prior.cfg.bins, (batch, n_ctx - new), device=device)
@@ -104,7 +104,7 @@ def copy_bandwidth(device: torch.device, gib: float = 1.0) -> float:
     return 2 * src.numel() * 4 / min(timed(lambda: dst.copy_(src), device) for _ in range(5))
 
 
-def weight_bytes_per_step(prior: TrainablePrior) -> int:
+def weight_bytes_per_step(prior: Prior) -> int:
     """Weights one decoding step reads: every layer and the (tied) output projection; one pos_emb row is negligible."""
     params = list(prior.prior.transformer.parameters()) + [prior.prior.x_emb.weight]
     return sum(p.numel() * p.element_size() for p in params)
@@ -118,12 +118,12 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> dict:
     result = {
         "device": device.type,
         "precision": "bf16 autocast" if device.type == "cuda" else "float32",
-        "parameters": sum(p.numel() for p in TrainablePrior(cfg).parameters()),
+        "parameters": sum(p.numel() for p in Prior(cfg).parameters()),
         "train_tokens_per_s": train_tokens_per_s(cfg, args, device),
         "sampling": [],
     }
     torch.manual_seed(0)
-    prior = TrainablePrior(cfg).to(device).eval()
+    prior = Prior(cfg).to(device).eval()
     for batch in args.batches:
         cached = cached_tokens_per_s(prior, batch, args.new_cached, device)
         uncached = uncached_tokens_per_s(prior, batch, args.new_uncached, device)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from jukebox_lite.config import load_config
-from jukebox_lite.refiner import RefinerUNet, refine
+from jukebox_lite.core.config import load_config
+from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.algorithms.refining import refine
 
 from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jukebox_lite.audio import load_audio
-from jukebox_lite.config import SeparationConfig
-from jukebox_lite.separation import SAMPLE_RATE, Spleeter2Stems, make_separator, spleeter_asset
+from jukebox_lite.core.audio import load_audio
+from jukebox_lite.core.config import SeparationConfig
+from jukebox_lite.models.spleeter import SAMPLE_RATE, Spleeter2Stems, spleeter_asset
+from jukebox_lite.algorithms.separation import make_separator
 
 from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
 

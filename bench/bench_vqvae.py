@@ -27,8 +27,8 @@ import time
 
 import torch
 
-from jukebox_lite.config import VQVAEConfig
-from jukebox_lite.vqvae import VQVAE
+from jukebox_lite.core.config import VQVAEConfig
+from jukebox_lite.models.vqvae import VQVAE
 
 from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
 

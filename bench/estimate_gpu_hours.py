@@ -19,10 +19,10 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from jukebox_lite.config import load_config
-from jukebox_lite.prior import Prior
-from jukebox_lite.refiner import RefinerUNet, diffusion_loss
-from jukebox_lite.vqvae import VQVAE
+from jukebox_lite.core.config import load_config
+from jukebox_lite.models.prior import Prior
+from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.vqvae import VQVAE
 
 from results_file import write_results  # bench/ is on sys.path when a script here runs
 
@@ -73,7 +73,8 @@ def main() -> None:
     rc = recipe.refiner
     model = RefinerUNet(rc, vqvae_fingerprint="estimate")
     clean = torch.randn(1, 1, rc.segment_length) * 0.1
-    flops = counted(lambda: diffusion_loss(model, clean, clean).backward()) * rc.train.batch_size  # + the VQ-VAE pass, small
+    t = torch.full((1,), 0.5)
+    flops = counted(lambda: model(clean, t, clean, clean)[1]["loss"].backward()) * rc.train.batch_size  # + the VQ-VAE pass, small
     rows.append(("refiner", flops, rc.train.steps))
 
     print(f"{args.config}: hours on one GPU at an assumed {args.tflops:g} TFLOP/s sustained (estimates, not measurements)")

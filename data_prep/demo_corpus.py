@@ -30,10 +30,10 @@ import numpy as np
 import scipy.signal
 from tqdm import tqdm
 
-from jukebox_lite.atomic import atomic_path, remove_stale_temporaries
-from jukebox_lite.audio import AudioError, load_audio, write_flac
-from jukebox_lite.errors import UserError
-from jukebox_lite.separation import spleeter_asset
+from jukebox_lite.core.atomic import atomic_path, remove_stale_temporaries
+from jukebox_lite.core.audio import AudioError, load_audio, write_flac
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.spleeter import spleeter_asset
 
 log = logging.getLogger(__name__)
 

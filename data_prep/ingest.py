@@ -28,11 +28,12 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from jukebox_lite import audio
-from jukebox_lite.atomic import append_line, read_jsonl, remove_stale_temporaries
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.config import DataConfig, load_config, save_config
-from jukebox_lite.errors import UserError
+from jukebox_lite.core import audio
+from jukebox_lite.core.atomic import append_line, read_jsonl, remove_stale_temporaries
+from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.core.config import DataConfig, load_config, save_config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run, StageFolder
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,6 @@ class Source:
 
 # ----------------------------------------------------------------------------------------------
 # Scanning and labels
-
-
-def scan(audio_dir: Path, extensions: list[str]) -> list[Path]:
-    """Every file below `audio_dir` with a supported extension, hidden files and folders skipped, sorted."""
-    suffixes = {"." + e.lower() for e in extensions}
-    found = []
-    for path in audio_dir.rglob("*"):
-        rel_parts = path.relative_to(audio_dir).parts
-        if any(p.startswith(".") for p in rel_parts) or path.is_dir():
-            continue
-        if path.suffix.lower() in suffixes:
-            found.append(path)
-    return sorted(found)
 
 
 def read_sidecar(path: Path) -> dict[str, dict]:
@@ -134,7 +122,7 @@ def process(source: Source, cfg: DataConfig, out_path: Path) -> dict:
             raise audio.AudioError(f"silent: nothing louder than {cfg.silence_dbfs:.0f} dBFS")
         if cfg.separation.backend != "none":
             if _separator is None:
-                from jukebox_lite.separation import make_separator
+                from jukebox_lite.algorithms.separation import make_separator
 
                 _separator = make_separator(cfg.separation)
             wav = _separator(wav, sr)
@@ -183,9 +171,9 @@ class Summary:
         return self.accepted_new + self.accepted_before
 
 
-def _check_settings(data_dir: Path, cfg: DataConfig) -> None:
+def _check_settings(data: StageFolder, cfg: DataConfig) -> None:
     """Refuse to mix files prepared with other settings into one corpus."""
-    saved = data_dir / "config.yaml"
+    data_dir, saved = data.path, data.config
     if not saved.exists():
         return
     before = (yaml.safe_load(saved.read_text()) or {}).get("data", {})
@@ -212,16 +200,17 @@ def prepare(
     cfg = recipe.data
     if not audio_dir.is_dir():
         raise UserError(f"Input folder '{audio_dir}' does not exist; pass AUDIO=<folder of music>.")
-    paths = scan(audio_dir, cfg.extensions)
+    paths = audio.scan(audio_dir, cfg.extensions)
     if not paths:
         raise UserError(f"No audio files ({', '.join(cfg.extensions)}) found in '{audio_dir}'.")
 
-    data_dir = run_dir / "data"
-    _check_settings(data_dir, cfg)
-    (data_dir / "audio").mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(data_dir / "audio")
-    save_config(recipe, data_dir / "config.yaml")
-    manifest_path, rejected_path = data_dir / "manifest.jsonl", data_dir / "rejected.jsonl"
+    run = Run(run_dir)
+    data_dir = run.data.path
+    _check_settings(run.data, cfg)
+    run.audio.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run.audio)
+    save_config(recipe, run.data.config)
+    manifest_path, rejected_path = run.manifest, run.rejected
     manifest = read_jsonl(manifest_path)
     done_hashes = {row["sha256"]: row["source"] for row in manifest}
     rejected_before = {(row["source"], row.get("sha256")) for row in read_jsonl(rejected_path)}
@@ -256,7 +245,7 @@ def prepare(
         "%d audio files in %s: %d already prepared, %d to process",
         len(paths), audio_dir, len(done_hashes), len(todo),
     )
-    jobs = [(s, cfg, data_dir / "audio" / f"{s.id}.flac") for s in todo]
+    jobs = [(s, cfg, run.audio / f"{s.id}.flac") for s in todo]
     for result in tqdm(_run_jobs(jobs, cfg.workers), total=len(jobs), desc="prepare", unit="file"):
         if "reason" in result:
             _reject(rejected_path, rejected_before, summary, result["source"], result["sha256"], result["reason"])

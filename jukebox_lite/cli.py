@@ -11,35 +11,28 @@ import importlib
 import logging
 import sys
 
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.errors import UserError
 
 # subcommand → (module, one-line help). Modules are imported only when their stage runs.
 STAGES = {
     "demo-corpus": ("data_prep.demo_corpus", "synthesize the built-in demo corpus (no downloads)"),
     "prepare": ("data_prep.ingest", "data stage: vocal removal, resample, label, split → RUN/data"),
-    "separate": ("jukebox_lite.separation", "remove vocals from one file (Spleeter 2 stems)"),
-    "import-jukebox": ("jukebox_lite.jukebox_import", "convert OpenAI Jukebox checkpoints into a run folder"),
-    "train-vqvae": ("jukebox_lite.train_vqvae", "VQ-VAE stage: train the 3-level VQ-VAE on RUN/data → RUN/vqvae"),
-    "eval-vqvae": ("jukebox_lite.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),
-    "encode": ("jukebox_lite.codes", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
-    "train-prior": ("jukebox_lite.train_prior", "prior stage: train the top prior (--level 2) or an upsampler (1, 0) on RUN/codes"),
-    "refine": ("jukebox_lite.refine", "diffusion refiner: turn coarse VQ-VAE audio into cleaner audio"),
-    "train-refiner": ("jukebox_lite.train_refiner", "refiner stage: train the diffusion refiner on the run's VQ-VAE audio → RUN/refiner"),
-    "eval-refiner": ("jukebox_lite.eval_refiner", "does the refiner help? decoded vs refined audio against the original"),
-    "sample": ("jukebox_lite.sample", "long tracks: top prior → upsamplers → VQ-VAE decoding → refiner → RUN/samples"),
-    "check-copies": ("jukebox_lite.copies", "find passages of generated tracks that replay the training corpus"),
-    "review": ("jukebox_lite.review", "execute the listening-review notebook into RUN/review.html"),
+    "separate": ("jukebox_lite.stages.separate", "remove vocals from one file (Spleeter 2 stems)"),
+    "import-jukebox": ("jukebox_lite.stages.import_jukebox", "convert OpenAI Jukebox checkpoints into a run folder"),
+    "train-vqvae": ("jukebox_lite.stages.train_vqvae", "VQ-VAE stage: train the 3-level VQ-VAE on RUN/data → RUN/vqvae"),
+    "eval-vqvae": ("jukebox_lite.stages.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),
+    "encode": ("jukebox_lite.stages.encode", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
+    "train-prior": ("jukebox_lite.stages.train_prior", "prior stage: train the top prior (--level 2) or an upsampler (1, 0) on RUN/codes"),
+    "refine": ("jukebox_lite.stages.refine", "diffusion refiner: turn coarse VQ-VAE audio into cleaner audio"),
+    "train-refiner": ("jukebox_lite.stages.train_refiner", "refiner stage: train the diffusion refiner on the run's VQ-VAE audio → RUN/refiner"),
+    "eval-refiner": ("jukebox_lite.stages.eval_refiner", "does the refiner help? decoded vs refined audio against the original"),
+    "sample": ("jukebox_lite.stages.sample", "long tracks: top prior → upsamplers → VQ-VAE decoding → refiner → RUN/samples"),
+    "check-copies": ("jukebox_lite.stages.check_copies", "find passages of generated tracks that replay the training corpus"),
+    "review": ("jukebox_lite.stages.review", "execute the listening-review notebook into RUN/review.html"),
 }
 
 log = logging.getLogger("jukebox_lite")
 
-
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments every stage that reads a recipe takes: --config and key=value overrides."""
-    parser.add_argument("--config", "-c", help="recipe YAML in pipelines/ (defaults if omitted)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="override recipe keys, e.g. data.workers=4"
-    )
 
 
 def build_parser(stage: str | None = None) -> argparse.ArgumentParser:

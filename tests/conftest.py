@@ -47,10 +47,10 @@ def pytest_configure(config):
 @pytest.fixture(scope="module")
 def coded(tmp_path_factory) -> Path:
     """A tiny run with data, a VQ-VAE whose codes vary, and its encoded corpus (RUN/codes); one per module."""
-    from jukebox_lite.codes import encode_corpus
+    from jukebox_lite.stages.encode import encode_run
     from tests.helpers import make_run, save_vqvae, varied_vqvae  # helpers import this module
 
     run = make_run(tmp_path_factory.mktemp("coded"))
     save_vqvae(run, varied_vqvae())
-    encode_corpus(run, chunk_seconds=0.5)
+    encode_run(run, chunk_seconds=0.5)
     return run

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
-from jukebox_lite.audio import write_flac
-from jukebox_lite.checkpoint import save_checkpoint
-from jukebox_lite.config import RecipeConfig, RefinerConfig, VQVAEConfig, load_config
-from jukebox_lite.vqvae import VQVAE
+from jukebox_lite.core.audio import write_flac
+from jukebox_lite.core.checkpoint import save_checkpoint
+from jukebox_lite.core.config import RecipeConfig, RefinerConfig, VQVAEConfig, load_config
+from jukebox_lite.algorithms.refining import v_loss_per_item
+from jukebox_lite.models.refiner import diffusion_target
+from jukebox_lite.models.vqvae import VQVAE
 from tests.conftest import synth_music
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: where the Makefile is
@@ -232,3 +234,10 @@ refiner:
 def refiner_recipe(tmp: Path, *overrides: str) -> RecipeConfig:
     """The refiner stage's recipe, for a run made by `make_run` (16 kHz)."""
     return recipe_from_text(tmp, REFINER_RECIPE, overrides)
+
+
+def refiner_loss(model, clean: torch.Tensor, coarse: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The refiner's own training loss (its forward with a v target) at a uniformly drawn t per item."""
+    t = torch.rand(clean.shape[0], device=clean.device, generator=generator)
+    noise = torch.randn(clean.shape, device=clean.device, generator=generator)
+    return v_loss_per_item(model, diffusion_target(model.config, clean, coarse), coarse, t, noise).mean()

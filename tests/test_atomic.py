@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from jukebox_lite.atomic import append_line, atomic_path, read_jsonl
+from jukebox_lite.core.atomic import append_line, atomic_path, read_jsonl
 
 
 def test_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):

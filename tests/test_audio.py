@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jukebox_lite import audio
+from jukebox_lite.core import audio
 from tests.conftest import synth_music, write_audio
 
 

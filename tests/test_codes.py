@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from jukebox_lite import cli
-from jukebox_lite.audio import load_audio
-from jukebox_lite.codes import CodesCorpus, encode_corpus, encode_waveform, encoder_context, vqvae_fingerprint
-from jukebox_lite.config import VQVAEConfig
-from jukebox_lite.errors import UserError
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.core.audio import load_audio
+from jukebox_lite.algorithms.codes import CodesCorpus
+from jukebox_lite.stages.encode import encode_run
+from jukebox_lite.core.config import VQVAEConfig
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.vqvae import VQVAE, load_vqvae
 from tests.conftest import synth_music
 from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
 
@@ -23,7 +24,7 @@ from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
 
 def test_encoder_context_covers_the_measured_receptive_field():
     model = tiny_model()
-    context = encoder_context(model)
+    context = model.encoder_context()
     x = torch.randn(1, 1, 4096)
     nudged = x.clone()
     nudged[..., 2048] += 1.0
@@ -36,7 +37,7 @@ def test_encoder_context_covers_the_measured_receptive_field():
 
 
 def test_released_settings_context_is_about_one_second():
-    context = encoder_context(VQVAE(VQVAEConfig()))
+    context = VQVAE(VQVAEConfig()).encoder_context()
     assert context % 128 == 0 and 30_000 < context < 60_000  # level 0: depth 8, dilations up to 3^7
 
 
@@ -46,7 +47,7 @@ def test_chunked_codes_equal_whole_file_codes(chunk, batch):
     audio = torch.from_numpy(synth_music(0.31, RUN_SR, seed=5, channels=1)[0])  # 4960 samples
     audio = audio[:4957]  # not a multiple of the top hop: padded to 4960
     whole = model.encode(torch.nn.functional.pad(audio, (0, 3))[None, None])
-    chunked = encode_waveform(model, audio, chunk_samples=chunk, batch_size=batch)
+    chunked = model.encode_long(audio, chunk_samples=chunk, batch_size=batch)
     for level, (ours, reference) in enumerate(zip(chunked, whole)):
         assert ours.dtype == torch.long and ours.shape == (4960 // model.hop_lengths[level],)
         assert torch.equal(ours, reference[0]), f"level {level}"
@@ -55,7 +56,7 @@ def test_chunked_codes_equal_whole_file_codes(chunk, batch):
 def test_too_little_context_would_change_the_latents():
     """The check above has teeth: with context cut short, chunk edges see zero padding."""
     model = tiny_model()
-    context = encoder_context(model)
+    context = model.encoder_context()
     x = torch.randn(1, 1, 2048)
     whole = model.encoders[2](x)  # (1, emb, 256)
     short = context // 2
@@ -78,14 +79,14 @@ def test_encode_stage_writes_aligned_memmaps_and_index(tmp_path):
     assert cli.main(["encode", "--run", str(run), "--chunk-seconds", "0.1", "--batch-size", "2"]) == 0
     index = json.loads((run / "codes" / "index.json").read_text())
     model = load_vqvae(run / "vqvae")
-    assert index["vqvae"] == {"fingerprint": vqvae_fingerprint(model), "sample_rate": RUN_SR,
+    assert index["vqvae"] == {"fingerprint": model.fingerprint(), "sample_rate": RUN_SR,
                               "hop_lengths": [2, 4, 8], "bins": 16}
     assert index["dtype"] == "uint16" and index["genres"] == ["house", "unknown"]
     assert index["artists"] == ["artist0", "artist1", "unknown"]
     assert [f["split"] for f in index["files"]] == ["train", "valid", "train", "train"]
     assert (run / "codes" / "config.yaml").is_file()
 
-    corpus = CodesCorpus(run / "codes", vqvae_fingerprint=vqvae_fingerprint(model))
+    corpus = CodesCorpus(run / "codes", vqvae_fingerprint=model.fingerprint())
     for i, entry in enumerate(corpus.files):
         audio = torch.from_numpy(synth_music([1.3, 0.7, 2.1, 0.9][i], RUN_SR, seed=i, channels=1)[0])
         assert entry["samples"] == audio.shape[0]
@@ -103,10 +104,10 @@ def test_encode_stage_writes_aligned_memmaps_and_index(tmp_path):
 
 def test_rerun_is_a_no_op_and_a_new_vqvae_re_encodes(tmp_path):
     run = make_run(tmp_path)
-    encode_corpus(run, chunk_seconds=0.1)
+    encode_run(run, chunk_seconds=0.1)
     index_path = run / "codes" / "index.json"
     first = index_path.stat().st_mtime_ns, (run / "codes" / "level0.bin").stat().st_mtime_ns
-    encode_corpus(run, chunk_seconds=0.1)
+    encode_run(run, chunk_seconds=0.1)
     assert (index_path.stat().st_mtime_ns, (run / "codes" / "level0.bin").stat().st_mtime_ns) == first
 
     old = CodesCorpus(run / "codes")
@@ -114,7 +115,7 @@ def test_rerun_is_a_no_op_and_a_new_vqvae_re_encodes(tmp_path):
     save_vqvae(run, tiny_model(seed=1))  # a retrained VQ-VAE
     with pytest.raises(UserError, match="another VQ-VAE"):
         old.check_vqvae(run / "vqvae")
-    encode_corpus(run, chunk_seconds=0.1)
+    encode_run(run, chunk_seconds=0.1)
     new = CodesCorpus(run / "codes")
     new.check_vqvae(run / "vqvae")
     assert new.fingerprint != old.fingerprint
@@ -123,20 +124,21 @@ def test_rerun_is_a_no_op_and_a_new_vqvae_re_encodes(tmp_path):
 
 def test_killed_run_keeps_the_previous_codes_intact(tmp_path, monkeypatch):
     run = make_run(tmp_path)
-    encode_corpus(run, chunk_seconds=0.1)
+    encode_run(run, chunk_seconds=0.1)
     before = {p.name: p.read_bytes() for p in (run / "codes").iterdir()}
     save_vqvae(run, tiny_model(seed=2))
     calls = []
+    original = VQVAE.encode_long
 
     def dies_on_third_file(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return encode_waveform(*args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr("jukebox_lite.codes.encode_waveform", dies_on_third_file)
+    monkeypatch.setattr(VQVAE, "encode_long", dies_on_third_file)
     with pytest.raises(KeyboardInterrupt):
-        encode_corpus(run, chunk_seconds=0.1)
+        encode_run(run, chunk_seconds=0.1)
     after = {p.name: p.read_bytes() for p in (run / "codes").iterdir()}
     assert after == before  # same files, same bytes: no temporaries, no half index
 
@@ -147,7 +149,7 @@ def test_killed_run_keeps_the_previous_codes_intact(tmp_path, monkeypatch):
 
 def test_windows_carry_labels_offsets_and_the_aligned_upper_level(tmp_path):
     run = make_run(tmp_path)
-    encode_corpus(run, chunk_seconds=0.1)
+    encode_run(run, chunk_seconds=0.1)
     corpus = CodesCorpus(run / "codes")
     rng = np.random.default_rng(0)
     batch = corpus.windows(level=1, n_ctx=64, batch_size=16, generator=rng, with_upper=True)
@@ -181,7 +183,7 @@ def test_reader_errors_are_clear(tmp_path):
     with pytest.raises(UserError, match="holds no codes"):
         CodesCorpus(tmp_path / "empty")
     run = make_run(tmp_path, seconds=(0.5, 0.4))
-    encode_corpus(run, chunk_seconds=0.1)
+    encode_run(run, chunk_seconds=0.1)
     with pytest.raises(UserError, match="another VQ-VAE"):
         CodesCorpus(run / "codes", vqvae_fingerprint="0123456789abcdef")
     corpus = CodesCorpus(run / "codes")
@@ -202,12 +204,13 @@ def test_stage_errors_are_one_line(tmp_path, capsys):
     run = make_run(tmp_path)
     (run / "vqvae" / "last.pt").unlink()
     assert cli.main(["encode", "--run", str(run)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "No VQ-VAE at" in err and "make vqvae" in err  # names the stage to run first
 
 
 def test_corpus_at_another_rate_is_resampled_to_the_vqvae_rate(tmp_path):
     run = make_run(tmp_path, seconds=(0.5,), sr=8000)
-    encode_corpus(run, chunk_seconds=0.1)
+    encode_run(run, chunk_seconds=0.1)
     entry = CodesCorpus(run / "codes").files[0]
     assert entry["samples"] == 8000  # 0.5 s at 16 kHz
     assert entry["levels"][2]["length"] == 1000

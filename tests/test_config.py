@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jukebox_lite.config import RecipeConfig, load_config, parse_override, save_config
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.config import RecipeConfig, load_config, parse_override, save_config
+from jukebox_lite.core.errors import UserError
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from jukebox_lite.cli import main
-from jukebox_lite.codes import CodesCorpus, encode_corpus
-from jukebox_lite.config import CopiesConfig
-from jukebox_lite.copies import SAMPLE_CODES, CorpusIndex, check_run, longest_tolerant_run, ngram_hashes
-from jukebox_lite.errors import UserError
+from jukebox_lite.algorithms.codes import CodesCorpus
+from jukebox_lite.stages.encode import encode_run
+from jukebox_lite.core.config import CopiesConfig
+from jukebox_lite.algorithms.copies import CorpusIndex, longest_tolerant_run, ngram_hashes
+from jukebox_lite.stages.check_copies import check_run
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
 from tests.helpers import make_run, save_vqvae, varied_vqvae
 
 # the tiny test VQ-VAE runs at 16 kHz with a top hop of 8: 2000 top-level tokens per second
@@ -22,7 +25,7 @@ def corpus(tmp_path_factory):
     (as training starts), so the codes are as varied as music's: an untrained codebook gives one code."""
     run = make_run(tmp_path_factory.mktemp("copies"), seconds=(1.3, 1.6, 2.1))
     save_vqvae(run, varied_vqvae())
-    encode_corpus(run)
+    encode_run(run)
     return run, CodesCorpus(run / "codes")
 
 
@@ -83,7 +86,7 @@ def test_check_copies_command_writes_reports_and_flags(corpus, tmp_path):
         "novel": novel_codes(codes, 5000, 5),
     }.items():
         (run / "samples" / name).mkdir(parents=True, exist_ok=True)
-        np.save(run / "samples" / name / SAMPLE_CODES, generated.astype(np.int16))
+        np.save(Run(run).sample(name).codes, generated.astype(np.int16))
     overrides = [f"copies.{k}={v}" for k, v in vars(SETTINGS).items()]
     assert main(["check-copies", "--run", str(run), *overrides]) == 0
     copied = json.loads((run / "samples/copied/copies.json").read_text())

@@ -19,7 +19,7 @@ import soundfile as sf
 
 from data_prep import demo_corpus
 from data_prep.demo_corpus import ARTISTS, GENRES, plan_track, render_track, synthesize_track, write_demo_corpus
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.errors import UserError
 
 SR = 44100
 SECONDS = 10.0

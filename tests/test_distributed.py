@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from jukebox_lite import distributed
-from jukebox_lite.checkpoint import load_checkpoint, save_checkpoint
-from jukebox_lite.train_vqvae import train_vqvae
-from jukebox_lite.vqvae import VQVAE
+from jukebox_lite.core import distributed
+from jukebox_lite.core.checkpoint import load_checkpoint, save_checkpoint
+from jukebox_lite.stages.train_vqvae import train_vqvae
+from jukebox_lite.models.vqvae import VQVAE
 from tests.helpers import make_corpus, scalars, vqvae_recipe
 
 BIN = Path(sys.executable).parent

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from jukebox_lite import cli
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.eval_refiner import CLOSER_IS_HIGHER, VERDICT_METRICS, evaluate_run, verdict
-from jukebox_lite.refiner import RefinerUNet, save_refiner
-from jukebox_lite.vqvae import load_vqvae
+from jukebox_lite.stages.eval_refiner import CLOSER_IS_HIGHER, VERDICT_METRICS, evaluate_run, verdict
+from jukebox_lite.models.refiner import RefinerUNet, save_refiner
+from jukebox_lite.models.vqvae import load_vqvae
 from tests.helpers import make_run, refiner_recipe, tiny_model
 
 METRICS = (*CLOSER_IS_HIGHER, "high_band_error_db")
@@ -21,7 +20,7 @@ METRICS = (*CLOSER_IS_HIGHER, "high_band_error_db")
 def add_refiner(tmp_path, run, vqvae=None) -> None:
     """A tiny refiner for the run's VQ-VAE (or `vqvae`), with random weights: the stage's plumbing is under test."""
     torch.manual_seed(0)
-    fingerprint = vqvae_fingerprint(vqvae or load_vqvae(run / "vqvae"))
+    fingerprint = (vqvae or load_vqvae(run / "vqvae")).fingerprint()
     model = RefinerUNet(refiner_recipe(tmp_path).refiner, vqvae_fingerprint=fingerprint)
     for p in model.parameters():
         p.data.normal_(std=0.02)

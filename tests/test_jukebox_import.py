@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from jukebox_lite import jukebox_import
-from jukebox_lite.checkpoint import load_checkpoint
-from jukebox_lite.errors import UserError
-from jukebox_lite.jukebox_import import ForeignObject, import_vqvae, load_openai_checkpoint
-from jukebox_lite.vqvae import load_vqvae
+from jukebox_lite.stages import import_jukebox
+from jukebox_lite.core.checkpoint import load_checkpoint
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.algorithms.openai_import import ForeignObject, load_openai_checkpoint
+from jukebox_lite.stages.import_jukebox import import_vqvae
+from jukebox_lite.models.vqvae import load_vqvae
 from tests.conftest import JUKEBOX_FORMAT
 
 TSV = JUKEBOX_FORMAT / "vqvae_released_hparams.tsv"
@@ -139,8 +140,8 @@ def test_import_round_trips_weights_and_runs(openai_file, tmp_path):
 
 def test_config_inferred_from_shapes_when_hps_are_missing(tmp_path):
     # a small VQ-VAE with different structure; only the weights say what it is
-    from jukebox_lite.config import VQVAEConfig
-    from jukebox_lite.vqvae import VQVAE
+    from jukebox_lite.core.config import VQVAEConfig
+    from jukebox_lite.models.vqvae import VQVAE
 
     cfg = VQVAEConfig(sample_length=4096, downs_t=[2, 1, 1], emb_width=16, l_bins=64, width=8, depth=3, multipliers=[3, 1, 2])
     model = VQVAE(cfg)
@@ -217,20 +218,20 @@ def test_foreign_object_keeps_state():
 def test_cli_run_writes_into_the_run_folder(openai_file, tmp_path):
     path, _ = openai_file
     parser = argparse.ArgumentParser()
-    jukebox_import.add_arguments(parser)
+    import_jukebox.add_arguments(parser)
     args = parser.parse_args(["--vqvae", str(path), "--out", str(tmp_path / "run")])
-    assert jukebox_import.run(args) == 0
+    assert import_jukebox.run(args) == 0
     assert (tmp_path / "run" / "vqvae" / "last.pt").is_file()
     with pytest.raises(UserError, match="already exists"):
-        jukebox_import.run(args)
-    assert jukebox_import.run(parser.parse_args([*map(str, ["--vqvae", path, "--out", tmp_path / "run"]), "--force"])) == 0
+        import_jukebox.run(args)
+    assert import_jukebox.run(parser.parse_args([*map(str, ["--vqvae", path, "--out", tmp_path / "run"]), "--force"])) == 0
     with pytest.raises(UserError, match="no file to import"):
-        jukebox_import.run(parser.parse_args(["--out", str(tmp_path / "run")]))
+        import_jukebox.run(parser.parse_args(["--out", str(tmp_path / "run")]))
 
 
 def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path, capsys):
     from jukebox_lite.cli import main
-    from jukebox_lite.prior import load_prior
+    from jukebox_lite.models.prior import load_prior
 
     fixtures = Path(__file__).parent / "fixtures"
     files = {}

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from jukebox_lite.metrics import (
+from jukebox_lite.algorithms.metrics import (
     DB_FLOOR,
     code_histogram,
     codebook_perplexity,

@@ -11,7 +11,8 @@ import subprocess
 
 import soundfile as sf
 
-from jukebox_lite import review
+from jukebox_lite.runs import Run
+from jukebox_lite.stages import review
 from jukebox_lite.cli import main
 from tests.helpers import ROOT, fake_venv
 
@@ -39,7 +40,7 @@ def test_demo_pipeline_through_make(tmp_path):
     assert len(manifest) == 5 and not (run / "data/rejected.jsonl").exists()
     assert {row["labels"]["genre"] for row in manifest} == {"deep_house", "tech_house", "example_song"}
     # Vocal removal at work: the pop excerpt loses its voice, instrumentals pass nearly unchanged.
-    change = {pair["id"]: pair["change"] for pair in review.separation_pairs(run, limit=len(manifest))}
+    change = {pair["id"]: pair["change"] for pair in review.separation_pairs(Run(run), limit=len(manifest))}
     for row in manifest:
         limit_ok = change[row["id"]] > 0.05 if row["labels"]["genre"] == "example_song" else change[row["id"]] < 0.01
         assert limit_ok, (row["source"], change[row["id"]])

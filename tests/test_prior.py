@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from jukebox_lite.checkpoint import save_checkpoint
-from jukebox_lite.config import PriorConfig, PriorLevel1Config
-from jukebox_lite.errors import UserError
-from jukebox_lite.prior import LabelMix, Prior, load_prior, prior_config_from_openai, prior_from_openai
+from jukebox_lite.core.checkpoint import save_checkpoint
+from jukebox_lite.core.config import PriorConfig, PriorLevel1Config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.prior import LabelMix, Prior, load_prior
+from jukebox_lite.algorithms.openai_import import prior_config_from_openai, prior_from_openai
 from tests.conftest import JUKEBOX_FORMAT
 
 FORMAT = JUKEBOX_FORMAT
@@ -172,14 +173,14 @@ def test_tiny_prior_learns_a_repeating_pattern():
     codes = torch.cat([pattern.roll(-s, 1) for s in range(4)])  # four phases of it
     opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
     for _ in range(200):
-        loss = prior.loss(codes)
+        loss = prior(codes)[1]["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     prior.eval()
     logits = prior.logits(codes)
     # everything after the first period is determined by what came before
-    assert prior.loss(codes).item() < 0.6
+    assert prior(codes)[1]["loss"].item() < 0.6
     accuracy = (logits[:, 8:].argmax(-1) == codes[:, 8:]).float().mean().item()
     assert accuracy == 1.0
     assert torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 8), codes[:, 8:].reshape(-1)).item() < 0.05
@@ -187,7 +188,7 @@ def test_tiny_prior_learns_a_repeating_pattern():
 
 def test_load_openai_prior_from_a_checkpoint_file(tmp_path):
     """The import path a later `import-jukebox --prior-level-N` uses: OpenAI's file layout, DDP prefix."""
-    from jukebox_lite.prior import load_openai_prior
+    from jukebox_lite.algorithms.openai_import import load_openai_prior
 
     f = load_fixture("upsampler_level1")
     path = tmp_path / "prior_level_1.pth.tar"

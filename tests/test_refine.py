@@ -10,10 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.refiner import RefinerUNet, save_refiner
+from jukebox_lite.models.refiner import RefinerUNet, save_refiner
 from tests.conftest import synth_music, write_audio
 from tests.helpers import REFINER_SR, tiny_refiner_config, tiny_refiner_vqvae
 
@@ -24,7 +23,7 @@ def run_dir(tmp_path):
     vqvae = tiny_refiner_vqvae(seed=0)
     save_checkpoint(tmp_path / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(vqvae.config), vqvae.state_dict())
     torch.manual_seed(0)
-    model = RefinerUNet(tiny_refiner_config(steps=2), vqvae_fingerprint=vqvae_fingerprint(vqvae))
+    model = RefinerUNet(tiny_refiner_config(steps=2), vqvae_fingerprint=vqvae.fingerprint())
     torch.nn.init.normal_(model.out.weight, std=0.01)
     save_refiner(tmp_path / "refiner" / "last.pt", model)
     return tmp_path

@@ -11,29 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from jukebox_lite.checkpoint import save_checkpoint
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import RefinerConfig, load_config
-from jukebox_lite.errors import UserError
-from jukebox_lite.refiner import (
-    RefinerUNet,
-    alpha_sigma,
-    chunk_plan,
-    diffusion_loss,
-    diffusion_target,
-    load_refiner,
-    local_attention,
-    make_training_pair,
-    noised,
-    refine,
-    save_refiner,
-    v_target,
-    waveform_from_target,
-    x0_from_v,
-)
-from jukebox_lite.vqvae import load_vqvae
+from jukebox_lite.core.checkpoint import save_checkpoint
+from jukebox_lite.core.config import RefinerConfig, load_config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.refiner import RefinerUNet, alpha_sigma, diffusion_target, load_refiner, local_attention, noised, save_refiner, v_target, waveform_from_target, x0_from_v
+from jukebox_lite.algorithms.refining import chunk_plan, make_training_pair, refine
+from jukebox_lite.models.vqvae import load_vqvae
 from tests.conftest import synth_music
-from tests.helpers import REFINER_SR, tiny_refiner_config, tiny_refiner_vqvae
+from tests.helpers import REFINER_SR, refiner_loss, tiny_refiner_config, tiny_refiner_vqvae
 
 
 def music(seconds: float, seed: int) -> torch.Tensor:
@@ -67,7 +52,7 @@ def train(model: RefinerUNet, steps: int = 100) -> list[float]:
     losses = []
     for step in range(steps):
         clean, coarse = pair_batch(step)
-        loss = diffusion_loss(model, clean, coarse, generator=gen)
+        loss = refiner_loss(model, clean, coarse, generator=gen)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -102,15 +87,12 @@ class OracleRefiner(nn.Module):
         self.device = torch.device("cpu")
         self.longest_input = 0
 
-    def autocast(self):
-        return torch.autocast("cpu", enabled=False)
-
     def forward(self, x_t, t, coarse):
         assert x_t.shape[-1] % self.config.stride == 0
         self.longest_input = max(self.longest_input, x_t.shape[-1])
         alpha, sigma = alpha_sigma(t.float())
         x0 = diffusion_target(self.config, restore(coarse), coarse)
-        return (alpha * x_t - x0) / sigma  # x0 = α·x_t − σ·v  ⇒  v = (α·x_t − x0) / σ
+        return (alpha * x_t - x0) / sigma, {}  # x0 = α·x_t − σ·v  ⇒  v = (α·x_t − x0) / σ; no metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,7 +152,7 @@ def test_unet_shape_stride_and_config_checks():
     model = RefinerUNet(cfg)
     assert cfg.stride == 16
     x = torch.randn(2, 1, 160)
-    assert model(x, torch.tensor([0.1, 0.7]), x).shape == (2, 1, 160)
+    assert model(x, torch.tensor([0.1, 0.7]), x)[0].shape == (2, 1, 160)
     with pytest.raises(ValueError, match="multiple of the refiner's stride 16"):
         model(torch.randn(1, 1, 150), torch.tensor([0.5]), torch.randn(1, 1, 150))
     with pytest.raises(UserError, match="refiner.segment_length"):
@@ -196,7 +178,7 @@ def test_attention_only_at_coarse_levels_and_timestep_reaches_every_block():
     for p in model.parameters():  # undo the zero initialisation so the output depends on everything
         if (p == 0).all():
             nn.init.normal_(p, std=0.1)
-    out_a, out_b = model(x, torch.tensor([0.2]), x), model(x, torch.tensor([0.8]), x)
+    out_a, out_b = model(x, torch.tensor([0.2]), x)[0], model(x, torch.tensor([0.8]), x)[0]
     assert not torch.allclose(out_a, out_b)
     out_a.sum().backward()
     blocks = [m for m in model.modules() if m.__class__.__name__ == "ResBlock"]
@@ -211,7 +193,7 @@ def held_out_loss(model: RefinerUNet) -> float:
     """The v-loss on 4 fixed batches of unseen crops, with fixed t and noise: comparable between models."""
     gen = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        return sum(diffusion_loss(model.eval(), *pair_batch(1000 + i, batch=8), generator=gen).item() for i in range(4)) / 4
+        return sum(refiner_loss(model.eval(), *pair_batch(1000 + i, batch=8), generator=gen).item() for i in range(4)) / 4
 
 
 def test_loss_falls_in_a_short_adam_loop(trained):
@@ -240,7 +222,7 @@ def test_training_pairs_through_a_tiny_vqvae():
     torch.testing.assert_close(coarse, vqvae.decode(vqvae.encode(clean), level=1))
     assert not torch.allclose(coarse, clean, atol=1e-3)  # the VQ-VAE's damage is what the refiner learns to undo
     model = RefinerUNet(tiny_refiner_config())
-    loss = diffusion_loss(model, target, coarse, generator=torch.Generator().manual_seed(0))
+    loss = refiner_loss(model, target, coarse, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert model.out.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in vqvae.parameters())
@@ -338,7 +320,7 @@ def test_receptive_field_bounds_how_far_a_change_travels(changes):
     bumped = x.clone()
     bumped[..., at] += 1.0
     with torch.no_grad():
-        moved = (model(bumped, torch.tensor([0.5]), coarse) - model(x, torch.tensor([0.5]), coarse)).abs()[0, 0]
+        moved = (model(bumped, torch.tensor([0.5]), coarse)[0] - model(x, torch.tensor([0.5]), coarse)[0]).abs()[0, 0]
     reach = moved.nonzero().flatten()
     field = cfg.receptive_field
     assert at - field <= reach.min() and reach.max() <= at + field, (reach.min(), reach.max(), field)
@@ -368,10 +350,10 @@ def test_chunked_equals_unchunked_everywhere_and_seams_are_continuous(trained, l
 
 def test_load_refiner_prefers_ema_and_checks_the_vqvae(tmp_path):
     vqvae = tiny_refiner_vqvae(seed=0)
-    fingerprint = vqvae_fingerprint(vqvae)
+    fingerprint = vqvae.fingerprint()
     save_checkpoint(tmp_path / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(vqvae.config), vqvae.state_dict())
-    assert vqvae_fingerprint(load_vqvae(tmp_path / "vqvae")) == fingerprint
-    assert vqvae_fingerprint(tiny_refiner_vqvae(seed=1)) != fingerprint
+    assert load_vqvae(tmp_path / "vqvae").fingerprint() == fingerprint
+    assert tiny_refiner_vqvae(seed=1).fingerprint() != fingerprint
 
     torch.manual_seed(0)
     model = RefinerUNet(tiny_refiner_config(), vqvae_fingerprint=fingerprint)
@@ -381,7 +363,7 @@ def test_load_refiner_prefers_ema_and_checks_the_vqvae(tmp_path):
     assert not loaded.training and loaded.config == model.config and loaded.vqvae_fingerprint == fingerprint
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in ema.items())
     with pytest.raises(UserError, match="another VQ-VAE"):
-        load_refiner(tmp_path / "refiner", vqvae=vqvae_fingerprint(tiny_refiner_vqvae(seed=1)))
+        load_refiner(tmp_path / "refiner", vqvae=tiny_refiner_vqvae(seed=1).fingerprint())
     with pytest.raises(UserError, match="does not exist"):
         load_refiner(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="vqvae_fingerprint"):

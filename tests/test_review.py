@@ -10,9 +10,10 @@ import soundfile as sf
 from torch.utils.tensorboard import SummaryWriter
 
 from data_prep import ingest
-from jukebox_lite import review
+from jukebox_lite.runs import Run
+from jukebox_lite.stages import review
 from jukebox_lite.cli import main
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.errors import UserError
 from tests.conftest import synth_music, write_audio
 
 FAST = ["data.separation.backend=none", "data.workers=1", "data.min_seconds=2", "data.sample_rate=22050"]
@@ -56,22 +57,22 @@ def test_training_curves_and_samples_readers(run):
     with SummaryWriter(run / "prior_level2" / "tb") as writer:
         for step in range(3):
             writer.add_scalar("loss", 3.0 - step, step)
-    assert review.training_curves(run) == {"prior_level2": {"loss": [(0, 3.0), (1, 2.0), (2, 1.0)]}}
-    assert review.samples(run) == []
+    assert review.training_curves(Run(run)) == {"prior_level2": {"loss": [(0, 3.0), (1, 2.0), (2, 1.0)]}}
+    assert review.samples(Run(run)) == []
 
 
 def test_ratings_are_appended_never_rewritten(run):
-    review.rate(run, "s1", 4, listener="ana", note="groove holds")
-    review.rate(run, "s2", 2)
+    review.rate(Run(run), "s1", 4, listener="ana", note="groove holds")
+    review.rate(Run(run), "s2", 2)
     with open(run / "ratings.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["sample"], r["score"], r["listener"]) for r in rows] == [("s1", "4", "ana"), ("s2", "2", "")]
     with pytest.raises(UserError, match="1 to 5"):
-        review.rate(run, "s3", 9)
+        review.rate(Run(run), "s3", 9)
 
 
 def test_objective_figures_show_both_evaluations(run):
-    assert "No evaluations" in review.objective_html(run)
+    assert "No evaluations" in review.objective_html(Run(run))
     (run / "vqvae").mkdir(exist_ok=True)
     (run / "vqvae" / "eval.json").write_text(json.dumps({
         "source": "valid", "segments": 3, "levels": [{"level": 0, "hop_length": 8, "si_sdr_db": 12.3456}],
@@ -83,7 +84,7 @@ def test_objective_figures_show_both_evaluations(run):
         "decoded": {m: v[0] for m, v in metrics.items()}, "refined": {m: v[1] for m, v in metrics.items()},
         "closer": {m: v[2] for m, v in metrics.items()}, "segment_win_rate": {m: 0.5 for m in metrics},
     }))
-    html = review.objective_html(run)
+    html = review.objective_html(Run(run))
     assert "12.346" in html and "3 segments of the valid audio" in html
     assert "does <b>not</b> help yet" in html and "high_band_abs_error_db" in html and "50%" in html
 

@@ -10,14 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from jukebox_lite.checkpoint import save_checkpoint
+from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import PriorConfig
-from jukebox_lite.prior import Prior
-from jukebox_lite.refiner import RefinerUNet, save_refiner
-from jukebox_lite.sample import decode_long
-from jukebox_lite.vqvae import load_vqvae
+from jukebox_lite.core.config import PriorConfig
+from jukebox_lite.models.prior import Prior
+from jukebox_lite.models.refiner import RefinerUNet, save_refiner
+from jukebox_lite.models.vqvae import load_vqvae
 from tests.conftest import synth_music, write_audio
 from tests.helpers import PRIOR_SHAPE, tiny_model, tiny_refiner_config
 
@@ -28,7 +26,7 @@ def test_chunked_decoding_equals_decoding_the_whole_track(level, chunk):
     model = tiny_model()
     codes = torch.randint(0, 16, (2, 301), generator=torch.Generator().manual_seed(level))
     whole = model.decode([None] * level + [codes], level=level)
-    chunked = decode_long(model, codes, level, chunk_tokens=chunk)
+    chunked = model.decode_long(codes, level, chunk_tokens=chunk)
     assert chunked.shape == whole.shape == (2, 1, 301 * model.hop_lengths[level])
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
 
@@ -57,7 +55,7 @@ def save_prior(run, level: int, fingerprint: str, **changes) -> None:
 @pytest.fixture
 def sampled_run(coded, tmp_path):
     run = Path(shutil.copytree(coded, tmp_path / "run"))
-    fingerprint = vqvae_fingerprint(load_vqvae(run / "vqvae"))
+    fingerprint = load_vqvae(run / "vqvae").fingerprint()
     for level in (2, 1, 0):
         save_prior(run, level, fingerprint)
     torch.manual_seed(0)

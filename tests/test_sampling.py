@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from jukebox_lite.config import PriorConfig, PriorLevel1Config
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.config import PriorConfig, PriorLevel1Config
+from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.attention import EMPTY_POSITION, allowed
-from jukebox_lite.prior import LabelMix, Prior
-from jukebox_lite.sampling import IncrementalDecoder, LayerCache, filter_logits, morph, window_starts
+from jukebox_lite.models.prior import LabelMix, Prior
+from jukebox_lite.algorithms.sampling import sample_codes, IncrementalDecoder, LayerCache, filter_logits, morph, window_starts
 
 SR = 44100
 
@@ -90,9 +90,9 @@ def test_cache_keeps_only_what_each_pattern_needs():
 
 def test_sampling_is_seeded_and_batched():
     prior = Prior(top_config(labels=False)).eval()
-    a = prior.sample(3, 20, generator=torch.Generator().manual_seed(1))
-    b = prior.sample(3, 20, generator=torch.Generator().manual_seed(1))
-    c = prior.sample(3, 20, generator=torch.Generator().manual_seed(2))
+    a = sample_codes(prior, 3, 20, generator=torch.Generator().manual_seed(1))
+    b = sample_codes(prior, 3, 20, generator=torch.Generator().manual_seed(1))
+    c = sample_codes(prior, 3, 20, generator=torch.Generator().manual_seed(2))
     assert a.shape == (3, 20) and a.dtype == torch.long
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert int(a.min()) >= 0 and int(a.max()) < 16
@@ -102,7 +102,7 @@ def test_greedy_sampling_follows_teacher_forced_argmax():
     """top_k=1 must pick the argmax of the same logits the full forward gives, at every position."""
     prior = Prior(top_config()).eval()
     y = labels_for()
-    codes = prior.sample(2, 32, labels=y, top_k=1)
+    codes = sample_codes(prior, 2, 32, labels=y, top_k=1)
     sampled_y = y.clone()
     sampled_y[:, 2] = 32 * 128  # the sampler sets sample_length to one window
     assert torch.equal(prior.logits(codes, labels=sampled_y).argmax(-1), codes)
@@ -111,7 +111,7 @@ def test_greedy_sampling_follows_teacher_forced_argmax():
 def test_primed_sampling_keeps_the_prime_and_continues_from_it():
     prior = Prior(top_config(labels=False)).eval()
     prime = torch.randint(0, 16, (2, 13))
-    codes = prior.sample(2, 32, prime=prime, top_k=1)
+    codes = sample_codes(prior, 2, 32, prime=prime, top_k=1)
     assert torch.equal(codes[:, :13], prime)
     assert torch.equal(prior.logits(codes)[:, 13:].argmax(-1), codes[:, 13:])
 
@@ -119,12 +119,12 @@ def test_primed_sampling_keeps_the_prime_and_continues_from_it():
 def test_upsampling_reads_the_upper_codes():
     prior = Prior(up_config()).eval()
     upper = torch.randint(0, 16, (2, 8))
-    codes = prior.sample(2, 32, upper_codes=upper, top_k=1)
+    codes = sample_codes(prior, 2, 32, upper_codes=upper, top_k=1)
     assert torch.equal(prior.logits(codes, upper_codes=upper).argmax(-1), codes)
     with pytest.raises(UserError, match="Upper codes have shape"):
-        prior.sample(2, 32, upper_codes=upper[:, :7])
+        sample_codes(prior, 2, 32, upper_codes=upper[:, :7])
     with pytest.raises(UserError, match="Upper codes have shape"):
-        prior.sample(2, 32)
+        sample_codes(prior, 2, 32)
 
 
 def test_filter_logits():
@@ -157,7 +157,7 @@ def test_long_top_level_track_windows_and_timing():
     prior = Prior(top_config()).eval()
     seen = record_windows(prior)
     y = labels_for(1)
-    codes = prior.sample(1, 80, labels=y, top_k=1, hop_fraction=0.25)  # hop 8 tokens
+    codes = sample_codes(prior, 1, 80, labels=y, top_k=1, hop_fraction=0.25)  # hop 8 tokens
     assert codes.shape == (1, 80)
     starts = window_starts(80, 32, 8)
     assert len(seen) == len(starts)
@@ -176,7 +176,7 @@ def test_long_upsampled_track_reads_matching_slices():
     prior = Prior(up_config()).eval()
     seen = record_windows(prior)
     upper = torch.randint(0, 16, (2, 24))
-    codes = prior.sample(2, 96, upper_codes=upper, hop_fraction=0.5)
+    codes = sample_codes(prior, 2, 96, upper_codes=upper, hop_fraction=0.5)
     assert codes.shape == (2, 96)
     for start, (length, window_upper, _) in zip(window_starts(96, 32, 16), seen):
         assert torch.equal(window_upper, upper[:, start // 4 : (start + 32) // 4])
@@ -186,7 +186,7 @@ def test_genre_morph_changes_labels_along_the_track():
     prior = Prior(top_config()).eval()
     seen = record_windows(prior)
     a, b = labels_for(1), torch.tensor([[60 * SR, 5 * SR, 32 * 128, 0, 0, 1]])
-    prior.sample(1, 64, labels=morph(a, b, 64), hop_fraction=0.5)
+    sample_codes(prior, 1, 64, labels=morph(a, b, 64), hop_fraction=0.5)
     weights = [window_labels.weight for _, _, window_labels in seen]
     assert weights == [0.0, 0.25, 0.5]
     assert all(isinstance(w[2], LabelMix) for w in seen)
@@ -197,4 +197,4 @@ def test_track_longer_than_timing_embeddings_is_a_user_error():
     prior = Prior(top_config()).eval()
     y = torch.tensor([[int(99.99 * SR), int(99.9 * SR), 0, 1, 2, -1]])  # later windows end after 100 s
     with pytest.raises(UserError, match="timing embeddings"):
-        prior.sample(1, 64, labels=y, hop_fraction=0.5)
+        sample_codes(prior, 1, 64, labels=y, hop_fraction=0.5)

@@ -11,22 +11,13 @@ import scipy.signal
 import soundfile as sf
 import torch
 
-from jukebox_lite import separation
-from jukebox_lite.audio import load_audio, resample
+from jukebox_lite.models import spleeter
+from jukebox_lite.core.audio import load_audio, resample
 from jukebox_lite.cli import main as cli_main
-from jukebox_lite.config import SeparationConfig
-from jukebox_lite.errors import UserError
-from jukebox_lite.separation import (
-    HOP,
-    MODEL_BINS,
-    SAMPLE_RATE,
-    Spleeter2Stems,
-    UNet,
-    load_unet_weights,
-    make_separator,
-    separate_in_segments,
-    spleeter_asset,
-)
+from jukebox_lite.core.config import SeparationConfig
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.spleeter import HOP, MODEL_BINS, SAMPLE_RATE, Spleeter2Stems, UNet, load_unet_weights, spleeter_asset
+from jukebox_lite.algorithms.separation import make_separator, separate_in_segments
 
 SR = SAMPLE_RATE
 
@@ -140,7 +131,7 @@ def test_stft_round_trip_is_exact(model):
 
 def test_ratio_masks_sum_to_one_in_the_model_band():
     rng = np.random.default_rng(2)
-    estimates = {s: torch.from_numpy(rng.uniform(0.1, 1, (1, 2, MODEL_BINS, 7)).astype(np.float32)) for s in separation.STEMS}
+    estimates = {s: torch.from_numpy(rng.uniform(0.1, 1, (1, 2, MODEL_BINS, 7)).astype(np.float32)) for s in spleeter.STEMS}
     estimates["vocals"][..., 3] = 0  # where both stems are silent the masks share equally
     estimates["accompaniment"][..., 3] = 0
     masks = Spleeter2Stems("zeros").ratio_masks(estimates)

@@ -12,13 +12,17 @@ import torch
 import yaml
 
 from jukebox_lite import cli
-from jukebox_lite.checkpoint import load_checkpoint, save_checkpoint
-from jukebox_lite.codes import CodesCorpus, encode_corpus
-from jukebox_lite.config import load_config
-from jukebox_lite.errors import UserError
-from jukebox_lite.prior import load_prior
-from jukebox_lite.train_prior import PriorVocabulary, TrainablePrior, train_prior
-from jukebox_lite.training import learning_rate
+from jukebox_lite.core.checkpoint import load_checkpoint, save_checkpoint
+from jukebox_lite.algorithms.codes import CodesCorpus
+from jukebox_lite.stages.encode import encode_run
+from jukebox_lite.core.config import load_config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.algorithms.sampling import sample_codes
+from jukebox_lite.models.prior import load_prior
+from jukebox_lite.algorithms.vocabulary import PriorVocabulary
+from jukebox_lite.models.prior import Prior
+from jukebox_lite.stages.train_prior import train_prior
+from jukebox_lite.algorithms.training import learning_rate
 from tests.helpers import PRIOR_SHAPE, RUN_SR, save_vqvae, varied_vqvae
 
 TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, media_every=0, ema=0.9, workers=0)
@@ -93,7 +97,7 @@ def test_top_prior_with_labels_learns_and_stores_its_vocabulary(run, tmp_path):
     prior = load_prior(out)
     vocab = PriorVocabulary.load(out)
     labels = torch.tensor([[RUN_SR * 2, 0, 64 * 8, vocab.artist_id("artist1"), vocab.genre_id("house")]])
-    codes = prior.sample(1, 32, labels=labels, generator=torch.Generator().manual_seed(0))
+    codes = sample_codes(prior, 1, 32, labels=labels, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (1, 32) and 0 <= int(codes.min()) and int(codes.max()) < 16
     with pytest.raises(UserError, match=r"genre 'techno' is unknown to this prior; known genres: house, unknown\."):
         vocab.genre_id("techno")
@@ -112,17 +116,18 @@ def test_upsampler_learns_from_the_level_above(run, tmp_path):
     labels = windows.labels(1)
     labels[:, 3], labels[:, 4] = windows.artist_ids, windows.genre_ids
     with torch.no_grad():
-        right = prior.loss(windows.tokens, windows.upper, labels)
-        wrong = prior.loss(windows.tokens, windows.upper.roll(1, dims=0), labels)
+        right = prior(windows.tokens, windows.upper, labels)[1]["loss"]
+        wrong = prior(windows.tokens, windows.upper.roll(1, dims=0), labels)[1]["loss"]
     assert wrong > right + 0.2
 
 
 def test_forward_is_the_training_objective():
-    model = TrainablePrior(load_config(None, [f"prior_level2.{k}={v}" for k, v in PRIOR_SHAPE.items()] + [
+    model = Prior(load_config(None, [f"prior_level2.{k}={v}" for k, v in PRIOR_SHAPE.items()] + [
         "prior_level2.labels=false"]).prior_level2)
     tokens = torch.randint(0, 16, (2, 64))
-    nats, metrics = model(tokens)
-    assert torch.allclose(nats, model.loss(tokens))
+    logits, metrics = model(tokens)
+    nats = metrics["loss"]
+    assert torch.allclose(nats, torch.nn.functional.cross_entropy(model.logits(tokens).flatten(0, 1), tokens.flatten()))
     assert metrics["bits_per_token"] == pytest.approx(nats.item() / np.log(2))
     assert 0 <= float(metrics["accuracy"]) <= 1 and not metrics["accuracy"].requires_grad
 
@@ -132,14 +137,14 @@ def test_layer_checkpointing_recomputes_layers_and_gives_the_same_gradients():
     models = {}
     for flag in (False, True):
         torch.manual_seed(0)
-        models[flag] = TrainablePrior(load_config(None, [*shape, f"prior_level1.checkpoint_layers={flag}"]).prior_level1)
+        models[flag] = Prior(load_config(None, [*shape, f"prior_level1.checkpoint_layers={flag}"]).prior_level1)
     tokens, upper = torch.randint(0, 16, (2, 64)), torch.randint(0, 16, (2, 16))
     labels = torch.tensor([[0, 0, 0, 1, 0], [0, 0, 0, 2, 1]])
     calls = {False: 0, True: 0}
     for flag, model in models.items():
         block = model.prior.transformer._attn_mods[0]
         block.forward = lambda *args, f=flag, run=block.forward: calls.__setitem__(f, calls[f] + 1) or run(*args)
-        loss, _ = model(tokens, upper, labels)
+        loss = model(tokens, upper, labels)[1]["loss"]
         loss.backward()
     assert calls == {False: 1, True: 2}  # the checkpointed layer ran again in backward
     for (name, a), b in zip(models[False].named_parameters(), models[True].parameters()):
@@ -178,7 +183,7 @@ def test_annealing_switched_on_later_ends_at_lr_zero_and_the_stage_stops(run, tm
 def test_imported_checkpoint_is_fine_tuned_not_replaced(run, tmp_path):
     cfg = recipe(tmp_path, "prior_level1.train.steps=2", "prior_level1.train.lr=0.000000001", "prior_level1.train.ema=0")
     torch.manual_seed(123)
-    imported = TrainablePrior(cfg.prior_level1)
+    imported = Prior(cfg.prior_level1)
     config = dataclasses.asdict(cfg.prior_level1)
     save_checkpoint(run / "prior_level1" / "last.pt", "prior", config, imported.state_dict(), step=0)  # as import-jukebox
     result = train_prior(cfg, run, level=1)
@@ -208,7 +213,7 @@ def test_codes_or_a_prior_of_another_vqvae_are_refused(run, tmp_path, capsys):
     before = (run / "prior_level2" / "last.pt").read_bytes()
     save_vqvae(run, varied_vqvae(seed=1))  # a retrained VQ-VAE: the codes are stale
     assert "were made with another VQ-VAE" in cli_error(run, tmp_path, capsys)
-    encode_corpus(run, chunk_seconds=0.5)  # new codes: now the prior is stale
+    encode_run(run, chunk_seconds=0.5)  # new codes: now the prior is stale
     assert "was trained on codes of another VQ-VAE" in cli_error(run, tmp_path, capsys)
     assert (run / "prior_level2" / "last.pt").read_bytes() == before
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from jukebox_lite import cli
-from jukebox_lite.checkpoint import load_checkpoint
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.datasets import RESIDUAL_STREAM, AudioWindows
-from jukebox_lite.errors import UserError
-from jukebox_lite.refiner import RefinerUNet, load_refiner, save_refiner
-from jukebox_lite.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
-from jukebox_lite.vqvae import load_vqvae
+from jukebox_lite.core.checkpoint import load_checkpoint
+from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
+from jukebox_lite.models.refiner import RefinerUNet, load_refiner, save_refiner
+from jukebox_lite.stages.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
+from jukebox_lite.models.vqvae import load_vqvae
 from tests.helpers import REFINER_RECIPE, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
 
 BANDS = ["train/loss_t0.00_0.25", "train/loss_t0.25_0.50", "train/loss_t0.50_0.75", "train/loss_t0.75_1.00"]
@@ -55,7 +55,7 @@ def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
 
 def test_checkpoint_records_the_vqvae_and_load_refiner_checks_it(trained, tmp_path):
     run, _ = trained
-    fingerprint = vqvae_fingerprint(load_vqvae(run / "vqvae"))
+    fingerprint = load_vqvae(run / "vqvae").fingerprint()
     state = load_checkpoint(run / "refiner", "refiner")
     assert state["vqvae_fingerprint"] == fingerprint and state["step"] == 40 and "optimizer" in state
     model = load_refiner(run / "refiner", vqvae=fingerprint)  # accepted with its own VQ-VAE, EMA weights loaded
@@ -63,7 +63,7 @@ def test_checkpoint_records_the_vqvae_and_load_refiner_checks_it(trained, tmp_pa
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state["ema"].items())
     assert not all(torch.equal(state["model"][k], v) for k, v in state["ema"].items())
     with pytest.raises(UserError, match="another VQ-VAE"):
-        load_refiner(run / "refiner", vqvae=vqvae_fingerprint(tiny_model(seed=5)))
+        load_refiner(run / "refiner", vqvae=tiny_model(seed=5).fingerprint())
 
 
 def test_finished_run_is_a_no_op(trained, tmp_path, caplog):
@@ -82,7 +82,7 @@ def test_residual_scale_null_is_measured_recorded_and_kept_on_resume(tmp_path, c
     state = load_checkpoint(run / "refiner", "refiner")
     scale = state["config"]["residual_scale"]
     vqvae = load_vqvae(run / "vqvae")
-    windows = AudioWindows(run / "data", 16000, 2048, seed=1)
+    windows = AudioWindows(Run(run).manifest, 16000, 2048, seed=1)
     clean = torch.stack([windows.window(i, RESIDUAL_STREAM) for i in range(RESIDUAL_WINDOWS)])
     coarse = vqvae.decode(vqvae.encode(clean, levels=[0]), level=0)
     assert scale == pytest.approx(float((clean - coarse).pow(2).mean().sqrt()), rel=1e-4)
@@ -107,7 +107,7 @@ def test_a_saved_refiner_in_the_run_is_fine_tuned_not_overwritten(tmp_path, capl
     run = make_run(tmp_path)
     cfg = refiner_recipe(tmp_path).refiner
     torch.manual_seed(123)
-    saved = RefinerUNet(cfg, vqvae_fingerprint=vqvae_fingerprint(load_vqvae(run / "vqvae")))
+    saved = RefinerUNet(cfg, vqvae_fingerprint=load_vqvae(run / "vqvae").fingerprint())
     for p in saved.parameters():  # not the zero-initialised layers a fresh model has
         p.data.normal_(std=0.05)
     save_refiner(run / "refiner" / "last.pt", saved)

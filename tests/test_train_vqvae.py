@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from jukebox_lite.checkpoint import load_checkpoint, save_checkpoint
+from jukebox_lite.core.checkpoint import load_checkpoint, save_checkpoint
 from jukebox_lite.cli import main
-from jukebox_lite.datasets import AudioWindows, data_bandwidth
-from jukebox_lite.errors import UserError
-from jukebox_lite.train_vqvae import train_vqvae
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.algorithms.datasets import AudioWindows, data_bandwidth
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
+from jukebox_lite.stages.train_vqvae import train_vqvae
+from jukebox_lite.models.vqvae import VQVAE, load_vqvae
 from tests.helpers import CORPUS_SR, make_corpus, scalars, vqvae_recipe
 
 @pytest.fixture
@@ -32,9 +33,9 @@ def test_stage_learns_to_reconstruct_and_logs_media(run, tmp_path):
 
     model = load_vqvae(run / "vqvae")  # the EMA weights
     assert model.bandwidth["l2"] == pytest.approx(
-        data_bandwidth(AudioWindows(run / "data", CORPUS_SR, 1024, seed=3), 256)["l2"], rel=1e-6
+        data_bandwidth(AudioWindows(Run(run).manifest, CORPUS_SR, 1024, seed=3), 256)["l2"], rel=1e-6
     )
-    x = AudioWindows(run / "data", CORPUS_SR, 1024, seed=99, split="valid").window(0)[None]
+    x = AudioWindows(Run(run).manifest, CORPUS_SR, 1024, seed=99, split="valid").window(0)[None]
     with torch.no_grad():
         recon = model.decode(model.encode(x), level=0)
     assert ((recon - x) ** 2).mean() < 0.3 * (x**2).mean()  # far better than silence
@@ -128,7 +129,7 @@ def test_empty_or_unusable_corpus_is_one_clear_error(tmp_path):
 def test_short_files_are_skipped_with_a_warning(tmp_path, caplog):
     make_corpus(tmp_path, seconds=(0.05, 2.0, 2.0, 2.0))
     with caplog.at_level("WARNING"):
-        windows = AudioWindows(tmp_path / "data", CORPUS_SR, 1024, seed=0)
+        windows = AudioWindows(Run(tmp_path).manifest, CORPUS_SR, 1024, seed=0)
     assert "skipping 1 train file" in caplog.text and len(windows.paths) == 2
     first, again, other = windows.window(5), windows.window(5), windows.window(6)
     assert first.shape == (1, 1024) and first.dtype == torch.float32

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from jukebox_lite.checkpoint import load_checkpoint
-from jukebox_lite.config import RecipeConfig, TrainingConfig
-from jukebox_lite.datasets import StepSampler, step_batches
-from jukebox_lite.errors import UserError
-from jukebox_lite.training import Task, WeightEMA, final_step, learning_rate, train
+from jukebox_lite.core.checkpoint import load_checkpoint
+from jukebox_lite.core.config import RecipeConfig, TrainingConfig
+from jukebox_lite.algorithms.datasets import StepSampler, step_batches
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.algorithms.training import Task, WeightEMA, final_step, learning_rate, train
+from jukebox_lite.runs import StageFolder
 
 W_TRUE = torch.tensor([1.5, -2.0, 0.5, 3.0])
 
@@ -80,7 +81,7 @@ def config(**changes) -> TrainingConfig:
 
 def run(tmp: Path, nan_steps=(), **changes):
     cfg = config(**changes)
-    return train(ToyTask(cfg, nan_steps), cfg, tmp, seed=7)
+    return train(ToyTask(cfg, nan_steps), cfg, StageFolder(Path(tmp)), seed=7)
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:
@@ -134,7 +135,7 @@ def test_ema_decay_ramps_up_and_keeps_buffers():
 def test_training_learns_and_writes_its_outputs(tmp_path):
     cfg = config(steps=80, lr=0.1)
     recipe = RecipeConfig(name="toy")
-    result = train(ToyTask(cfg), cfg, tmp_path, seed=7, recipe=recipe)
+    result = train(ToyTask(cfg), cfg, StageFolder(tmp_path), seed=7, recipe=recipe)
     assert result.step == 80 and len(result.losses) == 80
     assert np.median(result.losses[-10:]) < 0.1 * np.median(result.losses[:5])
     state = load_checkpoint(tmp_path / "last.pt", "toy")
@@ -178,7 +179,7 @@ class MediaTask(ToyTask):
 def test_media_see_the_ema_weights_and_change_nothing(tmp_path):
     cfg = config(media_every=4)
     task = MediaTask(cfg)
-    result = train(task, cfg, tmp_path / "media", seed=7)
+    result = train(task, cfg, StageFolder(tmp_path / "media"), seed=7)
     assert len(task.seen) == 3
     state = load_checkpoint(tmp_path / "media" / "last.pt", "toy")
     assert torch.equal(task.seen[-1], state["ema"]["linear.weight"])  # step 12: the media and the checkpoint agree
@@ -257,11 +258,11 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     task = ToyTask(cfg)
     task.kind = "prior"
     with pytest.raises(UserError, match="holds a toy model, not a prior"):
-        train(task, cfg, tmp_path)
+        train(task, cfg, StageFolder(tmp_path))
 
 
 def test_a_batch_that_does_not_split_between_ranks_is_a_config_error(tmp_path, monkeypatch):
-    from jukebox_lite import distributed
+    from jukebox_lite.core import distributed
 
     monkeypatch.setattr(distributed, "current", lambda: distributed.DistEnv(rank=0, world_size=2))
     with pytest.raises(UserError, match=r"toy.train.batch_size is 3; it must be a multiple of the number of ranks \(2\)"):

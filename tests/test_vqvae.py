@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import jukebox_lite.vqvae as vqvae_module
-from jukebox_lite.checkpoint import save_checkpoint
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import VQVAEConfig, load_config
-from jukebox_lite.errors import UserError
-from jukebox_lite.losses import MultiSpectralLoss, compute_bandwidth, linf_loss
+import jukebox_lite.models.vqvae as vqvae_module
+from jukebox_lite.core.checkpoint import save_checkpoint
+from jukebox_lite.core.config import VQVAEConfig, load_config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.losses import MultiSpectralLoss, compute_bandwidth, linf_loss
 from jukebox_lite.nn.conv import Conv1d, ConvTranspose1d, from_time_as_width, to_time_as_width
-from jukebox_lite.vqvae import VQVAE, BottleneckBlock, load_vqvae
+from jukebox_lite.models.vqvae import VQVAE, BottleneckBlock, load_vqvae
 from tests.conftest import JUKEBOX_FORMAT
 from tests.helpers import tiny_vqvae_config
 
@@ -127,7 +126,7 @@ def test_channels_last_layout_is_the_same_model():
     x = synth_audio(2, 1024, seed=5)
     plain.train()(x)  # first batch initialises the codebooks
     fast.load_state_dict(plain.state_dict())
-    assert vqvae_fingerprint(fast) == vqvae_fingerprint(plain)
+    assert fast.fingerprint() == plain.fingerprint()
     _, plain_metrics = plain(x)
     _, fast_metrics = fast(x)
     assert torch.allclose(plain_metrics["loss"], fast_metrics["loss"], rtol=1e-5)

@@ -8,7 +8,7 @@ Fine-tuning: `--init PATH` starts from another VQ-VAE checkpoint (ours, or OpenA
 `import-jukebox`), and an imported checkpoint already at RUN/vqvae/last.pt is used the same way. Its
 codebook statistics are reset to a steady state around its codebooks, as OpenAI does when it
 resumes a VQ-VAE, so the first batches of the new corpus neither wipe nor freeze them.
-Runs on several ranks under torchrun or mpiexec (see `jukebox_lite.distributed`).
+Runs on several ranks under torchrun or mpiexec (see `jukebox_lite.core.distributed`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from jukebox_lite import distributed
-from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.config import RecipeConfig, VQVAEConfig, load_config
-from jukebox_lite.datasets import AudioWindowTask, data_bandwidth
-from jukebox_lite.errors import UserError
-from jukebox_lite.training import TrainResult, resume_state, train
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.core import distributed
+from jukebox_lite.core.checkpoint import load_checkpoint
+from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.core.config import RecipeConfig, VQVAEConfig, load_config
+from jukebox_lite.algorithms.datasets import AudioWindowTask, data_bandwidth
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
+from jukebox_lite.algorithms.training import TrainResult, resume_state, train
+from jukebox_lite.models.vqvae import VQVAE, load_vqvae
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class VQVAETask(AudioWindowTask):
     kind = "vqvae"
     section = "vqvae"
 
-    def __init__(self, cfg: VQVAEConfig, data_dir: Path, seed: int, init: Path | None = None):
-        self.cfg, self.data_dir, self.seed, self.init = cfg, Path(data_dir), seed, init
+    def __init__(self, cfg: VQVAEConfig, manifest: Path, seed: int, init: Path | None = None):
+        self.cfg, self.manifest, self.seed, self.init = cfg, Path(manifest), seed, init
         self.window_length = cfg.sample_length
 
     def config_dict(self) -> dict:
@@ -77,7 +78,7 @@ class VQVAETask(AudioWindowTask):
         try:
             model.set_bandwidth(bandwidth)
         except ValueError:
-            raise UserError(f"The training audio in '{self.data_dir}' is silent; check the data stage's output.") from None
+            raise UserError(f"The training audio listed in '{self.manifest}' is silent; check the data stage's output.") from None
         log.info("data bandwidth: %s", ", ".join(f"{k} {v:.4g}" for k, v in bandwidth.items()))
 
     def _load_init(self, model: VQVAE) -> None:
@@ -118,9 +119,8 @@ class VQVAETask(AudioWindowTask):
 
 def train_vqvae(recipe: RecipeConfig, run_dir: str | Path, init: str | Path | None = None) -> TrainResult:
     """The stage as a function (the CLI and the tests call it); `distributed.init()` comes first on several ranks."""
-    run_dir = Path(run_dir)
-    out_dir = run_dir / "vqvae"
-    last = out_dir / CHECKPOINT_NAME
+    run = Run(run_dir)
+    last = run.vqvae.checkpoint
     if resume_state(last, "vqvae") is not None:
         if init is not None:
             log.warning("%s holds a training run; resuming it and ignoring --init %s", last, init)
@@ -129,8 +129,8 @@ def train_vqvae(recipe: RecipeConfig, run_dir: str | Path, init: str | Path | No
         init = last  # an imported checkpoint (no optimizer state): fine-tune from it
     elif init is not None:
         load_checkpoint(init, "vqvae")  # a clear error now rather than after the bandwidth
-    task = VQVAETask(recipe.vqvae, run_dir / "data", recipe.seed, Path(init) if init is not None else None)
-    return train(task, recipe.vqvae.train, out_dir, seed=recipe.seed, recipe=recipe)
+    task = VQVAETask(recipe.vqvae, run.manifest, recipe.seed, Path(init) if init is not None else None)
+    return train(task, recipe.vqvae.train, run.vqvae, seed=recipe.seed, recipe=recipe)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -28,13 +28,23 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from jukebox_lite import distributed
-from jukebox_lite.atomic import remove_stale_temporaries
-from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_checked, save_checkpoint
-from jukebox_lite.config import RecipeConfig, TrainingConfig, save_config
-from jukebox_lite.errors import UserError
+from jukebox_lite.core import distributed
+from jukebox_lite.core.atomic import remove_stale_temporaries
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
+from jukebox_lite.core.config import RecipeConfig, TrainingConfig, save_config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.precision import autocast
 
 log = logging.getLogger(__name__)
+
+
+class OutputFolder(Protocol):
+    """Where a stage's training writes (`runs.StageFolder` is one): the folder and the files in it."""
+
+    path: Path
+    checkpoint: Path  # the training checkpoint, resumed from when it is there
+    config: Path  # the resolved recipe
+    tensorboard: Path
 
 
 class Task(abc.ABC):
@@ -217,18 +227,17 @@ def resume_state(path: Path, kind: str) -> dict | None:
 def train(
     task: Task,
     cfg: TrainingConfig,
-    run_dir: str | Path,
+    out: OutputFolder,
     *,
     seed: int = 0,
     recipe: RecipeConfig | None = None,
 ) -> TrainResult:
-    """Train `task` in `run_dir` (last.pt, tb/, config.yaml), resuming from run_dir/last.pt if it is there.
+    """Train `task` into `out` (its checkpoint, TensorBoard folder and config file), resuming from its checkpoint.
 
     Call `distributed.init()` first when launched on several ranks. Returns where the run stands.
     """
     env = distributed.current()
-    run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT_NAME
+    path = out.checkpoint
     if cfg.batch_size % env.world_size:
         raise UserError(
             f"{task.section}.train.batch_size is {cfg.batch_size}; it must be a multiple of the number of ranks "
@@ -281,11 +290,11 @@ def train(
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir)
+        out.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out.path)
         if recipe is not None:
-            save_config(recipe, run_dir / "config.yaml")
-        writer = SummaryWriter(str(run_dir / "tb"))
+            save_config(recipe, out.config)
+        writer = SummaryWriter(str(out.tensorboard))
 
     def save() -> None:
         rng = distributed.gather_objects(_rng_state(device))  # every rank takes part
@@ -305,8 +314,6 @@ def train(
             ) from None
         log.debug("saved %s at step %d", path, step)
 
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     result = TrainResult(step)
     batches = task.batches(env.rank, env.world_size, seed, step)
     bar = tqdm(total=end, initial=step, desc=task.section, unit="step", disable=not env.is_main, dynamic_ncols=True)
@@ -319,7 +326,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             buffers = [b.detach().clone() for b in model.buffers()]  # a skipped step must not change them either
-            with autocast:
+            with autocast(device, cfg.precision):
                 loss, metrics = task.loss(wrapped, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

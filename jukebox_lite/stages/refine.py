@@ -18,14 +18,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from jukebox_lite.atomic import atomic_path
-from jukebox_lite.audio import AudioError, load_audio, resample, to_mono
-from jukebox_lite.checkpoint import CHECKPOINT_NAME
-from jukebox_lite.errors import UserError
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.distributed import resolve_device
-from jukebox_lite.refiner import load_refiner, refine
-from jukebox_lite.vqvae import load_vqvae
+from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.core.audio import AudioError, load_audio, resample, to_mono
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
+from jukebox_lite.core.distributed import resolve_device
+from jukebox_lite.algorithms.refining import refine
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +64,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps is {args.steps}; use at least 1.")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         raise UserError(f"--strength is {args.strength}; use a value from 0 to 1.")
-    checkpoint = args.run / "refiner" / CHECKPOINT_NAME
+    run = Run(args.run)
+    checkpoint = run.refiner.checkpoint
     if not checkpoint.is_file():
         raise UserError(f"No refiner at '{checkpoint}'; train one first (jukebox-lite train-refiner, or make refiner).")
-    vqvae_checkpoint = args.run / "vqvae" / CHECKPOINT_NAME
     expected = None
-    if vqvae_checkpoint.is_file():
-        expected = vqvae_fingerprint(load_vqvae(vqvae_checkpoint))
+    if run.vqvae.has_checkpoint():
+        expected = run.load_vqvae().fingerprint()
     else:
-        log.warning("%s is missing, so the refiner cannot be checked against the run's VQ-VAE", vqvae_checkpoint)
+        log.warning("%s is missing, so the refiner cannot be checked against the run's VQ-VAE", run.vqvae.checkpoint)
     device = resolve_device(args.device)
-    model = load_refiner(checkpoint, map_location=device, vqvae=expected)
+    model = run.load_refiner(device, expected)
     sample_rate = model.config.sample_rate
 
     audio = _read_input(args.input, sample_rate)

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.attention import EMPTY_POSITION, sdpa_attention
-from jukebox_lite.prior import Conditioning, LabelMix, Prior
+from jukebox_lite.models.prior import Conditioning, LabelMix, Prior
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class IncrementalDecoder:
         self.prior, self.conditioning = prior, conditioning
         cfg = prior.cfg
         self.caches = [
-            LayerCache(block.attn.attn_func, cfg.n_ctx, cfg.block_ctx) for block in prior.prior.transformer._attn_mods
+            LayerCache(attn_func, cfg.n_ctx, cfg.block_ctx) for attn_func in prior.attn_funcs
         ]
         self.length = cfg.n_ctx if conditioning.cond is None else conditioning.cond.shape[1]
         self.t = 0  # next position
@@ -121,8 +121,7 @@ class IncrementalDecoder:
             raise UserError(f"Cannot decode past position {self.length} of this window.")
         positions = torch.arange(self.t, self.t + L, device=h.device)
         cond = None if self.conditioning.cond is None else self.conditioning.cond[:, self.t : self.t + L]
-        with self.prior.autocast():
-            logits = self.prior.prior(h, positions, cond, self.caches)
+        logits = self.prior.prior(h, positions, cond, self.caches)
         self.t += L
         return logits.float()
 
@@ -210,7 +209,7 @@ def morph(labels_a: torch.Tensor, labels_b: torch.Tensor, length: int) -> Callab
 
 
 @torch.no_grad()
-def sample_track(
+def sample_codes(
     prior: Prior,
     n: int,
     length: int,
@@ -239,7 +238,7 @@ def sample_track(
     if prime is not None:
         if prime.dim() != 2 or prime.shape[0] != n or prime.shape[1] > length:
             raise UserError(f"Prime codes have shape {tuple(prime.shape)}; expected ({n}, P) with P <= {length}.")
-        prior._check_codes(prime, f"level-{cfg.level} prime codes")
+        prior.check_codes(prime, f"level-{cfg.level} prime codes")
         tokens = prime.to(device, torch.long)
     s = cfg.cond_downsample
     if cfg.is_upsampler:

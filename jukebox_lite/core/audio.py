@@ -10,14 +10,15 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
+import pyloudnorm
 import soundfile as sf
 import soxr
 
-from jukebox_lite.atomic import atomic_path
+from jukebox_lite.core.atomic import atomic_path
 
 MIN_SOURCE_RATE = 4000  # below this a file is not music we can use
 MAX_SOURCE_RATE = 768000
@@ -26,6 +27,19 @@ FFMPEG_SUFFIXES = {".mp3", ".m4a"}  # FFmpeg decodes these gaplessly; libsndfile
 
 class AudioError(Exception):
     """A file that cannot be used as audio; the message is the readable reason stored in rejects."""
+
+
+def scan(audio_dir: Path, extensions: list[str]) -> list[Path]:
+    """Every file below `audio_dir` with a supported extension, hidden files and folders skipped, sorted."""
+    suffixes = {"." + e.lower() for e in extensions}
+    found = []
+    for path in audio_dir.rglob("*"):
+        rel_parts = path.relative_to(audio_dir).parts
+        if any(p.startswith(".") for p in rel_parts) or path.is_dir():
+            continue
+        if path.suffix.lower() in suffixes:
+            found.append(path)
+    return sorted(found)
 
 
 def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -113,44 +127,16 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return np.ascontiguousarray(out.T, dtype=np.float32)
 
 
-def _k_weighting(sr: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """ITU-R BS.1770 K-weighting (high shelf + high pass) as two biquads, designed for any rate."""
-    # High shelf: the analogue prototype behind the standard's 48 kHz coefficients.
-    f0, gain_db, q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
-    k = math.tan(math.pi * f0 / sr)
-    vh = 10 ** (gain_db / 20)
-    vb = vh**0.4996667741545416
-    a0 = 1 + k / q + k * k
-    shelf_b = np.array([vh + vb * k / q + k * k, 2 * (k * k - vh), vh - vb * k / q + k * k]) / a0
-    shelf_a = np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0])
-    # High pass (RLB weighting).
-    f0, q = 38.13547087602444, 0.5003270373238773
-    k = math.tan(math.pi * f0 / sr)
-    a0 = 1 + k / q + k * k
-    hp_b = np.array([1.0, -2.0, 1.0])
-    hp_a = np.array([1.0, 2 * (k * k - 1) / a0, (1 - k / q + k * k) / a0])
-    return [(shelf_b, shelf_a), (hp_b, hp_a)]
-
-
 def integrated_loudness(audio: np.ndarray, sr: int) -> float:
-    """Gated integrated loudness in LUFS (ITU-R BS.1770-4) of (channels, time); -inf for silence."""
-    x = audio.astype(np.float64)
-    for b, a in _k_weighting(sr):
-        x = scipy.signal.lfilter(b, a, x, axis=1)
-    block, step = int(0.4 * sr), int(0.1 * sr)  # 400 ms blocks, 75 % overlap
-    if x.shape[1] < block:
-        block = step = x.shape[1]
-    starts = range(0, x.shape[1] - block + 1, step)
-    power = np.array([(x[:, s : s + block] ** 2).mean(axis=1).sum() for s in starts])  # channel weights 1
-    with np.errstate(divide="ignore"):
-        loudness = -0.691 + 10 * np.log10(power)
-    gated = power[loudness > -70.0]  # absolute gate
-    if gated.size == 0:
-        return float("-inf")
-    relative = -0.691 + 10 * np.log10(gated.mean()) - 10.0  # relative gate
-    with np.errstate(divide="ignore"):
-        gated = gated[-0.691 + 10 * np.log10(gated) > relative]
-    return float(-0.691 + 10 * np.log10(gated.mean()))
+    """Gated integrated loudness in LUFS (ITU-R BS.1770-4, via pyloudnorm) of (channels, time); -inf for silence."""
+    x = audio.astype(np.float64).T  # pyloudnorm wants (time, channels)
+    block = min(0.4, x.shape[0] / sr)  # the standard's 400 ms blocks; a shorter file is one block
+    # De Man's K-weighting design reproduces the standard's 48 kHz biquads at any rate: the reference
+    # tone reads -3.01 LKFS (pyloudnorm's default design reads about -3.05 to -3.08)
+    meter = pyloudnorm.Meter(sr, filter_class="DeMan", block_size=block)
+    with np.errstate(divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyloudnorm warns about clipping; peaks are handled by the caller
+        return float(meter.integrated_loudness(x))
 
 
 def normalize_loudness(audio: np.ndarray, sr: int, target_lufs: float, peak_dbfs: float) -> np.ndarray:

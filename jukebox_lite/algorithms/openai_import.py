@@ -1,7 +1,6 @@
-"""Import OpenAI Jukebox's released checkpoints (files the user brings) as jukebox-lite checkpoints.
+"""Read OpenAI Jukebox's released checkpoints (files the user brings) into our models.
 
-`jukebox-lite import-jukebox --vqvae vqvae.pth.tar --prior-level-1 prior_level_1.pth.tar ... --out RUN`
-writes RUN/vqvae/last.pt and RUN/prior_level<N>/last.pt.
+The `import-jukebox` stage (`stages.import_jukebox`) writes what this returns into a run folder.
 
 OpenAI's files are full pickles holding their own classes (`jukebox.hparams.Hyperparams`), so they
 cannot be read with `weights_only=True`, and a plain unpickle would import and run whatever the file
@@ -13,9 +12,7 @@ imported and nothing from it runs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import importlib
 import logging
 import math
@@ -24,15 +21,16 @@ import pickle
 import re
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_state_checked, save_checkpoint
-from jukebox_lite.config import VQVAEConfig
-from jukebox_lite.errors import UserError
-from jukebox_lite.prior import load_openai_prior
-from jukebox_lite.vqvae import VQVAE
+from jukebox_lite.core.checkpoint import load_state_checked
+from jukebox_lite.core.config import VQVAEConfig
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.config import PriorConfig
+from jukebox_lite.models.prior import Prior
+from jukebox_lite.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -266,22 +264,14 @@ def vqvae_config_from_openai(hps: dict, state: dict[str, torch.Tensor], source: 
     return cfg
 
 
-def _output_path(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    out = Path(out_dir) / CHECKPOINT_NAME
-    if out.exists() and not overwrite:
-        raise UserError(f"'{out}' already exists; remove it or pass --force to replace it.")
-    return out
-
-
-def import_vqvae(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """OpenAI's vqvae.pth.tar → our checkpoint `out_dir/last.pt`; returns its path.
+def load_openai_vqvae(path: str | os.PathLike) -> tuple[VQVAE, dict]:
+    """OpenAI's vqvae.pth.tar → (our VQVAE, OpenAI's hparams as plain data).
 
     Every OpenAI key must match ours in name and shape. The codebooks' EMA statistics, which
     OpenAI's files lack, are set to a steady state around the imported codebooks (as OpenAI does
     when it resumes training), and the data bandwidth is taken from the hps when present.
     """
     source = str(path)
-    out = _output_path(out_dir, overwrite)
     hps, state = load_openai_checkpoint(path)
     if "bottleneck.level_blocks.0.k" not in state:
         raise UserError(
@@ -301,60 +291,90 @@ def import_vqvae(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
         log.warning("%s has no data bandwidth; compute it from your data before fine-tuning", source)
     for level, block in enumerate(model.bottleneck.level_blocks):
         block.reset_ema(cfg.sample_length // model.hop_lengths[level])
-    save_checkpoint(
-        out,
-        kind="vqvae",
-        config=dataclasses.asdict(cfg),
-        model=model.state_dict(),
-        step=0,
-        imported_from=os.path.abspath(source),
-        openai_hps=hps,
-    )
-    log.info("imported %s → %s (hop lengths %s)", source, out, model.hop_lengths)
-    return out
-
-
-def import_prior(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, *, level: int) -> Path:
-    """OpenAI's prior_level_N.pth.tar (an upsampler or a small_prior-format top prior) → `out_dir/last.pt`."""
-    out = _output_path(out_dir, overwrite)
-    prior = load_openai_prior(path, {"level": level})
-    save_checkpoint(
-        out,
-        kind="prior",
-        config=dataclasses.asdict(prior.cfg),
-        model=prior.state_dict(),
-        step=0,
-        imported_from=os.path.abspath(path),
-    )
-    log.info("imported %s → %s (level %d)", path, out, level)
-    return out
+    return model.eval(), hps
 
 
 # ----------------------------------------------------------------------------------------------
-# Command line
-
-# option dest → (importer, sub-folder of the run folder). Importers take (path, out_dir, overwrite).
-IMPORTERS: dict[str, tuple[Callable[..., Path], str]] = {
-    "vqvae": (import_vqvae, "vqvae"),
-    **{f"prior_level_{n}": (functools.partial(import_prior, level=n), f"prior_level{n}") for n in (2, 1, 0)},
-}
+# Priors
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vqvae", metavar="PATH", help="OpenAI's vqvae.pth.tar → RUN/vqvae/last.pt")
-    for n, what in ((2, "a small_prior-format top prior"), (1, "the level-1 upsampler"), (0, "the level-0 upsampler")):
-        parser.add_argument(
-            f"--prior-level-{n}", metavar="PATH", help=f"{what} (prior_level_{n}.pth.tar) → RUN/prior_level{n}/last.pt"
+# OpenAI's hparams of the released priors that a state dict cannot tell (jukebox/hparams.py).
+_OPENAI_DEFAULTS = dict(
+    heads=1, attn_order=2, blocks=128, m_attn=0.25, init_scale=1.0, merged_decoder=False, sr=44100,
+    t_bins=128, max_bow_genre_size=5, min_duration=60.0, max_duration=600.0,
+    cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_res_scale=False, cond_zero_out=False, cond_m_conv=1.0,
+)
+_OPENAI_LEVEL_DEFAULTS = {1: {"cond_res_scale": True}}  # upsampler_level_1 differs from level 0 in this alone
+_OPENAI_HOPS = {2: 128, 1: 32, 0: 8}  # released VQ-VAE: downs_t (3, 2, 2), strides 2
+
+
+def prior_config_from_openai(hps: dict, sd: dict) -> PriorConfig:
+    """Our PriorConfig for an OpenAI prior: sizes from the weights (state dict `sd`), the rest from its hparams.
+
+    Unknown hparams fall back to those of OpenAI's released models. Lyrics priors (prime/encoder
+    weights) are not supported: they raise a UserError.
+    """
+    given = {k: v for k, v in dict(hps or {}).items() if v is not None}
+    upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
+    level = int(given.get("level", 1 if upsampler else 2))
+    hps = {**_OPENAI_DEFAULTS, **_OPENAI_LEVEL_DEFAULTS.get(level, {}), **given}
+    if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd) or "prior.x_emb.weight" not in sd:
+        raise UserError("This OpenAI checkpoint is not a plain prior (a lyrics prior or another model); it cannot be imported.")
+    bins, width = sd["prior.x_emb.weight"].shape
+    n_ctx = sd["prior.pos_emb.pos_emb"].shape[0]
+    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("prior.transformer._attn_mods."))
+    n_state = sd["prior.transformer._attn_mods.0.attn.c_attn.w"].shape[1] // 3
+    hidden = sd["prior.transformer._attn_mods.0.mlp.c_fc.w"].shape[1]
+    if (level < 2) != upsampler:
+        what = "an upsampler" if upsampler else "a top-level prior"
+        raise UserError(f"This OpenAI checkpoint holds {what}, not a level-{level} prior; pass it as the matching level.")
+    labels = "y_emb.artist_emb.emb.weight" in sd
+    fields: dict = dict(
+        level=level, n_ctx=n_ctx, width=width, depth=depth, heads=int(hps["heads"]), attn_order=int(hps["attn_order"]),
+        blocks=int(hps["blocks"]), m_attn=n_state / width, m_mlp=hidden / width, init_scale=float(hps["init_scale"]),
+        bins=bins, merged_decoder=bool(hps["merged_decoder"]), hop_length=_OPENAI_HOPS[level], labels=labels,
+        sample_rate=int(hps["sr"]), min_duration=float(hps["min_duration"]), max_duration=float(hps["max_duration"]),
+    )
+    if labels:
+        fields.update(
+            n_genres=sd["y_emb.bow_genre_emb.emb.weight"].shape[0],
+            n_artists=sd["y_emb.artist_emb.emb.weight"].shape[0],
+            max_bow_genre_size=int(hps["max_bow_genre_size"]),
         )
-    parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write the checkpoints into")
-    parser.add_argument("--force", action="store_true", help="replace checkpoints that already exist")
+        if "y_emb.total_length_emb.emb.weight" in sd:
+            fields["t_bins"] = sd["y_emb.total_length_emb.emb.weight"].shape[0]
+    if upsampler:
+        prefix = "conditioner_blocks.0.cond.model."
+        steps = sorted({int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)} - {0})
+        first = f"{prefix}1.1.weight"
+        units = {k.split(".")[7] for k in sd if k.startswith(f"{prefix}1.0.")}
+        fields.update(
+            cond_down_t=len(steps),
+            cond_stride_t=sd[first].shape[2] // 2,
+            cond_width=sd[f"{prefix}0.weight"].shape[0],
+            cond_depth=len(units),
+            cond_c_res=int(any(k.startswith(f"{prefix}1.0.blocks.") for k in sd)),
+            cond_m_conv=float(hps["cond_m_conv"]),
+            cond_dilation_growth_rate=int(hps["cond_dilation_growth_rate"]),
+            cond_dilation_cycle=hps["cond_dilation_cycle"],
+            cond_zero_out=bool(hps["cond_zero_out"]),
+            cond_res_scale=bool(hps["cond_res_scale"]),
+        )
+    cfg = PriorConfig(**fields)
+    cfg.validate("imported prior")
+    return cfg
 
 
-def run(args: argparse.Namespace) -> int:
-    chosen = [(dest, *IMPORTERS[dest]) for dest in IMPORTERS if getattr(args, dest, None)]
-    if not chosen:
-        options = ", ".join("--" + dest.replace("_", "-") for dest in IMPORTERS)
-        raise UserError(f"import-jukebox was given no file to import; pass at least one of {options}.")
-    for dest, importer, folder in chosen:
-        importer(getattr(args, dest), Path(args.out) / folder, overwrite=args.force)
-    return 0
+def prior_from_openai(hps: dict, sd: dict) -> Prior:
+    """Build our Prior from an OpenAI prior's hparams and state dict (keys are the same)."""
+    prior = Prior(prior_config_from_openai(hps, sd))
+    if prior.prior.tied and "prior.x_out.weight" in sd and not torch.equal(sd["prior.x_out.weight"], sd["prior.x_emb.weight"]):
+        raise UserError("The OpenAI checkpoint has an untied output layer; import it with merged_decoder=True (the 5b top prior).")
+    load_state_checked(prior, {k: v.float() for k, v in sd.items()}, "OpenAI checkpoint")
+    return prior.eval()
+
+
+def load_openai_prior(path: str | os.PathLike, hps_overrides: dict | None = None) -> Prior:
+    """An OpenAI prior checkpoint (e.g. 5b/prior_level_1.pth.tar) → our Prior, via the safe loader."""
+    hps, state_dict = load_openai_checkpoint(path)
+    return prior_from_openai({**dict(hps or {}), **(hps_overrides or {})}, state_dict)

@@ -30,17 +30,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jukebox_lite import metrics
-from jukebox_lite.atomic import atomic_path
-from jukebox_lite.checkpoint import CHECKPOINT_NAME
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.codes import device_autocast, vqvae_fingerprint
-from jukebox_lite.config import load_config
-from jukebox_lite.distributed import resolve_device
-from jukebox_lite.errors import UserError
-from jukebox_lite.eval_vqvae import add_segment_arguments, check_segment_arguments, folder_files, load_clips, validation_files
-from jukebox_lite.refiner import RefinerUNet, load_refiner, refine
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.algorithms import metrics
+from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.core.precision import autocast
+from jukebox_lite.core.config import load_config
+from jukebox_lite.core.distributed import resolve_device
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
+from jukebox_lite.stages.common import add_segment_arguments, check_segment_arguments, folder_files, load_clips, validation_files
+from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.algorithms.refining import refine
+from jukebox_lite.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def evaluate(
     batches = [group[i : i + batch_size] for group in by_length.values() for i in range(0, len(group), batch_size)]
     for batch in tqdm(batches, desc="eval-refiner", unit="batch"):
         x = torch.stack([clips[i] for i in batch]).to(device)  # (B, 1, T)
-        with device_autocast(device):
+        with autocast(device):
             decoded = vqvae.decode(vqvae.encode(x, levels=[level]), level).float()  # (B, 1, T)
         refined = refine(refiner, decoded, steps=steps, strength=strength, seed=seed)  # (B, 1, T) on the CPU
         x, decoded = x.cpu(), decoded.cpu()
@@ -136,16 +137,12 @@ def evaluate_run(
     seed: int = 0,
 ) -> dict:
     device = resolve_device()
-    refiner_path, vqvae_path = run_dir / "refiner" / CHECKPOINT_NAME, run_dir / "vqvae" / CHECKPOINT_NAME
-    if not vqvae_path.is_file():
-        raise UserError(f"No VQ-VAE at '{vqvae_path}'; train it first (jukebox-lite train-vqvae --run {run_dir} ...).")
-    if not refiner_path.is_file():
-        raise UserError(f"No refiner at '{refiner_path}'; train one first (jukebox-lite train-refiner --run {run_dir} ...).")
-    vqvae = load_vqvae(vqvae_path, map_location=device)
-    fingerprint = vqvae_fingerprint(vqvae)
-    refiner = load_refiner(refiner_path, map_location=device, vqvae=fingerprint)
+    run = Run(run_dir)
+    vqvae = run.load_vqvae(device)
+    fingerprint = vqvae.fingerprint()
+    refiner = run.load_refiner(device, fingerprint)
     cfg = refiner.config
-    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run_dir)
+    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run)
     hop = vqvae.hop_lengths[cfg.cond_level]
     segment = max(hop, round(segment_seconds * cfg.sample_rate) // hop * hop)
     clips = load_clips(paths, source, audio_dir is None, cfg.sample_rate, segment, max_segments, hop)
@@ -158,7 +155,7 @@ def evaluate_run(
     )
     values = evaluate(refiner, vqvae, clips, batch_size, steps, strength, seed)
     report = {
-        "refiner": str(refiner_path),
+        "refiner": str(run.refiner.checkpoint),
         "vqvae_fingerprint": fingerprint,
         "source": source,
         "files": len(paths),
@@ -199,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--strength is {args.strength}; use a value from 0 to 1.")
     load_config(args.config, args.overrides)  # a bad recipe or override is reported like every other stage
     evaluate_run(
-        args.run, args.json or args.run / "refiner" / "eval.json", args.audio, args.segment_seconds,
+        args.run, args.json or Run(args.run).refiner.eval_report, args.audio, args.segment_seconds,
         args.max_segments, args.batch_size, args.steps, args.strength, args.seed,
     )
     return 0

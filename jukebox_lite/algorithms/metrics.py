@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from jukebox_lite.losses import _magnitude, _mono, _per_item_norm, spectral_convergence
+from jukebox_lite.models.losses import _magnitude, _mono, _per_item_norm, spectral_convergence
 
 DB_FLOOR = -160.0  # dB: a ratio of 1e-8 (amplitude) or 1e-16 (power) and below
 LOG_MAG_FLOOR = 1e-5  # magnitudes below this count as silence in the log-spectral distances

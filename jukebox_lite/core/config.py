@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from jukebox_lite.atomic import atomic_path
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.precision import PRECISIONS
 
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3", "m4a")
 SEPARATION_BACKENDS = ("torch", "spleeter-cli", "none")
@@ -86,12 +87,11 @@ class DataConfig:
         self.separation.validate()
 
 
-PRECISIONS = ("auto", "bf16", "float32")
 
 
 @dataclass
 class TrainingConfig:
-    """A stage's run of the shared training loop (`jukebox_lite.training`): optimiser, schedule, logging.
+    """A stage's run of the shared training loop (`jukebox_lite.algorithms.training`): optimiser, schedule, logging.
 
     Every stage that trains has one as its `train` section; each stage picks its own defaults. The LR
     schedule is a function of the step and of this config only, so changing it and resuming (e.g.

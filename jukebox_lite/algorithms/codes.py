@@ -19,10 +19,8 @@ same manifest does nothing; new weights or new files re-encode.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,16 +29,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
-from jukebox_lite import audio as audio_io
-from jukebox_lite.atomic import atomic_path, read_jsonl, remove_stale_temporaries
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.config import load_config, save_config
-from jukebox_lite.distributed import resolve_device
-from jukebox_lite.errors import UserError
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.core import audio as audio_io
+from jukebox_lite.core.atomic import atomic_path, remove_stale_temporaries
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.precision import autocast
+from jukebox_lite.models.vqvae import VQVAE, load_vqvae
 
 log = logging.getLogger(__name__)
 
@@ -51,84 +46,6 @@ UNKNOWN_LABEL = "unknown"  # vocabulary entry for a file without a genre or arti
 
 # ----------------------------------------------------------------------------------------------
 # The VQ-VAE side: fingerprint, receptive field, chunked encoding
-
-
-def vqvae_fingerprint(model: VQVAE) -> str:
-    """Hash of the weights that decide the codes (the EMA statistics and bandwidth do not).
-
-    The priors compare it with the codes' index, so they never train on tokens of another VQ-VAE.
-    """
-    digest = hashlib.sha256()
-    skip = set(model.extra_state_keys())
-    for key, value in sorted(model.state_dict().items()):
-        if key in skip:
-            continue
-        value = value.detach().cpu().contiguous()
-        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def encoder_context(model: VQVAE) -> int:
-    """Samples of audio on each side that any level's encoder output can see, rounded up to the top hop.
-
-    Walks each encoder's convolutions in order: a conv (kernel k, dilation d, padding p, stride s)
-    widens the view by p steps left and d·(k−1) − p right, a step being the product of the strides
-    before it. Residual branches add their reach to the skip path's zero, so summing is exact.
-    """
-    reach = 0
-    for encoder in model.encoders:
-        step, left, right = 1, 0, 0
-        for conv in (m for m in encoder.modules() if isinstance(m, nn.Conv1d)):
-            (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-            left += p * step
-            right += (d * (k - 1) - p) * step
-            step *= s
-        reach = max(reach, left, right)
-    top = model.hop_lengths[-1]
-    return -(-reach // top) * top
-
-
-def device_autocast(device: torch.device):
-    """bf16 autocast on CUDA; float32 elsewhere (the codebook lookup always runs in float32)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-@torch.no_grad()
-def encode_waveform(
-    model: VQVAE, waveform: torch.Tensor, chunk_samples: int, batch_size: int = 4
-) -> list[torch.Tensor]:
-    """Mono audio (time,) → codes per level, each LongTensor (padded_time / hop_L,) on the CPU.
-
-    The audio is zero-padded to a multiple of the top hop. Windows of chunk + 2·context samples
-    (shifted inward at the file's ends, so every window has the same length and they batch) are
-    encoded and only each window's chunk is kept: the result equals encoding the whole file at once.
-    """
-    hops, top = model.hop_lengths, model.hop_lengths[-1]
-    device = next(model.parameters()).device
-    chunk = max(top, chunk_samples // top * top)
-    context = encoder_context(model)
-    length = -(-waveform.shape[-1] // top) * top
-    padded = torch.nn.functional.pad(waveform.float(), (0, length - waveform.shape[-1]))
-    window = chunk + 2 * context
-    if length <= window:  # one window: the whole file
-        with device_autocast(device):
-            return [c[0].cpu() for c in model.encode(padded.to(device)[None, None])]
-
-    starts = list(range(0, length, chunk))  # chunk starts
-    pieces: list[list[torch.Tensor]] = [[] for _ in hops]
-    for first in range(0, len(starts), batch_size):
-        batch_starts = starts[first : first + batch_size]
-        window_starts = [min(max(0, s - context), length - window) for s in batch_starts]
-        batch = torch.stack([padded[w : w + window] for w in window_starts])[:, None]  # (B, 1, window)
-        with device_autocast(device):
-            codes = model.encode(batch.to(device))  # per level (B, window / hop_L)
-        for level, hop in enumerate(hops):
-            for row, (s, w) in enumerate(zip(batch_starts, window_starts)):
-                keep = min(chunk, length - s)
-                begin = (s - w) // hop
-                pieces[level].append(codes[level][row, begin : begin + keep // hop].cpu())
-    return [torch.cat(level_pieces) for level_pieces in pieces]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,15 +86,12 @@ def _is_current(index: dict | None, codes_dir: Path, fingerprint: str, manifest:
     return None
 
 
-def encode_corpus(run_dir: Path, chunk_seconds: float = 10.0, batch_size: int = 4) -> Path:
-    """Encode every file of RUN/data/manifest.jsonl with RUN/vqvae into RUN/codes; returns the index path."""
-    data_dir, codes_dir = run_dir / "data", run_dir / "codes"
-    manifest = read_jsonl(data_dir / "manifest.jsonl")
-    if not manifest:
-        raise UserError(f"'{data_dir / 'manifest.jsonl'}' lists no audio; run the data stage (make data) first.")
-    device = resolve_device()
-    model = load_vqvae(run_dir / "vqvae", map_location=device)
-    fingerprint = vqvae_fingerprint(model)
+def encode_corpus(
+    manifest: list[dict], data_dir: Path, model: VQVAE, codes_dir: Path, chunk_seconds: float = 10.0, batch_size: int = 4
+) -> Path:
+    """Encode every manifest row's file (relative to `data_dir`) with `model` into `codes_dir`; returns the index path."""
+    device = next(model.parameters()).device
+    fingerprint = model.fingerprint()
     reason = _is_current(_read_index(codes_dir), codes_dir, fingerprint, manifest)
     if reason is None:
         log.info("codes in %s are up to date (VQ-VAE %s, %d files)", codes_dir, fingerprint, len(manifest))
@@ -197,7 +111,8 @@ def encode_corpus(run_dir: Path, chunk_seconds: float = 10.0, batch_size: int = 
         outs = [stack.enter_context(open(tmp, "wb")) for tmp in tmps]
         for row in tqdm(manifest, desc="encode", unit="file"):
             waveform, samples = _load_for_vqvae(data_dir / row["path"], cfg.sample_rate)
-            codes = encode_waveform(model, waveform, chunk_samples, batch_size)
+            with autocast(device):
+                codes = model.encode_long(waveform, chunk_samples, batch_size)
             entry = {
                 "id": row["id"],
                 "sha256": row.get("sha256"),
@@ -329,7 +244,7 @@ class CodesCorpus:
     def check_vqvae(self, vqvae: VQVAE | str | os.PathLike) -> None:
         """Refuse unless these codes were made with this VQ-VAE (a model, a run folder or a .pt)."""
         model = vqvae if isinstance(vqvae, VQVAE) else load_vqvae(vqvae)
-        self.check_fingerprint(vqvae_fingerprint(model))
+        self.check_fingerprint(model.fingerprint())
 
     def level(self, level: int) -> np.ndarray:
         """All files' tokens at `level`, concatenated: a read-only memory map (tokens,)."""
@@ -417,23 +332,3 @@ class CodesCorpus:
             offset=torch.tensor(offsets),
             sample_length=n_ctx * hop,
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/data and RUN/vqvae, writes RUN/codes")
-    parser.add_argument("--chunk-seconds", type=float, default=10.0, help="audio encoded per window (bounds memory)")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per encoder pass")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.chunk_seconds <= 0 or args.batch_size < 1:
-        raise UserError("--chunk-seconds must be positive and --batch-size at least 1.")
-    recipe = load_config(args.config, args.overrides)
-    index = encode_corpus(args.run, args.chunk_seconds, args.batch_size)
-    save_config(recipe, index.parent / "config.yaml")
-    return 0

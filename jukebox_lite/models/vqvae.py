@@ -16,6 +16,7 @@ Shapes: audio (batch, 1, time); latents (batch, emb_width, time / hop); codes (b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -26,9 +27,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jukebox_lite.checkpoint import load_checkpoint, load_state_checked
-from jukebox_lite.config import VQVAEConfig, section_from_dict
-from jukebox_lite.losses import MultiSpectralLoss, l2_loss, linf_loss, spectral_convergence
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
+from jukebox_lite.core.config import VQVAEConfig, section_from_dict
+from jukebox_lite.models.losses import MultiSpectralLoss, l2_loss, linf_loss, spectral_convergence
 from jukebox_lite.nn.conv import (
     Conv1d,
     DecoderConvBlock,
@@ -356,6 +357,116 @@ class VQVAE(nn.Module):
             raise ValueError(f"decode(level={level}) needs the codes of level {level}, got None")
         latents = self.bottleneck.level_blocks[level].decode(codes[level])  # (B, emb_width, T_L)
         return self.decoders[level](latents).float()
+
+    # -- long audio: chunked so memory stays bounded, exactly equal to the whole-track result
+
+    def fingerprint(self) -> str:
+        """Hash of the weights that decide the codes (the EMA statistics and bandwidth do not).
+
+        The priors compare it with the codes' index, so they never train on tokens of another VQ-VAE.
+        """
+        digest = hashlib.sha256()
+        skip = set(self.extra_state_keys())
+        for key, value in sorted(self.state_dict().items()):
+            if key in skip:
+                continue
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def encoder_context(self) -> int:
+        """Samples of audio on each side that any level's encoder output can see, rounded up to the top hop.
+
+        Walks each encoder's convolutions in order: a conv (kernel k, dilation d, padding p, stride s)
+        widens the view by p steps left and d·(k−1) − p right, a step being the product of the strides
+        before it. Residual branches add their reach to the skip path's zero, so summing is exact.
+        """
+        reach = 0
+        for encoder in self.encoders:
+            step, left, right = 1, 0, 0
+            for conv in (m for m in encoder.modules() if isinstance(m, nn.Conv1d)):
+                (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+                left += p * step
+                right += (d * (k - 1) - p) * step
+                step *= s
+            reach = max(reach, left, right)
+        top = self.hop_lengths[-1]
+        return -(-reach // top) * top
+
+    def decoder_context(self, level: int) -> int:
+        """Tokens on each side that one output sample of `level`'s decoder can depend on (rounded up).
+
+        Walks the decoder's convolutions in order, tracking how many output samples a token has become:
+        a conv (kernel k, dilation d, padding p) reaches max(p, d·(k−1) − p) steps of its own resolution; a
+        transposed conv (kernel k, stride s) reaches ⌈k / s⌉ steps of its input, then multiplies the rate.
+        """
+        reach, samples_per_token = 0.0, 1
+        for layer in self.decoders[level].modules():
+            if isinstance(layer, nn.ConvTranspose1d):
+                (k,), (s,) = layer.kernel_size, layer.stride
+                reach += math.ceil(k / s) / samples_per_token
+                samples_per_token *= s
+            elif isinstance(layer, nn.Conv1d):
+                (k,), (p,), (d,) = layer.kernel_size, layer.padding, layer.dilation
+                reach += max(p, d * (k - 1) - p) / samples_per_token
+        return math.ceil(reach) + 1
+
+    @torch.no_grad()
+    def encode_long(self, waveform: torch.Tensor, chunk_samples: int, batch_size: int = 4) -> list[torch.Tensor]:
+        """Mono audio (time,) → codes per level, each LongTensor (padded_time / hop_L,) on the CPU.
+
+        The audio is zero-padded to a multiple of the top hop. Windows of chunk + 2·context samples
+        (shifted inward at the file's ends, so every window has the same length and they batch) are
+        encoded and only each window's chunk is kept: the result equals encoding the whole file at once.
+        """
+        hops, top = self.hop_lengths, self.hop_lengths[-1]
+        device = next(self.parameters()).device
+        chunk = max(top, chunk_samples // top * top)
+        context = self.encoder_context()
+        length = -(-waveform.shape[-1] // top) * top
+        padded = F.pad(waveform.float(), (0, length - waveform.shape[-1]))
+        window = chunk + 2 * context
+        if length <= window:  # one window: the whole file
+            return [c[0].cpu() for c in self.encode(padded.to(device)[None, None])]
+
+        starts = list(range(0, length, chunk))  # chunk starts
+        pieces: list[list[torch.Tensor]] = [[] for _ in hops]
+        for first in range(0, len(starts), batch_size):
+            batch_starts = starts[first : first + batch_size]
+            window_starts = [min(max(0, s - context), length - window) for s in batch_starts]
+            batch = torch.stack([padded[w : w + window] for w in window_starts])[:, None]  # (B, 1, window)
+            codes = self.encode(batch.to(device))  # per level (B, window / hop_L)
+            for level, hop in enumerate(hops):
+                for row, (s, w) in enumerate(zip(batch_starts, window_starts)):
+                    keep = min(chunk, length - s)
+                    begin = (s - w) // hop
+                    pieces[level].append(codes[level][row, begin : begin + keep // hop].cpu())
+        return [torch.cat(level_pieces) for level_pieces in pieces]
+
+    @torch.no_grad()
+    def decode_long(self, codes: torch.Tensor, level: int, chunk_tokens: int = 4096) -> torch.Tensor:
+        """Codes (B, T) of `level` → audio (B, 1, T · hop) on the CPU, decoded in overlapping windows.
+
+        Each window holds `chunk_tokens` plus the decoder's context on both sides (shifted inward at the
+        track's ends), and only its middle is kept, so the result equals decoding the whole track at once
+        while the model only ever sees one window.
+        """
+        batch, length = codes.shape
+        hop = self.hop_lengths[level]
+        device = next(self.parameters()).device
+        context = self.decoder_context(level)
+        window = chunk_tokens + 2 * context
+        if length <= window:
+            return self.decode([None] * level + [codes.to(device)], level=level).cpu()
+        audio = torch.empty(batch, 1, length * hop)
+        for start in range(0, length, chunk_tokens):
+            first = min(max(0, start - context), length - window)
+            decoded = self.decode([None] * level + [codes[:, first : first + window].to(device)], level=level)
+            keep = min(chunk_tokens, length - start)
+            offset = (start - first) * hop
+            audio[:, :, start * hop : (start + keep) * hop] = decoded[:, :, offset : offset + keep * hop].cpu()
+        return audio
 
     # -- training
 

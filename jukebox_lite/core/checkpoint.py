@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from jukebox_lite.atomic import atomic_path
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.core.errors import UserError
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "last.pt"

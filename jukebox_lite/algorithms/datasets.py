@@ -18,10 +18,10 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from jukebox_lite.atomic import read_jsonl
-from jukebox_lite.errors import UserError
-from jukebox_lite.losses import compute_bandwidth
-from jukebox_lite.training import Task
+from jukebox_lite.core.atomic import read_jsonl
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.losses import compute_bandwidth
+from jukebox_lite.algorithms.training import Task
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 TRAIN_STREAM, BANDWIDTH_STREAM, MEDIA_STREAM, RESIDUAL_STREAM = 0, 1, 2, 3
 
 
-def read_manifest(data_dir: Path, split: str) -> list[dict]:
+def read_manifest(manifest: Path, split: str) -> list[dict]:
     """The manifest rows of one split ("train" / "valid"); a missing manifest is a UserError."""
-    manifest = Path(data_dir) / "manifest.jsonl"
+    manifest = Path(manifest)
     if not manifest.is_file():
         raise UserError(f"'{manifest}' does not exist; run the data stage first (jukebox-lite prepare --run RUN ...).")
     return [row for row in read_jsonl(manifest) if row.get("split") == split]
@@ -45,10 +45,10 @@ class AudioWindows(Dataset):
     a UserError, as is a file at another sample rate than the model's.
     """
 
-    def __init__(self, data_dir: Path, sample_rate: int, length: int, seed: int, split: str = "train"):
+    def __init__(self, manifest: Path, sample_rate: int, length: int, seed: int, split: str = "train"):
         self.length, self.seed = length, seed
-        data_dir = Path(data_dir)
-        rows = read_manifest(data_dir, split)
+        data_dir = Path(manifest).parent  # the manifest names its files relative to its own folder
+        rows = read_manifest(manifest, split)
         self.paths: list[Path] = []
         frames: list[int] = []
         too_short: list[str] = []
@@ -146,17 +146,17 @@ def data_bandwidth(dataset: AudioWindows, n_windows: int, rank: int = 0, world_s
 class AudioWindowTask(Task):
     """A `Task` that trains on windows of the data stage's audio: the VQ-VAE and the refiner.
 
-    Subclasses set `cfg` (with `sample_rate` and `train`), `data_dir`, `seed` and `window_length`.
+    Subclasses set `cfg` (with `sample_rate` and `train`), `manifest` (the data stage's), `seed` and `window_length`.
     """
 
     cfg: Any
-    data_dir: Path
+    manifest: Path
     seed: int
     window_length: int
     _media: torch.Tensor | None = None
 
     def windows(self, seed: int, split: str = "train") -> AudioWindows:
-        return AudioWindows(self.data_dir, self.cfg.sample_rate, self.window_length, seed, split)
+        return AudioWindows(self.manifest, self.cfg.sample_rate, self.window_length, seed, split)
 
     def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[torch.Tensor]:
         train = self.cfg.train

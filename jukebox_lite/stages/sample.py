@@ -28,68 +28,20 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn as nn
 
-from jukebox_lite.atomic import atomic_path
-from jukebox_lite.audio import AudioError, load_audio, resample, to_mono
-from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import RecipeConfig, load_config
-from jukebox_lite.copies import SAMPLE_CODES
-from jukebox_lite.distributed import resolve_device
-from jukebox_lite.errors import UserError
-from jukebox_lite.prior import Prior, prior_from_checkpoint
-from jukebox_lite.refiner import load_refiner, refine
-from jukebox_lite.sampling import morph
-from jukebox_lite.train_prior import PriorVocabulary
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.core.audio import AudioError, load_audio, resample, to_mono
+from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.core.config import RecipeConfig, load_config
+from jukebox_lite.core.distributed import resolve_device
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import LoadedPrior, Run, SampleFolder
+from jukebox_lite.core.precision import autocast
+from jukebox_lite.algorithms.refining import refine
+from jukebox_lite.algorithms.sampling import sample_codes, morph
+from jukebox_lite.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
-
-
-def decoder_context(model: VQVAE, level: int) -> int:
-    """Tokens on each side that one output sample of `level`'s decoder can depend on (rounded up).
-
-    Walks the decoder's convolutions in order, tracking how many output samples a token has become:
-    a conv (kernel k, dilation d, padding p) reaches max(p, d·(k−1) − p) steps of its own resolution; a
-    transposed conv (kernel k, stride s) reaches ⌈k / s⌉ steps of its input, then multiplies the rate.
-    """
-    reach, samples_per_token = 0.0, 1
-    for layer in model.decoders[level].modules():
-        if isinstance(layer, nn.ConvTranspose1d):
-            (k,), (s,) = layer.kernel_size, layer.stride
-            reach += math.ceil(k / s) / samples_per_token
-            samples_per_token *= s
-        elif isinstance(layer, nn.Conv1d):
-            (k,), (p,), (d,) = layer.kernel_size, layer.padding, layer.dilation
-            reach += max(p, d * (k - 1) - p) / samples_per_token
-    return math.ceil(reach) + 1
-
-
-@torch.no_grad()
-def decode_long(model: VQVAE, codes: torch.Tensor, level: int, chunk_tokens: int = 4096) -> torch.Tensor:
-    """Codes (B, T) of `level` → audio (B, 1, T · hop) on the CPU, decoded in overlapping windows.
-
-    Each window holds `chunk_tokens` plus the decoder's context on both sides (shifted inward at the
-    track's ends), and only its middle is kept, so the result equals decoding the whole track at once
-    while the model only ever sees one window.
-    """
-    batch, length = codes.shape
-    hop = model.hop_lengths[level]
-    device = next(model.parameters()).device
-    context = decoder_context(model, level)
-    window = chunk_tokens + 2 * context
-    if length <= window:
-        return model.decode([None] * level + [codes.to(device)], level=level).cpu()
-    audio = torch.empty(batch, 1, length * hop)
-    for start in range(0, length, chunk_tokens):
-        first = min(max(0, start - context), length - window)
-        decoded = model.decode([None] * level + [codes[:, first : first + window].to(device)], level=level)
-        keep = min(chunk_tokens, length - start)
-        offset = (start - first) * hop
-        audio[:, :, start * hop : (start + keep) * hop] = decoded[:, :, offset : offset + keep * hop].cpu()
-    return audio
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,27 +66,6 @@ class SampleRequest:
     refine_steps: int | None = None
     refine_strength: float | None = None
     name: str | None = None  # sample folder prefix (default: a timestamp)
-
-
-@dataclass
-class LoadedPrior:
-    prior: Prior
-    vocab: PriorVocabulary
-    path: Path
-    step: int
-
-
-def _load_prior(run: Path, level: int, fingerprint: str, device: torch.device) -> LoadedPrior:
-    path = run / f"prior_level{level}"
-    state = load_checkpoint(path, kind="prior")
-    if state.get("vqvae_fingerprint") not in (None, fingerprint):
-        raise UserError(
-            f"The level-{level} prior in '{path}' was trained on codes of another VQ-VAE; retrain it on this run's codes."
-        )
-    prior = prior_from_checkpoint(state, str(path)).to(device)
-    if prior.cfg.level != level:
-        raise UserError(f"'{path}' holds a level-{prior.cfg.level} prior, not level {level}.")
-    return LoadedPrior(prior, PriorVocabulary.from_checkpoint(state), path, int(state.get("step", 0)))
 
 
 def _labels(loaded: LoadedPrior, request: SampleRequest, genre: str | None, total_samples: int, n: int):
@@ -170,31 +101,31 @@ def _write_wav(path: Path, audio: torch.Tensor, sr: int) -> None:
         sf.write(tmp, audio.clamp(-1, 1).numpy(), sr, subtype="PCM_16", format="WAV")
 
 
-def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> list[Path]:
+def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> list[SampleFolder]:
     """Generate `request.n` tracks and write RUN/samples/<name>_<k>/; returns the folders."""
     if request.seconds <= 0 or request.n < 1:
         raise UserError(f"Asked for {request.n} samples of {request.seconds} s; both must be positive (SECONDS, N).")
     device = resolve_device()
-    vqvae = load_vqvae(run / "vqvae").to(device)
-    fingerprint = vqvae_fingerprint(vqvae)
+    vqvae = run.load_vqvae(device)
+    fingerprint = vqvae.fingerprint()
     sr, hops = vqvae.sample_rate, vqvae.hop_lengths
-    top = _load_prior(run, 2, fingerprint, device)
+    top = run.load_prior(2, device, fingerprint)
     levels = [2, 1] if request.fast else [2, 1, 0]
     upsamplers = {}
     for level in levels[1:]:
-        if not (run / f"prior_level{level}" / CHECKPOINT_NAME).exists():
+        if not run.prior(level).has_checkpoint():
             hint = " or sample with --fast (stops at level 1)" if level == 0 else ""
-            raise UserError(f"No level-{level} upsampler in '{run / f'prior_level{level}'}'; train it (make upsamplers){hint}.")
-        upsamplers[level] = _load_prior(run, level, fingerprint, device)
+            raise UserError(f"No level-{level} upsampler in '{run.prior(level).path}'; train it (make upsamplers){hint}.")
+        upsamplers[level] = run.load_prior(level, device, fingerprint)
     refiner = None
-    if (run / "refiner" / CHECKPOINT_NAME).exists():
-        refiner = load_refiner(run / "refiner", map_location=device, vqvae=fingerprint)
+    if run.refiner.has_checkpoint():
+        refiner = run.load_refiner(device, fingerprint)
         if refiner.config.cond_level not in levels:
             raise UserError(
                 f"The refiner refines level-{refiner.config.cond_level} audio, which --fast does not make; drop --fast."
             )
     else:
-        log.warning("no refiner in %s: the samples get no refined.wav (train one with make refiner)", run / "refiner")
+        log.warning("no refiner in %s: the samples get no refined.wav (train one with make refiner)", run.refiner.path)
     if top.prior.cfg.labels and top.vocab.genres:  # unknown names fail before any work
         for genre in filter(None, (request.genre, request.morph_to)):
             top.vocab.genre_id(genre)
@@ -204,8 +135,8 @@ def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> li
             log.info("no genre given: using '%s' (known: %s)", top.vocab.genres[0], ", ".join(top.vocab.genres))
 
     name = request.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folders = [run / "samples" / f"{name}_{k}" for k in range(request.n)]
-    taken = [f for f in folders if f.exists()]
+    folders = [run.sample(f"{name}_{k}") for k in range(request.n)]
+    taken = [f.path for f in folders if f.path.exists()]
     if taken:
         raise UserError(f"'{taken[0]}' already exists; pick another --name (nothing is overwritten).")
 
@@ -222,19 +153,20 @@ def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> li
         labels = morph(labels, _labels(top, request, request.morph_to, total, request.n), tokens)
     prime = None if request.prime is None else _prime_codes(vqvae, request.prime, tokens, request.n)
     options = dict(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p, generator=generator, progress=True)
-    codes[2] = top.prior.sample(request.n, tokens, labels=labels, prime=prime, **options)
-    timings["level2"] = time.perf_counter() - clock
-    for level, loaded in upsamplers.items():
-        clock = time.perf_counter()
-        length = tokens * hops[2] // hops[level]
-        up_labels = _labels(loaded, request, request.genre, total, request.n)
-        codes[level] = loaded.prior.sample(request.n, length, labels=up_labels, upper_codes=codes[level + 1], **options)
-        timings[f"level{level}"] = time.perf_counter() - clock
+    with autocast(device):
+        codes[2] = sample_codes(top.prior, request.n, tokens, labels=labels, prime=prime, **options)
+        timings["level2"] = time.perf_counter() - clock
+        for level, loaded in upsamplers.items():
+            clock = time.perf_counter()
+            length = tokens * hops[2] // hops[level]
+            up_labels = _labels(loaded, request, request.genre, total, request.n)
+            codes[level] = sample_codes(loaded.prior, request.n, length, labels=up_labels, upper_codes=codes[level + 1], **options)
+            timings[f"level{level}"] = time.perf_counter() - clock
 
     audio: dict[str, torch.Tensor] = {}
     clock = time.perf_counter()
     for level in levels:
-        audio[f"level{level}"] = decode_long(vqvae, codes[level], level)[:, :, : round(request.seconds * sr)]
+        audio[f"level{level}"] = vqvae.decode_long(codes[level], level)[:, :, : round(request.seconds * sr)]
     timings["decode"] = time.perf_counter() - clock
     if refiner is not None:
         clock = time.perf_counter()
@@ -245,10 +177,10 @@ def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> li
         timings["refine"] = time.perf_counter() - clock
 
     for k, folder in enumerate(folders):
-        folder.mkdir(parents=True)
+        folder.path.mkdir(parents=True)
         for stage, track in audio.items():
-            _write_wav(folder / f"{stage}.wav", track[k, 0].cpu(), sr)
-        np.save(folder / SAMPLE_CODES, codes[2][k].cpu().numpy().astype(np.int32))
+            _write_wav(folder.audio(stage), track[k, 0].cpu(), sr)
+        np.save(folder.codes, codes[2][k].cpu().numpy().astype(np.int32))
         meta = {
             "recipe": recipe.name,
             "seconds": request.seconds,
@@ -263,17 +195,17 @@ def sample_tracks(recipe: RecipeConfig, run: Path, request: SampleRequest) -> li
             "top_p": request.top_p,
             "fast": request.fast,
             "checkpoints": {
-                "vqvae": str(run / "vqvae" / CHECKPOINT_NAME),
+                "vqvae": str(run.vqvae.checkpoint),
                 **{f"prior_level{lv}": {"path": str(p.path), "step": p.step} for lv, p in ((2, top), *upsamplers.items())},
-                "refiner": None if refiner is None else str(run / "refiner" / CHECKPOINT_NAME),
+                "refiner": None if refiner is None else str(run.refiner.checkpoint),
             },
             "device": str(device),
             "seconds_per_stage": {k: round(v, 2) for k, v in timings.items()},
         }
-        with atomic_path(folder / "meta.json") as tmp:
+        with atomic_path(folder.meta) as tmp:
             tmp.write_text(json.dumps(meta, indent=2))
     log.info(
-        "wrote %d sample(s) of %.1f s to %s (%s)", request.n, request.seconds, run / "samples",
+        "wrote %d sample(s) of %.1f s to %s (%s)", request.n, request.seconds, run.samples,
         ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
     )
     return folders
@@ -302,5 +234,5 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_config(args.config, args.overrides)
     fields = {f.name for f in dataclasses.fields(SampleRequest)} - {"name"}
     request = SampleRequest(**{k: getattr(args, k) for k in fields}, name=args.name)
-    sample_tracks(recipe, args.run, request)
+    sample_tracks(recipe, Run(args.run), request)
     return 0

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ into an id (`PriorVocabulary`). A resumed run keeps its ids and appends names ne
 
 LR: warm-up, then constant; annealing decays it linearly to zero from `train.anneal_start` over
 `train.anneal_steps`, set from the start or switched on later by rerunning with
-`prior_level2.train.anneal_start=STEP`; the run ends when the LR reaches zero (`jukebox_lite.training`).
+`prior_level2.train.anneal_start=STEP`; the run ends when the LR reaches zero (`jukebox_lite.algorithms.training`).
 If RUN/prior_level{L}/last.pt was imported from OpenAI (`import-jukebox`, step 0) training starts
 from its weights: fine-tuning. `prior_levelN.checkpoint_layers: true` recomputes each transformer
 layer in backward: far less activation memory for about a third more compute (the GPU recipes use it).
@@ -35,24 +35,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from jukebox_lite import distributed
-from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_checked, resolve_checkpoint
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.codes import CodesCorpus, CodesWindows, vqvae_fingerprint
-from jukebox_lite.config import PriorConfig, RecipeConfig, load_config
-from jukebox_lite.errors import UserError
-from jukebox_lite.prior import Prior
-from jukebox_lite.training import Task, TrainResult, train
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.core import distributed
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
+from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.algorithms.codes import CodesCorpus, CodesWindows
+from jukebox_lite.core.config import PriorConfig, RecipeConfig, load_config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
+from jukebox_lite.algorithms.vocabulary import PriorVocabulary
+from jukebox_lite.algorithms.sampling import sample_codes
+from jukebox_lite.models.prior import Prior
+from jukebox_lite.algorithms.training import Task, TrainResult, train
+from jukebox_lite.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -73,65 +74,6 @@ UPSAMPLER_ARCHITECTURE = (
 
 def section_name(level: int) -> str:
     return f"prior_level{level}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Vocabulary: genre and artist names ↔ label ids
-
-
-@dataclasses.dataclass
-class PriorVocabulary:
-    """The genre and artist names a prior was trained with; a name's position is its label id."""
-
-    genres: list[str]
-    artists: list[str]
-
-    @classmethod
-    def from_checkpoint(cls, state: dict) -> PriorVocabulary:
-        return cls(list(state.get("genres") or []), list(state.get("artists") or []))
-
-    @classmethod
-    def load(cls, path: str | Path) -> PriorVocabulary:
-        """The vocabulary stored in a prior checkpoint (a run folder such as RUN/prior_level2, or a .pt)."""
-        return cls.from_checkpoint(load_checkpoint(path, "prior"))
-
-    def extended(self, genres: list[str], artists: list[str]) -> PriorVocabulary:
-        """These ids kept, names not yet known appended (a resumed run on a grown corpus)."""
-        return PriorVocabulary(
-            self.genres + [g for g in genres if g not in self.genres],
-            self.artists + [a for a in artists if a not in self.artists],
-        )
-
-    def genre_id(self, name: str) -> int:
-        return self._lookup(self.genres, name, "genre")
-
-    def artist_id(self, name: str) -> int:
-        return self._lookup(self.artists, name, "artist")
-
-    @staticmethod
-    def _lookup(names: list[str], name: str, what: str) -> int:
-        if name in names:
-            return names.index(name)
-        known = ", ".join(names) if names else "none (an imported prior: use label ids)"
-        raise UserError(f"The {what} '{name}' is unknown to this prior; known {what}s: {known}.")
-
-
-# ----------------------------------------------------------------------------------------------
-# The model as the training loop sees it
-
-
-class TrainablePrior(Prior):
-    """A Prior whose forward is the training objective, so DDP sees the whole step (same state dict keys)."""
-
-    def forward(
-        self, tokens: torch.Tensor, upper: torch.Tensor | None = None, labels: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """tokens (B, T), upper (B, T / ratio) or None, labels (B, 4 + G) or None → (nats per token, metrics)."""
-        logits = self.logits(tokens, upper, labels)  # (B, T, bins) float32
-        nats = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
-        with torch.no_grad():
-            accuracy = (logits.argmax(-1) == tokens).float().mean()
-        return nats, {"bits_per_token": nats.detach() / math.log(2), "accuracy": accuracy}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,7 +184,7 @@ class PriorTask(Task):
         return dataclasses.asdict(self.cfg)
 
     def build_model(self) -> nn.Module:
-        return TrainablePrior(self.cfg)
+        return Prior(self.cfg)
 
     def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
         if self.init is not None:  # an imported OpenAI prior: fine-tune its weights
@@ -273,7 +215,8 @@ class PriorTask(Task):
             yield {k: None if v is None else v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return model(batch["tokens"], batch["upper"], batch["labels"])
+        _, metrics = model(batch["tokens"], batch["upper"], batch["labels"])
+        return metrics.pop("loss"), metrics
 
     # -- media
 
@@ -302,8 +245,8 @@ class PriorTask(Task):
         model.eval()
         try:
             generator = torch.Generator(device).manual_seed(self.seed)
-            sampled = model.sample(
-                1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
+            sampled = sample_codes(
+                model, 1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
             )  # (1, length)
         finally:
             model.train()
@@ -323,17 +266,17 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
     """The stage as a function (the CLI and the tests call it); `distributed.init()` comes first on several ranks."""
     if level not in (0, 1, 2):
         raise UserError(f"--level is {level}; use 2 (top prior), 1 or 0 (upsamplers).")
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     section = section_name(level)
     cfg: PriorConfig = getattr(recipe, section)
-    out_dir = run_dir / section
-    vqvae = load_vqvae(run_dir / "vqvae")
-    fingerprint = vqvae_fingerprint(vqvae)
-    corpus = CodesCorpus(run_dir / "codes", fingerprint)
+    out = run.prior(level)
+    vqvae = run.load_vqvae()
+    fingerprint = vqvae.fingerprint()
+    corpus = run.codes_corpus(fingerprint)
     vocab = PriorVocabulary(list(corpus.genres), list(corpus.artists))
     init = None
-    if (out_dir / CHECKPOINT_NAME).exists():
-        path = resolve_checkpoint(out_dir)
+    if out.has_checkpoint():
+        path = out.checkpoint
         state = load_checkpoint(path, "prior")
         check_checkpoint(cfg, state, path, section, fingerprint)
         vocab = PriorVocabulary.from_checkpoint(state).extended(corpus.genres, corpus.artists)
@@ -342,7 +285,7 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
         del state
     check_codes(cfg, corpus, vocab, section)
     task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, init)
-    return train(task, cfg.train, out_dir, seed=recipe.seed, recipe=recipe)
+    return train(task, cfg.train, out, seed=recipe.seed, recipe=recipe)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

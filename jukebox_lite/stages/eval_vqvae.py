@@ -22,57 +22,25 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jukebox_lite import audio as audio_io
-from jukebox_lite import metrics
-from jukebox_lite.atomic import atomic_path, read_jsonl
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.codes import device_autocast, vqvae_fingerprint
-from jukebox_lite.config import AUDIO_EXTENSIONS, load_config
-from jukebox_lite.distributed import resolve_device
-from jukebox_lite.errors import UserError
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.algorithms import metrics
+from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.stages.common import (
+    add_recipe_arguments,
+    add_segment_arguments,
+    check_segment_arguments,
+    folder_files,
+    load_clips,
+    validation_files,
+)
+from jukebox_lite.core.precision import autocast
+from jukebox_lite.core.config import load_config
+from jukebox_lite.core.distributed import resolve_device
+from jukebox_lite.runs import Run
+from jukebox_lite.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
 AUDIO_METRICS = ("spectral_convergence_db", "si_sdr_db", "log_mel_distance", "mr_stft_distance", "high_band_error_db")
-
-
-def validation_files(run_dir: Path) -> tuple[list[Path], str]:
-    """The data stage's validation files, or its training files (with a warning) when there are none."""
-    data_dir = run_dir / "data"
-    manifest = read_jsonl(data_dir / "manifest.jsonl")
-    if not manifest:
-        raise UserError(f"'{data_dir / 'manifest.jsonl'}' lists no audio; run the data stage or pass --audio DIR.")
-    split = "valid"
-    rows = [r for r in manifest if r.get("split") == split]
-    if not rows:
-        split = "train"
-        log.warning("the validation split is empty; evaluating on the training files, which flatters the VQ-VAE")
-        rows = manifest
-    return [data_dir / r["path"] for r in rows], split
-
-
-def folder_files(folder: Path) -> list[Path]:
-    from data_prep.ingest import scan  # the data stage's scanner: same extensions, hidden files skipped
-
-    if not folder.is_dir():
-        raise UserError(f"Audio folder '{folder}' does not exist.")
-    paths = scan(folder, list(AUDIO_EXTENSIONS))
-    if not paths:
-        raise UserError(f"No audio files ({', '.join(AUDIO_EXTENSIONS)}) found in '{folder}'.")
-    return paths
-
-
-def segments_of(waveform: torch.Tensor, segment: int, max_segments: int, top_hop: int) -> list[torch.Tensor]:
-    """Up to `max_segments` non-overlapping (1, segment) pieces spread over (time,); a shorter file is
-    one piece cut to a multiple of the top hop (none if it is shorter than one hop)."""
-    length = waveform.shape[-1]
-    if length < segment:
-        usable = length // top_hop * top_hop
-        return [waveform[None, :usable]] if usable else []
-    count = min(max_segments, length // segment)
-    starts = torch.linspace(0, length - segment, count).round().long().tolist() if count > 1 else [0]
-    return [waveform[None, s : s + segment] for s in starts]
 
 
 @torch.no_grad()
@@ -90,7 +58,7 @@ def evaluate(model: VQVAE, clips: list[torch.Tensor], batch_size: int = 4) -> li
     batches = [group[i : i + batch_size] for group in by_length.values() for i in range(0, len(group), batch_size)]
     for batch in tqdm(batches, desc="eval-vqvae", unit="batch"):
         x = torch.stack(batch).to(device)  # (B, 1, T)
-        with device_autocast(device):
+        with autocast(device):
             codes = model.encode(x)
             for level in range(model.levels):
                 recon = model.decode(codes, level).float()  # (B, 1, T)
@@ -123,30 +91,6 @@ def format_table(results: list[dict]) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
 
 
-def load_clips(
-    paths: list[Path], source: str, from_corpus: bool, sample_rate: int, segment: int, max_segments: int, hop: int
-) -> list[torch.Tensor]:
-    """Mono segments (1, ≤ segment) at `sample_rate` from every file (see `segments_of`).
-
-    An unreadable corpus file means the data stage's output is damaged (an error); in a user's
-    folder it is skipped with a warning.
-    """
-    clips = []
-    for path in paths:
-        try:
-            audio, sr = audio_io.load_audio(path)
-        except audio_io.AudioError as e:
-            if from_corpus:
-                raise UserError(f"Corpus file '{path}' cannot be read ({e}); rerun the data stage.") from None
-            log.warning("skipping %s: %s", path, e)
-            continue
-        mono = audio_io.resample(audio_io.to_mono(audio), sr, sample_rate)[0]
-        clips += segments_of(torch.from_numpy(mono.copy()), segment, max_segments, hop)
-    if not clips:
-        raise UserError(f"No usable audio to evaluate in {source}; every file was unreadable or shorter than {hop} samples.")
-    return clips
-
-
 def evaluate_run(
     run_dir: Path,
     out: Path,
@@ -155,9 +99,9 @@ def evaluate_run(
     max_segments: int = 8,
     batch_size: int = 4,
 ) -> dict:
-    device = resolve_device()
-    model = load_vqvae(run_dir / "vqvae", map_location=device)
-    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run_dir)
+    run = Run(run_dir)
+    model = run.load_vqvae(resolve_device())
+    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run)
     top_hop = model.hop_lengths[-1]
     segment = max(top_hop, round(segment_seconds * model.sample_rate) // top_hop * top_hop)
     clips = load_clips(paths, source, audio_dir is None, model.sample_rate, segment, max_segments, top_hop)
@@ -165,7 +109,7 @@ def evaluate_run(
     log.info("evaluating the VQ-VAE on %d segments (%.1f s) from %d files of %s", len(clips), seconds, len(paths), source)
     levels = evaluate(model, clips, batch_size)
     report = {
-        "vqvae_fingerprint": vqvae_fingerprint(model),
+        "vqvae_fingerprint": model.fingerprint(),
         "source": source,
         "files": len(paths),
         "segments": len(clips),
@@ -182,19 +126,6 @@ def evaluate_run(
     return report
 
 
-def add_segment_arguments(parser: argparse.ArgumentParser, segment_seconds: float, max_segments: int, batch_help: str) -> None:
-    """What both evaluation commands are evaluated on and how it is cut: --audio and the segment options."""
-    parser.add_argument("--audio", type=Path, help="evaluate on this folder of audio instead of the validation split")
-    parser.add_argument("--segment-seconds", type=float, default=segment_seconds, help="length of each evaluated segment")
-    parser.add_argument("--max-segments", type=int, default=max_segments, help="segments per file at most, spread over it")
-    parser.add_argument("--batch-size", type=int, default=4, help=batch_help)
-
-
-def check_segment_arguments(args: argparse.Namespace) -> None:
-    if args.segment_seconds <= 0 or args.max_segments < 1 or args.batch_size < 1:
-        raise UserError("--segment-seconds must be positive, --max-segments and --batch-size at least 1.")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser)
     parser.add_argument("--run", required=True, type=Path, help="run folder holding RUN/vqvae (and RUN/data)")
@@ -207,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     load_config(args.config, args.overrides)  # a bad recipe or override is reported like every other stage
     evaluate_run(
         args.run,
-        args.json or args.run / "vqvae" / "eval.json",
+        args.json or Run(args.run).vqvae.eval_report,
         args.audio,
         args.segment_seconds,
         args.max_segments,

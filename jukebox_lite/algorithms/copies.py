@@ -18,23 +18,16 @@ a sample whose longest match reaches `flag_seconds` is flagged.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from jukebox_lite.atomic import atomic_path
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.codes import CodesCorpus
-from jukebox_lite.config import CopiesConfig, load_config
-from jukebox_lite.errors import UserError
+from jukebox_lite.algorithms.codes import CodesCorpus
+from jukebox_lite.core.config import CopiesConfig
 
 log = logging.getLogger(__name__)
 
-SAMPLE_CODES = "codes_level2.npy"  # what the sample stage saves beside each sample's audio
 _HASH_BASE = np.uint64(1_000_003)
 
 
@@ -145,41 +138,3 @@ class CorpusIndex:
                 agreement=round(float(equal[start:end].mean()), 3),
             )
         return sorted(best.values(), key=lambda m: -m.seconds)
-
-
-def check_run(run: Path, cfg: CopiesConfig) -> dict[str, dict]:
-    """Check every sample in RUN/samples against RUN/codes; write each sample's copies.json."""
-    corpus = CodesCorpus(run / "codes")
-    folders = sorted(p for p in (run / "samples").glob("*/") if (p / SAMPLE_CODES).is_file())
-    if not folders:
-        raise UserError(f"No samples with codes in '{run / 'samples'}'; run the sample stage (make sample) first.")
-    index = CorpusIndex(corpus, cfg)
-    report = {}
-    for folder in folders:
-        generated = np.load(folder / SAMPLE_CODES).astype(np.int64).reshape(-1)
-        found = index.matches(generated)
-        longest = found[0].seconds if found else 0.0
-        report[folder.name] = {
-            "flagged": longest >= cfg.flag_seconds,
-            "longest_seconds": longest,
-            "matches": [asdict(m) for m in found],
-            "settings": asdict(cfg),
-        }
-        with atomic_path(folder / "copies.json") as tmp:
-            tmp.write_text(json.dumps(report[folder.name], indent=2))
-        state = "FLAGGED" if longest >= cfg.flag_seconds else "ok"
-        log.info("%s: %s, longest match %.1f s%s", folder.name, state, longest, f" ({found[0].source})" if found else "")
-    return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder with codes/ and samples/")
-
-
-def run(args: argparse.Namespace) -> int:
-    report = check_run(args.run, load_config(args.config, args.overrides).copies)
-    flagged = [name for name, r in report.items() if r["flagged"]]
-    if flagged:
-        log.warning("%d of %d samples replay training audio: %s", len(flagged), len(report), ", ".join(flagged))
-    return 0

@@ -22,32 +22,32 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from jukebox_lite.atomic import atomic_path, read_jsonl
-from jukebox_lite.audio import AudioError, load_audio, resample, to_mono
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.atomic import atomic_path, read_jsonl
+from jukebox_lite.core.audio import AudioError, load_audio, resample, to_mono
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
 
 log = logging.getLogger(__name__)
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "listening_review.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "listening_review.ipynb"
 RUN_ENV = "JUKEBOX_LITE_RUN"  # how the stage tells the notebook which run folder to show
 CLIP_SECONDS = 10.0  # excerpts keep the page small: a minute of 22 kHz audio is ~3 MB of base64
 RATING_FIELDS = ("time", "sample", "listener", "score", "note")
-SAMPLE_STAGES = ("level2", "level1", "level0", "refined")  # the sample stage's files, in pipeline order
 
 
-def run_folder() -> Path:
-    """The run folder the notebook reviews: $JUKEBOX_LITE_RUN, or runs/demo when opened by hand."""
-    return Path(os.environ.get(RUN_ENV, Path(__file__).resolve().parents[1] / "runs" / "demo"))
+def run_folder() -> Run:
+    """The run the notebook reviews: $JUKEBOX_LITE_RUN, or runs/demo when opened by hand."""
+    return Run(os.environ.get(RUN_ENV, Path(__file__).resolve().parents[2] / "runs" / "demo"))
 
 
 # ----------------------------------------------------------------------------------------------
 # What the page shows
 
 
-def corpus_table(run: Path) -> list[dict]:
+def corpus_table(run: Run) -> list[dict]:
     """One row per (genre, split): files and minutes of audio, from the data stage's manifest."""
     rows: dict[tuple, dict] = {}
-    for entry in read_jsonl(run / "data" / "manifest.jsonl"):
+    for entry in run.manifest_rows():
         key = (entry["labels"].get("genre", "(none)"), entry["split"])
         row = rows.setdefault(key, {"genre": key[0], "split": key[1], "files": 0, "minutes": 0.0})
         row["files"] += 1
@@ -55,11 +55,11 @@ def corpus_table(run: Path) -> list[dict]:
     return [{**r, "minutes": round(r["minutes"], 1)} for _, r in sorted(rows.items())]
 
 
-def rejected_table(run: Path) -> list[dict]:
-    return [{"source": r["source"], "reason": r["reason"]} for r in read_jsonl(run / "data" / "rejected.jsonl")]
+def rejected_table(run: Run) -> list[dict]:
+    return [{"source": r["source"], "reason": r["reason"]} for r in read_jsonl(run.rejected)]
 
 
-def separation_pairs(run: Path, limit: int = 3) -> list[dict]:
+def separation_pairs(run: Run, limit: int = 3) -> list[dict]:
     """Files where vocal removal changed the audio most, with the source mixture and the prepared file.
 
     Change = 1 − correlation of the (mono, resampled, equally trimmed) source with the prepared file:
@@ -67,12 +67,12 @@ def separation_pairs(run: Path, limit: int = 3) -> list[dict]:
     moved since the data stage ran are skipped.
     """
     pairs = []
-    for entry in read_jsonl(run / "data" / "manifest.jsonl"):
+    for entry in run.manifest_rows():
         try:
             source, source_sr = load_audio(entry["source_path"])
         except AudioError:
             continue
-        prepared, sr = sf.read(run / "data" / entry["path"], dtype="float32")  # (time,) mono
+        prepared, sr = sf.read(run.data.path / entry["path"], dtype="float32")  # (time,) mono
         start = round(entry["trimmed_start"] * sr)
         mixture = resample(to_mono(source), source_sr, sr)[0, start : start + prepared.size]
         n = min(mixture.size, prepared.size)
@@ -81,29 +81,31 @@ def separation_pairs(run: Path, limit: int = 3) -> list[dict]:
     return sorted(pairs, key=lambda p: -p["change"])[:limit]
 
 
-def samples(run: Path) -> list[dict]:
+def samples(run: Run) -> list[dict]:
     """Generated samples (RUN/samples/<id>/: a wav per stage, meta.json, copies.json), newest first."""
     found = []
-    for folder in sorted((run / "samples").glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True):
-        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
-        copies = json.loads((folder / "copies.json").read_text()) if (folder / "copies.json").exists() else None
-        stages = {stage: folder / f"{stage}.wav" for stage in SAMPLE_STAGES if (folder / f"{stage}.wav").exists()}
+    for folder in run.sample_folders():
+        meta = json.loads(folder.meta.read_text()) if folder.meta.exists() else {}
+        copies = json.loads(folder.copies.read_text()) if folder.copies.exists() else None
+        stages = {stage: folder.audio(stage) for stage in folder.STAGES if folder.audio(stage).exists()}
         if stages:
-            found.append({"id": folder.name, "meta": meta, "stages": stages, "copies": copies})
+            found.append({"id": folder.path.name, "meta": meta, "stages": stages, "copies": copies})
     return found
 
 
-def training_curves(run: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def training_curves(run: Run) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Scalars from every stage's TensorBoard folder: {stage: {tag: [(step, value), ...]}}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     curves = {}
-    for tb in sorted(run.glob("*/tb")):
-        events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    for name, folder in run.training_folders():
+        if not folder.tensorboard.is_dir():
+            continue
+        events = EventAccumulator(str(folder.tensorboard), size_guidance={"scalars": 0})
         events.Reload()
         tags = events.Tags().get("scalars", [])
         if tags:
-            curves[tb.parent.name] = {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags}
+            curves[name] = {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags}
     return curves
 
 
@@ -118,10 +120,10 @@ def clip(audio: np.ndarray, sr: int, seconds: float = CLIP_SECONDS) -> np.ndarra
     return audio[start : start + n]
 
 
-def objective_html(run: Path) -> str:
+def objective_html(run: Run) -> str:
     """The eval stages' figures: VQ-VAE reconstruction per level, and decoded vs refined audio."""
     parts = []
-    vqvae_eval, refiner_eval = run / "vqvae" / "eval.json", run / "refiner" / "eval.json"
+    vqvae_eval, refiner_eval = run.vqvae.eval_report, run.refiner.eval_report
     if vqvae_eval.exists():
         report = json.loads(vqvae_eval.read_text())
         rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in level.items()} for level in report["levels"]]
@@ -180,11 +182,11 @@ def spectrogram_figure(tracks: dict[str, tuple[np.ndarray, int]]):
     return fig
 
 
-def rate(run: Path, sample: str, score: int, listener: str = "", note: str = "") -> None:
+def rate(run: Run, sample: str, score: int, listener: str = "", note: str = "") -> None:
     """Append one rating (1–5) of a sample to RUN/ratings.csv; earlier ratings are never rewritten."""
     if not 1 <= score <= 5:
         raise UserError(f"A rating is a score from 1 to 5, not {score}.")
-    path = run / "ratings.csv"
+    path = run.ratings
     new = not path.exists()
     with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, RATING_FIELDS)
@@ -206,18 +208,18 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
-def render(run: Path, out: Path, timeout: int = 600) -> Path:
+def render(run: Run, out: Path, timeout: int = 600) -> Path:
     """Execute the notebook on `run` and export it, inputs hidden, to one self-contained HTML file."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     from nbconvert import HTMLExporter
 
-    if not (run / "data" / "manifest.jsonl").exists():
+    if not run.manifest.exists():
         raise UserError(f"'{run}' has no data stage output yet; run make data (or make demo) first.")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ[RUN_ENV] = str(run.resolve())
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(run)}})
+    os.environ[RUN_ENV] = str(run.path.resolve())
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(run.path)}})
     try:
         client.execute()
     except CellExecutionError as e:
@@ -237,5 +239,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    render(args.run, args.out or args.run / "review.html")
+    run = Run(args.run)
+    render(run, args.out or run.review_page)
     return 0

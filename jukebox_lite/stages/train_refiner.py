@@ -25,7 +25,7 @@ in one sentence: no VQ-VAE yet, a VQ-VAE at another sample rate or without the c
 a window that is not a multiple of that level's hop, and a checkpoint in RUN/refiner of another
 architecture or trained on another VQ-VAE. A refiner checkpoint there that is not a training run
 (saved by `save_refiner`) is fine-tuned rather than overwritten. Resume, the finished-run no-op and
-non-finite steps are the shared loop's (`jukebox_lite.training`).
+non-finite steps are the shared loop's (`jukebox_lite.algorithms.training`).
 """
 
 from __future__ import annotations
@@ -39,17 +39,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from jukebox_lite import distributed, metrics
-from jukebox_lite.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_checked
-from jukebox_lite.cli import add_recipe_arguments
-from jukebox_lite.codes import vqvae_fingerprint
-from jukebox_lite.config import RecipeConfig, RefinerConfig, load_config
-from jukebox_lite.datasets import RESIDUAL_STREAM, AudioWindows, AudioWindowTask
-from jukebox_lite.errors import UserError
-from jukebox_lite.refiner import RefinerUNet, diffusion_target, load_refiner, make_training_pair, refine, v_loss_per_item
-from jukebox_lite.train_vqvae import spectrogram_image
-from jukebox_lite.training import TrainResult, train
-from jukebox_lite.vqvae import VQVAE, load_vqvae
+from jukebox_lite.core import distributed
+from jukebox_lite.algorithms import metrics
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
+from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.core.config import RecipeConfig, RefinerConfig, load_config
+from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows, AudioWindowTask
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run
+from jukebox_lite.models.refiner import RefinerUNet, diffusion_target, load_refiner
+from jukebox_lite.algorithms.refining import make_training_pair, refine, v_loss_per_item
+from jukebox_lite.stages.train_vqvae import spectrogram_image
+from jukebox_lite.algorithms.training import TrainResult, train
+from jukebox_lite.models.vqvae import VQVAE, load_vqvae
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +129,12 @@ class RefinerTask(AudioWindowTask):
     section = "refiner"
 
     def __init__(
-        self, cfg: RefinerConfig, vqvae: VQVAE, data_dir: Path, seed: int, init: Path | None = None,
+        self, cfg: RefinerConfig, vqvae: VQVAE, manifest: Path, seed: int, init: Path | None = None,
         world_size: int = 1,
     ):
-        self.cfg, self.vqvae, self.data_dir, self.seed, self.init = cfg, vqvae, Path(data_dir), seed, init
+        self.cfg, self.vqvae, self.manifest, self.seed, self.init = cfg, vqvae, Path(manifest), seed, init
         self.window_length = cfg.segment_length
-        self.fingerprint = vqvae_fingerprint(vqvae)
+        self.fingerprint = vqvae.fingerprint()
         per_rank = cfg.train.batch_size // world_size
         self.log_bands = per_rank % NOISE_BANDS == 0  # the same on every rank: metric names must agree under DDP
         if not self.log_bands:
@@ -191,33 +193,33 @@ class RefinerTask(AudioWindowTask):
 
 def train_refiner(recipe: RecipeConfig, run_dir: str | Path) -> TrainResult:
     """The stage as a function (the CLI and the tests call it); `distributed.init()` comes first on several ranks."""
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     cfg = recipe.refiner
-    vqvae_path = run_dir / "vqvae" / CHECKPOINT_NAME
+    vqvae_path = run.vqvae.checkpoint
     if not vqvae_path.is_file():
         raise UserError(
             f"No VQ-VAE at '{vqvae_path}'; the refiner learns to clean its audio, so train it first "
-            f"(jukebox-lite train-vqvae --run {run_dir} ...)."
+            f"(jukebox-lite train-vqvae --run {run.path} ...)."
         )
     vqvae = load_vqvae(vqvae_path)
     check_vqvae(cfg, vqvae, vqvae_path)
-    last = run_dir / "refiner" / CHECKPOINT_NAME
+    last = run.refiner.checkpoint
     state = load_checkpoint(last, "refiner") if last.exists() else None
     if cfg.target == "residual" and cfg.residual_scale is None:
         if state is not None:
             scale = state["config"].get("residual_scale")
         else:
-            windows = AudioWindows(run_dir / "data", cfg.sample_rate, cfg.segment_length, recipe.seed)
+            windows = AudioWindows(run.manifest, cfg.sample_rate, cfg.segment_length, recipe.seed)
             scale = measure_residual_scale(vqvae, windows, cfg.cond_level, distributed.current().device)
             log.info("refiner: residual_scale measured at %.4f (RMS of original − decoded, %d training windows)", scale, RESIDUAL_WINDOWS)
         cfg = dataclasses.replace(cfg, residual_scale=scale)
         recipe = dataclasses.replace(recipe, refiner=cfg)
-    task = RefinerTask(cfg, vqvae, run_dir / "data", recipe.seed, world_size=distributed.current().world_size)
+    task = RefinerTask(cfg, vqvae, run.manifest, recipe.seed, world_size=distributed.current().world_size)
     if state is not None:
         check_checkpoint(cfg, state, last, task.fingerprint)
         if "optimizer" not in state:  # saved by save_refiner, not by a training run: start from its weights
             task.init = last
-    return train(task, cfg.train, last.parent, seed=recipe.seed, recipe=recipe)
+    return train(task, cfg.train, run.refiner, seed=recipe.seed, recipe=recipe)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ again to the transformer's output, as in OpenAI's code.
 
 from __future__ import annotations
 
+import math
 import logging
 import os
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from jukebox_lite.checkpoint import load_checkpoint, load_state_checked
-from jukebox_lite.config import PriorConfig, section_from_dict
-from jukebox_lite.errors import UserError
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
+from jukebox_lite.core.config import PriorConfig, section_from_dict
+from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.attention import attn_func_for_layer, window_attention
 from jukebox_lite.nn.conv import DecoderConvBlock
 
@@ -326,6 +327,11 @@ class Prior(nn.Module):
     def device(self) -> torch.device:
         return self.prior.x_emb.weight.device
 
+    @property
+    def attn_funcs(self) -> list[int]:
+        """Each layer's attention pattern (`nn.attention`), in order: what a per-layer KV cache needs."""
+        return [block.attn.attn_func for block in self.prior.transformer._attn_mods]
+
     # -- conditioning ---------------------------------------------------------------------------
 
     def _label_embeddings(self, labels, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -379,10 +385,10 @@ class Prior(nn.Module):
                 f"Upper codes have shape {tuple(upper_codes.shape)}; for {batch} × {length} tokens at level {cfg.level} "
                 f"they must be ({batch}, U) with {length} <= {s}·U <= n_ctx ({cfg.n_ctx})."
             )
-        self._check_codes(upper_codes, f"level-{cfg.level + 1} codes")
+        self.check_codes(upper_codes, f"level-{cfg.level + 1} codes")
         return self.conditioner_blocks[0](upper_codes.to(self.device, torch.long))[:, :length]
 
-    def _check_codes(self, codes: torch.Tensor, what: str) -> None:
+    def check_codes(self, codes: torch.Tensor, what: str) -> None:
         if codes.dtype not in (torch.int32, torch.int64):
             raise UserError(f"The {what} must be an integer tensor, not {codes.dtype}.")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.bins):
@@ -394,54 +400,27 @@ class Prior(nn.Module):
         """codes (B, T) → float logits (B, T, bins); position t predicts codes[:, t]."""
         if codes.dim() != 2:
             raise UserError(f"Codes have shape {tuple(codes.shape)}; expected (batch, time).")
-        self._check_codes(codes, f"level-{self.cfg.level} codes")
+        self.check_codes(codes, f"level-{self.cfg.level} codes")
         B, T = codes.shape
         codes = codes.to(self.device, torch.long)
-        with self.autocast():
-            c = self.conditioning(B, T, upper_codes, labels)
-            x = self.prior.x_emb(codes)  # (B, T, W)
-            h = torch.cat([c.start[:, None].to(x.dtype), x[:, :-1]], dim=1)  # shift right, start token first
-            logits = self.prior(h, torch.arange(T, device=self.device), c.cond)
+        c = self.conditioning(B, T, upper_codes, labels)
+        x = self.prior.x_emb(codes)  # (B, T, W)
+        h = torch.cat([c.start[:, None].to(x.dtype), x[:, :-1]], dim=1)  # shift right, start token first
+        logits = self.prior(h, torch.arange(T, device=self.device), c.cond)
         return logits.float()
 
-    def loss(self, codes: torch.Tensor, upper_codes=None, labels=None) -> torch.Tensor:
-        """Mean cross-entropy (nats per token); divide by ln 2 for OpenAI's bits per token."""
-        logits = self.logits(codes, upper_codes, labels)
-        return F.cross_entropy(logits.reshape(-1, self.cfg.bins), codes.to(logits.device, torch.long).reshape(-1))
+    def forward(self, codes: torch.Tensor, upper_codes=None, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """codes (B, T) → (logits (B, T, bins), metrics): the training objective, as DDP needs it in forward.
 
-    def autocast(self):
-        """bf16 autocast on CUDA; float32 elsewhere."""
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
-    # -- sampling -------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        length: int,
-        labels=None,
-        temperature: float = 1.0,
-        prime: torch.Tensor | None = None,
-        upper_codes: torch.Tensor | None = None,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        generator: torch.Generator | None = None,
-        hop_fraction: float | None = None,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """Sample (n, length) codes with the KV cache; longer than n_ctx → overlapping windows.
-
-        `prime` (n, P) are given first tokens; `upper_codes` (n, length / cond_downsample) the level
-        above (upsamplers); `labels` a label tensor (offset = the track position of token 0) or a
-        LabelMix. See `jukebox_lite.sampling` for the window rules.
+        metrics['loss'] is the mean cross-entropy in nats per token; 'bits_per_token' (OpenAI's unit)
+        and 'accuracy' (of the most likely code) are detached.
         """
-        from jukebox_lite.sampling import sample_track
-
-        return sample_track(
-            self, n, length, labels=labels, prime=prime, upper_codes=upper_codes, temperature=temperature,
-            top_k=top_k, top_p=top_p, generator=generator, hop_fraction=hop_fraction, progress=progress,
-        )
+        logits = self.logits(codes, upper_codes, labels)  # (B, T, bins) float32
+        targets = codes.to(logits.device, torch.long)
+        nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        with torch.no_grad():
+            accuracy = (logits.argmax(-1) == targets).float().mean()
+        return logits, {"loss": nats, "bits_per_token": nats.detach() / math.log(2), "accuracy": accuracy}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,87 +444,3 @@ def prior_from_checkpoint(state: dict, source: str, use_ema: bool = True) -> Pri
     weights = state.get("ema") if use_ema and state.get("ema") else state["model"]
     load_state_checked(prior, weights, source)
     return prior.eval()
-
-
-# OpenAI's hparams of the released priors that a state dict cannot tell (jukebox/hparams.py).
-_OPENAI_DEFAULTS = dict(
-    heads=1, attn_order=2, blocks=128, m_attn=0.25, init_scale=1.0, merged_decoder=False, sr=44100,
-    t_bins=128, max_bow_genre_size=5, min_duration=60.0, max_duration=600.0,
-    cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_res_scale=False, cond_zero_out=False, cond_m_conv=1.0,
-)
-_OPENAI_LEVEL_DEFAULTS = {1: {"cond_res_scale": True}}  # upsampler_level_1 differs from level 0 in this alone
-_OPENAI_HOPS = {2: 128, 1: 32, 0: 8}  # released VQ-VAE: downs_t (3, 2, 2), strides 2
-
-
-def prior_config_from_openai(hps: dict, sd: dict) -> PriorConfig:
-    """Our PriorConfig for an OpenAI prior: sizes from the weights (state dict `sd`), the rest from its hparams.
-
-    Unknown hparams fall back to those of OpenAI's released models. Lyrics priors (prime/encoder
-    weights) are not supported: they raise a UserError.
-    """
-    given = {k: v for k, v in dict(hps or {}).items() if v is not None}
-    upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
-    level = int(given.get("level", 1 if upsampler else 2))
-    hps = {**_OPENAI_DEFAULTS, **_OPENAI_LEVEL_DEFAULTS.get(level, {}), **given}
-    if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd) or "prior.x_emb.weight" not in sd:
-        raise UserError("This OpenAI checkpoint is not a plain prior (a lyrics prior or another model); it cannot be imported.")
-    bins, width = sd["prior.x_emb.weight"].shape
-    n_ctx = sd["prior.pos_emb.pos_emb"].shape[0]
-    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("prior.transformer._attn_mods."))
-    n_state = sd["prior.transformer._attn_mods.0.attn.c_attn.w"].shape[1] // 3
-    hidden = sd["prior.transformer._attn_mods.0.mlp.c_fc.w"].shape[1]
-    if (level < 2) != upsampler:
-        what = "an upsampler" if upsampler else "a top-level prior"
-        raise UserError(f"This OpenAI checkpoint holds {what}, not a level-{level} prior; pass it as the matching level.")
-    labels = "y_emb.artist_emb.emb.weight" in sd
-    fields: dict = dict(
-        level=level, n_ctx=n_ctx, width=width, depth=depth, heads=int(hps["heads"]), attn_order=int(hps["attn_order"]),
-        blocks=int(hps["blocks"]), m_attn=n_state / width, m_mlp=hidden / width, init_scale=float(hps["init_scale"]),
-        bins=bins, merged_decoder=bool(hps["merged_decoder"]), hop_length=_OPENAI_HOPS[level], labels=labels,
-        sample_rate=int(hps["sr"]), min_duration=float(hps["min_duration"]), max_duration=float(hps["max_duration"]),
-    )
-    if labels:
-        fields.update(
-            n_genres=sd["y_emb.bow_genre_emb.emb.weight"].shape[0],
-            n_artists=sd["y_emb.artist_emb.emb.weight"].shape[0],
-            max_bow_genre_size=int(hps["max_bow_genre_size"]),
-        )
-        if "y_emb.total_length_emb.emb.weight" in sd:
-            fields["t_bins"] = sd["y_emb.total_length_emb.emb.weight"].shape[0]
-    if upsampler:
-        prefix = "conditioner_blocks.0.cond.model."
-        steps = sorted({int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)} - {0})
-        first = f"{prefix}1.1.weight"
-        units = {k.split(".")[7] for k in sd if k.startswith(f"{prefix}1.0.")}
-        fields.update(
-            cond_down_t=len(steps),
-            cond_stride_t=sd[first].shape[2] // 2,
-            cond_width=sd[f"{prefix}0.weight"].shape[0],
-            cond_depth=len(units),
-            cond_c_res=int(any(k.startswith(f"{prefix}1.0.blocks.") for k in sd)),
-            cond_m_conv=float(hps["cond_m_conv"]),
-            cond_dilation_growth_rate=int(hps["cond_dilation_growth_rate"]),
-            cond_dilation_cycle=hps["cond_dilation_cycle"],
-            cond_zero_out=bool(hps["cond_zero_out"]),
-            cond_res_scale=bool(hps["cond_res_scale"]),
-        )
-    cfg = PriorConfig(**fields)
-    cfg.validate("imported prior")
-    return cfg
-
-
-def prior_from_openai(hps: dict, sd: dict) -> Prior:
-    """Build our Prior from an OpenAI prior's hparams and state dict (keys are the same)."""
-    prior = Prior(prior_config_from_openai(hps, sd))
-    if prior.prior.tied and "prior.x_out.weight" in sd and not torch.equal(sd["prior.x_out.weight"], sd["prior.x_emb.weight"]):
-        raise UserError("The OpenAI checkpoint has an untied output layer; import it with merged_decoder=True (the 5b top prior).")
-    load_state_checked(prior, {k: v.float() for k, v in sd.items()}, "OpenAI checkpoint")
-    return prior.eval()
-
-
-def load_openai_prior(path: str | os.PathLike, hps_overrides: dict | None = None) -> Prior:
-    """An OpenAI prior checkpoint (e.g. 5b/prior_level_1.pth.tar) → our Prior, via the safe loader."""
-    from jukebox_lite.jukebox_import import load_openai_checkpoint
-
-    hps, state_dict = load_openai_checkpoint(path)
-    return prior_from_openai({**dict(hps or {}), **(hps_overrides or {})}, state_dict)

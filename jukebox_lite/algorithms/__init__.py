@@ -1,0 +1,1 @@
+"""What is done with the models: sampling, chunked refining, the codes format, copy detection, training."""

@@ -1,0 +1,1 @@
+"""What every layer may use: errors, atomic files, audio I/O, recipe config, checkpoint files, devices."""

@@ -1,0 +1,60 @@
+"""`jukebox-lite check-copies --run RUN`: flag samples whose top-level codes replay the training corpus (`algorithms.copies`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.core.config import CopiesConfig, load_config
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.algorithms.copies import CorpusIndex
+from jukebox_lite.runs import Run
+
+log = logging.getLogger(__name__)
+
+
+def check_run(run_dir: str | Path, cfg: CopiesConfig) -> dict[str, dict]:
+    """Check every sample in RUN/samples against RUN/codes; write each sample's copies.json."""
+    run = Run(run_dir)
+    corpus = run.codes_corpus()
+    folders = sorted((f for f in run.sample_folders() if f.codes.is_file()), key=lambda f: f.path.name)
+    if not folders:
+        raise UserError(f"No samples with codes in '{run.samples}'; run the sample stage (make sample) first.")
+    index = CorpusIndex(corpus, cfg)
+    report = {}
+    for folder in folders:
+        generated = np.load(folder.codes).astype(np.int64).reshape(-1)
+        found = index.matches(generated)
+        longest = found[0].seconds if found else 0.0
+        name = folder.path.name
+        report[name] = {
+            "flagged": longest >= cfg.flag_seconds,
+            "longest_seconds": longest,
+            "matches": [asdict(m) for m in found],
+            "settings": asdict(cfg),
+        }
+        with atomic_path(folder.copies) as tmp:
+            tmp.write_text(json.dumps(report[name], indent=2))
+        state = "FLAGGED" if longest >= cfg.flag_seconds else "ok"
+        log.info("%s: %s, longest match %.1f s%s", name, state, longest, f" ({found[0].source})" if found else "")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser)
+    parser.add_argument("--run", required=True, type=Path, help="run folder with codes/ and samples/")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = check_run(args.run, load_config(args.config, args.overrides).copies)
+    flagged = [name for name, r in report.items() if r["flagged"]]
+    if flagged:
+        log.warning("%d of %d samples replay training audio: %s", len(flagged), len(report), ", ".join(flagged))
+    return 0

@@ -1,0 +1,98 @@
+"""`jukebox-lite import-jukebox`: OpenAI Jukebox's released checkpoints (files the user brings) into a run folder.
+
+`jukebox-lite import-jukebox --vqvae vqvae.pth.tar --prior-level-1 prior_level_1.pth.tar ... --out RUN`
+writes RUN/vqvae/last.pt and RUN/prior_level<N>/last.pt. Reading OpenAI's pickles safely and
+converting them is `algorithms.openai_import`'s job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from jukebox_lite.algorithms.openai_import import load_openai_prior, load_openai_vqvae
+from jukebox_lite.core.checkpoint import save_checkpoint
+from jukebox_lite.core.errors import UserError
+from jukebox_lite.runs import Run, StageFolder
+
+log = logging.getLogger(__name__)
+
+
+def _output_path(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    out = StageFolder(Path(out_dir)).checkpoint
+    if out.exists() and not overwrite:
+        raise UserError(f"'{out}' already exists; remove it or pass --force to replace it.")
+    return out
+
+
+def import_vqvae(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """OpenAI's vqvae.pth.tar → our checkpoint `out_dir/last.pt`; returns its path."""
+    source = str(path)
+    out = _output_path(out_dir, overwrite)
+    model, hps = load_openai_vqvae(path)
+    cfg = model.config
+    save_checkpoint(
+        out,
+        kind="vqvae",
+        config=dataclasses.asdict(cfg),
+        model=model.state_dict(),
+        step=0,
+        imported_from=os.path.abspath(source),
+        openai_hps=hps,
+    )
+    log.info("imported %s → %s (hop lengths %s)", source, out, model.hop_lengths)
+    return out
+
+
+def import_prior(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, *, level: int) -> Path:
+    """OpenAI's prior_level_N.pth.tar (an upsampler or a small_prior-format top prior) → `out_dir/last.pt`."""
+    out = _output_path(out_dir, overwrite)
+    prior = load_openai_prior(path, {"level": level})
+    save_checkpoint(
+        out,
+        kind="prior",
+        config=dataclasses.asdict(prior.cfg),
+        model=prior.state_dict(),
+        step=0,
+        imported_from=os.path.abspath(path),
+    )
+    log.info("imported %s → %s (level %d)", path, out, level)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+# option dest → (importer, its stage folder in a run). Importers take (path, out_dir, overwrite).
+IMPORTERS: dict[str, tuple[Callable[..., Path], Callable[[Run], StageFolder]]] = {
+    "vqvae": (import_vqvae, lambda run: run.vqvae),
+    **{
+        f"prior_level_{n}": (functools.partial(import_prior, level=n), lambda run, n=n: run.prior(n))
+        for n in (2, 1, 0)
+    },
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vqvae", metavar="PATH", help="OpenAI's vqvae.pth.tar → RUN/vqvae/last.pt")
+    for n, what in ((2, "a small_prior-format top prior"), (1, "the level-1 upsampler"), (0, "the level-0 upsampler")):
+        parser.add_argument(
+            f"--prior-level-{n}", metavar="PATH", help=f"{what} (prior_level_{n}.pth.tar) → RUN/prior_level{n}/last.pt"
+        )
+    parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write the checkpoints into")
+    parser.add_argument("--force", action="store_true", help="replace checkpoints that already exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    chosen = [(dest, *IMPORTERS[dest]) for dest in IMPORTERS if getattr(args, dest, None)]
+    if not chosen:
+        options = ", ".join("--" + dest.replace("_", "-") for dest in IMPORTERS)
+        raise UserError(f"import-jukebox was given no file to import; pass at least one of {options}.")
+    for dest, importer, folder in chosen:
+        importer(getattr(args, dest), folder(Run(args.out)).path, overwrite=args.force)
+    return 0
