@@ -28,6 +28,7 @@ import torch
 
 from jukebox_lite.core.config import PriorConfig
 from jukebox_lite.algorithms.sampling import IncrementalDecoder, draw
+from jukebox_lite.core.precision import autocast
 from jukebox_lite.models.prior import Prior
 
 from results_file import write_results  # bench/ is on sys.path when a script here runs
@@ -48,7 +49,7 @@ def timed(fn, device: torch.device) -> float:
 
 
 def train_tokens_per_s(cfg: PriorConfig, args: argparse.Namespace, device: torch.device) -> float:
-    """Best of `repeats` full training steps (the step itself runs in the prior's own bf16 autocast on CUDA)."""
+    """Best of `repeats` full training steps (under the caller's autocast: bf16 on CUDA, see `bench_device`)."""
     torch.manual_seed(0)
     model = Prior(cfg).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
@@ -115,20 +116,21 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> dict:
         n_ctx=args.n_ctx, width=args.width, depth=args.depth, heads=args.heads, attn_order=2, blocks=args.blocks,
         bins=args.bins, labels=False,
     )
-    result = {
-        "device": device.type,
-        "precision": "bf16 autocast" if device.type == "cuda" else "float32",
-        "parameters": sum(p.numel() for p in Prior(cfg).parameters()),
-        "train_tokens_per_s": train_tokens_per_s(cfg, args, device),
-        "sampling": [],
-    }
-    torch.manual_seed(0)
-    prior = Prior(cfg).to(device).eval()
-    for batch in args.batches:
-        cached = cached_tokens_per_s(prior, batch, args.new_cached, device)
-        uncached = uncached_tokens_per_s(prior, batch, args.new_uncached, device)
-        result["sampling"].append({"batch": batch, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
-                                   "speedup": cached / uncached})
+    with autocast(device):  # "auto": bf16 on CUDA, float32 on CPU, as the stages sample and train
+        result = {
+            "device": device.type,
+            "precision": "bf16 autocast" if device.type == "cuda" else "float32",
+            "parameters": sum(p.numel() for p in Prior(cfg).parameters()),
+            "train_tokens_per_s": train_tokens_per_s(cfg, args, device),
+            "sampling": [],
+        }
+        torch.manual_seed(0)
+        prior = Prior(cfg).to(device).eval()
+        for batch in args.batches:
+            cached = cached_tokens_per_s(prior, batch, args.new_cached, device)
+            uncached = uncached_tokens_per_s(prior, batch, args.new_uncached, device)
+            result["sampling"].append({"batch": batch, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
+                                       "speedup": cached / uncached})
     if device.type == "cuda":
         one = next((row for row in result["sampling"] if row["batch"] == 1), None)
         if one is not None:

@@ -48,6 +48,7 @@ from jukebox_lite.stages.common import add_recipe_arguments
 from jukebox_lite.algorithms.codes import CodesCorpus, CodesWindows
 from jukebox_lite.core.config import PriorConfig, RecipeConfig, load_config
 from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.precision import autocast
 from jukebox_lite.runs import Run
 from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.algorithms.sampling import sample_codes
@@ -245,9 +246,10 @@ class PriorTask(Task):
         model.eval()
         try:
             generator = torch.Generator(device).manual_seed(self.seed)
-            sampled = sample_codes(
-                model, 1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
-            )  # (1, length)
+            with autocast(device, self.cfg.train.precision):
+                sampled = sample_codes(
+                    model, 1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
+                )  # (1, length)
         finally:
             model.train()
         sr = self.corpus.sample_rate
