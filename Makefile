@@ -23,7 +23,8 @@ SECONDS ?= 20
 N ?= 2
 # how training stages are launched: e.g. "torchrun --nproc_per_node 8 --" or "mpiexec -n 16"
 LAUNCH ?=
-# extra key=value recipe overrides for every stage, e.g. ARGS="data.workers=4"
+# key=value recipe overrides, e.g. ARGS="data.workers=4 prior_level2.train.steps=500": each stage gets
+# the ones naming keys it reads (its commands refuse any other); a key no stage reads fails at once
 ARGS ?=
 # extra options for the sample stage, e.g. SAMPLE_ARGS="--fast --morph-to tech_house --prime intro.wav"
 SAMPLE_ARGS ?=
@@ -31,8 +32,10 @@ SAMPLE_ARGS ?=
 DEMO_AUDIO := data/demo
 INSTALLED := $(VENV)/.installed
 RECIPE := --config $(CONFIG) --run $(RUN)
+# the ARGS words for a command that reads recipe keys under $(1), e.g. $(call args_for,seed vqvae)
+args_for = $(filter $(foreach key,$(1),$(key)=% $(key).%),$(ARGS))
 
-.PHONY: help install test demo all check-vars data vqvae codes prior upsamplers anneal refiner sample \
+.PHONY: help install test demo all check-vars recipe data vqvae codes prior upsamplers anneal refiner sample \
 	check-copies review bench clean-demo
 
 help:
@@ -51,6 +54,7 @@ help:
 	@echo "  sample        N new tracks of SECONDS in GENRE                 → RUN/samples/<id>/"
 	@echo "  check-copies  flag samples that replay the training corpus     → RUN/samples/<id>/copies.json"
 	@echo "  review        the listening-review page                        → RUN/review.html"
+	@echo "  recipe        print CONFIG as the stages read it, with ARGS applied"
 	@echo "  bench         the benchmarks in bench/ on this machine"
 	@echo "Variables:"
 	@echo "  CONFIG=$(CONFIG)  RUN=$(RUN)"
@@ -74,8 +78,12 @@ test: $(INSTALLED)
 # ---------------------------------------------------------------------------------------------
 # Stages
 
+# A bad ARGS word (a key no stage reads, a wrong value) fails in one sentence before a stage's work.
+CHECK_ARGS := $(if $(strip $(ARGS)),$(JL) recipe --config $(CONFIG) $(ARGS) > /dev/null,true)
+
 # Bad variables fail in one sentence before any work starts.
-check-vars:
+check-vars: $(INSTALLED)
+	@$(CHECK_ARGS)
 	@[[ "$(SECONDS)" =~ ^[0-9]*\.?[0-9]+$$ ]] && awk 'BEGIN { exit !($(SECONDS) > 0) }' \
 		|| { echo "make: SECONDS=$(SECONDS) must be a positive number of seconds." >&2; exit 2; }
 	@[[ "$(N)" =~ ^[1-9][0-9]*$$ ]] || { echo "make: N=$(N) must be a whole number of tracks, at least 1." >&2; exit 2; }
@@ -83,55 +91,65 @@ check-vars:
 
 data: $(RUN)/data/.done
 $(RUN)/data/.done: $(INSTALLED) $(CONFIG)
+	@$(CHECK_ARGS)
 	@test -n "$(AUDIO)" || { echo "make data: set AUDIO to your folder of music, e.g. make data AUDIO=~/music/deep_house GENRE=deep_house" >&2; exit 2; }
-	$(JL) prepare $(RECIPE) --audio $(AUDIO) $(if $(GENRE),--genre $(GENRE)) $(if $(ARTIST),--artist $(ARTIST)) $(ARGS)
+	$(JL) prepare $(RECIPE) --audio $(AUDIO) $(if $(GENRE),--genre $(GENRE)) $(if $(ARTIST),--artist $(ARTIST)) $(call args_for,data)
 	touch $@
 
 vqvae: $(RUN)/vqvae/.done
 $(RUN)/vqvae/.done: $(RUN)/data/.done
-	$(LAUNCH) $(JL) train-vqvae $(RECIPE) $(ARGS)
+	@$(CHECK_ARGS)
+	$(LAUNCH) $(JL) train-vqvae $(RECIPE) $(call args_for,seed vqvae)
 	touch $@
 
 codes: $(RUN)/codes/.done
 $(RUN)/codes/.done: $(RUN)/vqvae/.done
-	$(JL) encode $(RECIPE) $(ARGS)
-	$(JL) eval-vqvae $(RECIPE) $(ARGS)
+	@$(CHECK_ARGS)
+	$(JL) encode --run $(RUN)
+	$(JL) eval-vqvae --run $(RUN)
 	touch $@
 
 prior: $(RUN)/prior_level2/.done
 upsamplers: $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done
 $(RUN)/prior_level%/.done: $(RUN)/codes/.done
-	$(LAUNCH) $(JL) train-prior --level $* $(RECIPE) $(ARGS)
+	@$(CHECK_ARGS)
+	$(LAUNCH) $(JL) train-prior --level $* $(RECIPE) $(call args_for,seed prior_level$*)
 	touch $@
 
 # Jukebox users "anneal": resume a prior with the LR decaying linearly to zero from STEP; it stops at zero.
 LEVEL ?= 2
 anneal: $(RUN)/codes/.done
+	@$(CHECK_ARGS)
 	@test -n "$(STEP)" || { echo "make anneal: set STEP, the step where the LR starts decaying (e.g. STEP=40000)." >&2; exit 2; }
-	$(LAUNCH) $(JL) train-prior --level $(LEVEL) $(RECIPE) prior_level$(LEVEL).train.anneal_start=$(STEP) $(ARGS)
+	$(LAUNCH) $(JL) train-prior --level $(LEVEL) $(RECIPE) prior_level$(LEVEL).train.anneal_start=$(STEP) \
+		$(call args_for,seed prior_level$(LEVEL))
 	touch $(RUN)/prior_level$(LEVEL)/.done
 
 refiner: $(RUN)/refiner/.done
 $(RUN)/refiner/.done: $(RUN)/vqvae/.done
-	$(LAUNCH) $(JL) train-refiner $(RECIPE) $(ARGS)
-	$(JL) eval-refiner $(RECIPE) $(ARGS)
+	@$(CHECK_ARGS)
+	$(LAUNCH) $(JL) train-refiner $(RECIPE) $(call args_for,seed refiner)
+	$(JL) eval-refiner --run $(RUN)
 	touch $@
 
 # `make sample` always makes new tracks; `make all` makes them once.
 SAMPLE := $(JL) sample $(RECIPE) --seconds $(SECONDS) --n $(N) $(if $(GENRE),--genre $(GENRE)) \
-	$(if $(ARTIST),--artist $(ARTIST)) $(SAMPLE_ARGS) $(ARGS)
+	$(if $(ARTIST),--artist $(ARTIST)) $(SAMPLE_ARGS) $(call args_for,name sample)
 sample: check-vars $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
 	$(SAMPLE)
 $(RUN)/samples/.done: $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
 	$(SAMPLE)
 	touch $@
 
-check-copies: $(INSTALLED)
-	$(JL) check-copies $(RECIPE) $(ARGS)
+check-copies: check-vars
+	$(JL) check-copies $(RECIPE) $(call args_for,copies)
 
 # the page is cheap to render, so it is always redone to show the run as it is now
 review: $(INSTALLED)
 	$(JL) review --run $(RUN)
+
+recipe: $(INSTALLED)
+	$(JL) recipe --config $(CONFIG) $(ARGS)
 
 all: check-vars $(RUN)/samples/.done
 	$(MAKE) check-copies review

@@ -15,14 +15,14 @@ of a device-to-device copy measured here.
     python bench/bench_prior.py                       # CPU (and CUDA when present), prints a table
     python bench/bench_prior.py --device cpu --width 128 --depth 4
 
-Results go to bench/results/prior-<host>-<time>.json (git-ignored).
+Results go to bench/results/prior-<host>-<time>.json (git-ignored; --out to change the folder), one
+row per device and sampling batch (layout: bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -31,21 +31,8 @@ from jukebox_lite.algorithms.sampling import IncrementalDecoder, draw
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.models.prior import Prior
 
-from results_file import write_results  # bench/ is on sys.path when a script here runs
-
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
+# bench/ is on sys.path when a script here runs
+from common import add_common_arguments, apply_threads, devices, wall_times, write_results
 
 
 def train_tokens_per_s(cfg: PriorConfig, args: argparse.Namespace, device: torch.device) -> float:
@@ -61,8 +48,8 @@ def train_tokens_per_s(cfg: PriorConfig, args: argparse.Namespace, device: torch
         loss.backward()
         optimizer.step()
 
-    step()  # warm-up: allocations, FlexAttention compilation on CUDA
-    return args.train_batch * cfg.n_ctx / min(timed(step, device) for _ in range(args.repeats))
+    # warmup=1: allocations, FlexAttention compilation on CUDA
+    return args.train_batch * cfg.n_ctx / min(wall_times({"step": step}, device, warmup=1, repeats=args.repeats)["step"])
 
 
 @torch.no_grad()
@@ -79,7 +66,7 @@ def cached_tokens_per_s(prior: Prior, batch: int, new: int, device: torch.device
         code = draw(logits, 1.0, 0, 0.0, gen)
         logits = decoder.feed(code[:, None])[:, 0]
 
-    return batch / statistics.median(timed(step, device) for _ in range(new))
+    return batch / statistics.median(wall_times({"step": step}, device, warmup=0, repeats=new)["step"])
 
 
 @torch.no_grad()
@@ -94,15 +81,14 @@ def uncached_tokens_per_s(prior: Prior, batch: int, new: int, device: torch.devi
         logits = prior.logits(torch.cat([tokens, slot], 1))[:, -1]
         tokens = torch.cat([tokens, draw(logits, 1.0, 0, 0.0, gen)[:, None]], 1)
 
-    return batch / statistics.median(timed(step, device) for _ in range(new))
+    return batch / statistics.median(wall_times({"step": step}, device, warmup=0, repeats=new)["step"])
 
 
 def copy_bandwidth(device: torch.device, gib: float = 1.0) -> float:
     """Bytes per second of a device-to-device copy (read + write), best of 5."""
     src = torch.empty(int(gib * 2**30) // 4, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    return 2 * src.numel() * 4 / min(timed(lambda: dst.copy_(src), device) for _ in range(5))
+    return 2 * src.numel() * 4 / min(wall_times({"copy": lambda: dst.copy_(src)}, device, warmup=1, repeats=5)["copy"])
 
 
 def weight_bytes_per_step(prior: Prior) -> int:
@@ -111,39 +97,40 @@ def weight_bytes_per_step(prior: Prior) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
-def bench_device(args: argparse.Namespace, device: torch.device) -> dict:
+def bench_device(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """One row per sampling batch; the training rate and, on CUDA, the bandwidth figures (batch-1 row) ride along."""
     cfg = PriorConfig(
         n_ctx=args.n_ctx, width=args.width, depth=args.depth, heads=args.heads, attn_order=2, blocks=args.blocks,
         bins=args.bins, labels=False,
     )
     with autocast(device):  # "auto": bf16 on CUDA, float32 on CPU, as the stages sample and train
-        result = {
+        model_figures = {
             "device": device.type,
             "precision": "bf16 autocast" if device.type == "cuda" else "float32",
             "parameters": sum(p.numel() for p in Prior(cfg).parameters()),
             "train_tokens_per_s": train_tokens_per_s(cfg, args, device),
-            "sampling": [],
         }
         torch.manual_seed(0)
         prior = Prior(cfg).to(device).eval()
+        rows = []
         for batch in args.batches:
             cached = cached_tokens_per_s(prior, batch, args.new_cached, device)
             uncached = uncached_tokens_per_s(prior, batch, args.new_uncached, device)
-            result["sampling"].append({"batch": batch, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
-                                       "speedup": cached / uncached})
+            rows.append({**model_figures, "batch": batch, "cached_tokens_per_s": cached, "uncached_tokens_per_s": uncached,
+                         "cached_over_uncached": cached / uncached})
     if device.type == "cuda":
-        one = next((row for row in result["sampling"] if row["batch"] == 1), None)
+        one = next((row for row in rows if row["batch"] == 1), None)
         if one is not None:
             achieved = weight_bytes_per_step(prior) * one["cached_tokens_per_s"]
             peak = copy_bandwidth(device)
-            result["bandwidth"] = {"weight_bytes_per_token": weight_bytes_per_step(prior), "achieved_bytes_per_s": achieved,
-                                   "copy_bytes_per_s": peak, "fraction": achieved / peak}
-    return result
+            one.update(weight_bytes_per_token=weight_bytes_per_step(prior), achieved_bytes_per_s=achieved,
+                       copy_bytes_per_s=peak, fraction_of_copy_bandwidth=achieved / peak)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="all: CPU, and CUDA when present")
+    add_common_arguments(parser)
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--depth", type=int, default=6)
@@ -155,33 +142,26 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="sampling batch sizes")
     parser.add_argument("--new-cached", type=int, default=64, help="tokens timed with the KV cache")
     parser.add_argument("--new-uncached", type=int, default=3, help="tokens timed without it")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     if args.n_ctx % args.blocks or max(args.new_cached, args.new_uncached) >= args.n_ctx:
         parser.error("--n-ctx must be a multiple of --blocks and longer than the timed tokens")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    if not devices:
-        parser.error("no CUDA device is visible")
+    chosen = devices(args)
+    apply_threads(args)
 
-    results = [bench_device(args, device) for device in devices]
+    rows_per_device = [bench_device(args, device) for device in chosen]
     print(f"prior: n_ctx {args.n_ctx}, width {args.width}, depth {args.depth}, heads {args.heads}, "
           f"blocks {args.blocks}, bins {args.bins}")
     print(f"{'device':6} {'params':>9} {'train tok/s':>12} {'batch':>6} {'cached tok/s':>13} {'uncached tok/s':>15} {'speed-up':>9}")
-    for r in results:
-        for i, s in enumerate(r["sampling"]):
+    for rows in rows_per_device:
+        for i, r in enumerate(rows):
             head = f"{r['device']:6} {r['parameters']:9d} {r['train_tokens_per_s']:12.0f}" if i == 0 else " " * 29
-            print(f"{head} {s['batch']:6d} {s['cached_tokens_per_s']:13.1f} {s['uncached_tokens_per_s']:15.2f} "
-                  f"{s['speedup']:8.1f}×")
-        if "bandwidth" in r:
-            b = r["bandwidth"]
-            print(f"{r['device']}: batch-1 decoding reads {b['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token = "
-                  f"{b['achieved_bytes_per_s'] / 1e9:.0f} GB/s, {100 * b['fraction']:.1f}% of the measured copy bandwidth "
-                  f"({b['copy_bytes_per_s'] / 1e9:.0f} GB/s)")
-    write_results("prior", {"settings": vars(args), "results": results})
+            print(f"{head} {r['batch']:6d} {r['cached_tokens_per_s']:13.1f} {r['uncached_tokens_per_s']:15.2f} "
+                  f"{r['cached_over_uncached']:8.1f}×")
+        for b in (r for r in rows if "fraction_of_copy_bandwidth" in r):
+            print(f"{b['device']}: batch-1 decoding reads {b['weight_bytes_per_token'] / 2**20:.1f} MiB of weights per token = "
+                  f"{b['achieved_bytes_per_s'] / 1e9:.0f} GB/s, {100 * b['fraction_of_copy_bandwidth']:.1f}% of the measured "
+                  f"copy bandwidth ({b['copy_bytes_per_s'] / 1e9:.0f} GB/s)")
+    write_results("prior", args, [row for rows in rows_per_device for row in rows], args.out)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,24 @@
 """How fast the diffusion refiner refines: seconds of audio refined per second of wall time.
 
 For each recipe's `refiner` section (by default the demo and deep-house recipes), each step count and
-each device (CPU, and CUDA when present), a model with that section's sizes (random weights: speed
-does not depend on them) refines `--seconds` of synthesized audio through the chunked sampler that
-`jukebox-lite refine` uses. Each case is warmed up once, then timed `--repeats` times.
+each device (--device, default: CPU, and CUDA when present), a model with that section's sizes (random
+weights: speed does not depend on them) refines `--seconds` of synthesized audio through the chunked
+sampler that `jukebox-lite refine` uses. Each case is warmed up once, then timed `--repeats` times.
 
     python bench/bench_refiner.py [--recipes pipelines/demo.yaml pipelines/deep_house.yaml]
-                                  [--steps 4 8 16] [--seconds 10] [--repeats 2] [--threads N] [--json PATH]
+                                  [--steps 4 8 16] [--seconds 10] [--repeats 2]
+                                  [--device cpu|cuda|all] [--threads N] [--out FOLDER]
+
+Results go to bench/results/refiner-<host>-<time>.json (git-ignored), one row per recipe, device and
+step count (layout: bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -23,8 +27,8 @@ from jukebox_lite.core.config import load_config
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.algorithms.refining import refine
 
-from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
-
+# bench/ is on sys.path when a script here runs
+from common import add_common_arguments, apply_threads, devices, machine_line, wall_times, write_results
 
 
 def test_audio(seconds: float, sr: int) -> torch.Tensor:
@@ -36,21 +40,6 @@ def test_audio(seconds: float, sr: int) -> torch.Tensor:
     return audio[None, None]
 
 
-def bench_case(model: RefinerUNet, audio: torch.Tensor, steps: int, repeats: int, sync) -> list[float]:
-    def run() -> None:
-        refine(model, audio, steps=steps, strength=1.0, seed=0)
-
-    run()  # warm-up: oneDNN / cuDNN pick and cache their kernels on the first call
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", type=Path,
@@ -58,14 +47,11 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the audio refined per case")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
-    parser.add_argument("--json", type=Path, help="where to write results (default bench/results/...)")
+    add_common_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    chosen = devices(args)
+    apply_threads(args)
 
-    devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     rows = []
     for recipe in args.recipes:
         # residual_scale: null recipes measure it on their data; any value times an untrained model the same
@@ -73,14 +59,15 @@ def main() -> None:
         cfg = recipe_cfg.refiner
         torch.manual_seed(0)
         audio = test_audio(args.seconds, cfg.sample_rate)
-        for device in devices:
-            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        for device in chosen:
             model = RefinerUNet(cfg).to(device).eval()
             params = sum(p.numel() for p in model.parameters())
             for steps in args.steps:
-                times = bench_case(model, audio, steps, args.repeats, sync)
+                run = functools.partial(refine, model, audio, steps=steps, strength=1.0, seed=0)
+                # warmup=1: oneDNN / cuDNN pick and cache their kernels on the first call
+                times = wall_times({"refine": run}, device, warmup=1, repeats=args.repeats)["refine"]
                 rows.append({
-                    "recipe": recipe_cfg.name, "device": device, "params_m": params / 1e6, "sample_rate": cfg.sample_rate,
+                    "recipe": recipe_cfg.name, "device": device.type, "params_m": params / 1e6, "sample_rate": cfg.sample_rate,
                     "chunk_length": cfg.chunk_length, "steps": steps, "audio_seconds": args.seconds,
                     "best_x_realtime": args.seconds / min(times),
                     "median_x_realtime": args.seconds / statistics.median(times), "times_s": times,
@@ -92,7 +79,7 @@ def main() -> None:
         print(f"{r['recipe']:12}  {r['device']:6}  {r['params_m']:6.1f}M  {r['sample_rate']:6d}  {r['steps']:5d}  "
               f"{r['audio_seconds']:7.1f}  {r['best_x_realtime']:9.3f}  {r['median_x_realtime']:11.3f}")
 
-    write_results("refiner", {"args": vars(args), "rows": rows}, args.json)
+    write_results("refiner", args, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -16,53 +16,29 @@ the model is untrained, so its codes have near-ties that rounding flips more oft
     python bench/bench_vqvae.py                  # CPU (and CUDA when present), prints a table
     python bench/bench_vqvae.py --device cpu --train-samples 16384 --audio-seconds 2
 
-Results go to bench/results/vqvae-<host>-<time>.json (git-ignored).
+Results go to bench/results/vqvae-<host>-<time>.json (git-ignored; --out to change the folder), one
+row per device and variant (layout: bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import torch
 
 from jukebox_lite.core.config import VQVAEConfig
 from jukebox_lite.models.vqvae import VQVAE
 
-from results_file import machine_line, write_results  # bench/ is on sys.path when a script here runs
+# bench/ is on sys.path when a script here runs
+from common import add_common_arguments, apply_threads, devices, machine_line, wall_times, write_results
 
 VARIANTS = {  # name: (channels_last, bf16)
     "eager": (False, False),
     "channels-last": (True, False),
     "channels-last+bf16": (True, True),
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Timing
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed_pair(fns: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    """Best wall time of each function, calls interleaved: on a machine shared with other jobs the
-    variants then see the same load, and the minimum is the least disturbed measurement."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: min(values) for name, values in times.items()}
+SPEEDUP_FIGURES = ("train_samples_per_s", "encode_x_realtime", "decode_x_realtime")  # each also given ÷ eager's
 
 
 def bench_audio(batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -109,8 +85,9 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> list[dict]:
         name: max(float((a - b).abs().max()) for a, b in zip(ref_audio, decode(name, ref_codes))) for name in models
     }
 
-    encode_s = timed_pair({n: (lambda n=n: encode(n)) for n in models}, device, args.warmup, args.repeats)
-    decode_s = timed_pair({n: (lambda n=n: decode(n, ref_codes)) for n in models}, device, args.warmup, args.repeats)
+    # the variants' calls interleave, and each keeps its best time: the least disturbed one
+    encode_times = wall_times({n: (lambda n=n: encode(n)) for n in models}, device, args.warmup, args.repeats)
+    decode_times = wall_times({n: (lambda n=n: decode(n, ref_codes)) for n in models}, device, args.warmup, args.repeats)
 
     optimizers = {name: torch.optim.Adam(model.parameters(), lr=1e-4) for name, model in models.items()}
 
@@ -123,55 +100,52 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> list[dict]:
 
     for model in models.values():
         model.train()
-    step_s = timed_pair({n: (lambda n=n: train_step(n)) for n in models}, device, args.warmup, args.repeats)
-    return [
+    step_times = wall_times({n: (lambda n=n: train_step(n)) for n in models}, device, args.warmup, args.repeats)
+    rows = [
         {
             "device": device.type,
             "variant": name,
-            "train_samples_per_s": args.batch * args.train_samples / step_s[name],
-            "train_step_s": step_s[name],
-            "encode_x_realtime": audio_len / 44100 / encode_s[name],
-            "decode_x_realtime": audio_len / 44100 / decode_s[name],
-            "code_agreement": agreement[name],
+            "train_samples_per_s": args.batch * args.train_samples / min(step_times[name]),
+            "train_step_s": min(step_times[name]),
+            "encode_x_realtime": audio_len / 44100 / min(encode_times[name]),
+            "decode_x_realtime": audio_len / 44100 / min(decode_times[name]),
+            "codes_equal_to_eager_per_level": agreement[name],
             "decode_max_abs_diff": audio_diff[name],
         }
         for name in models
     ]
+    eager_row = next(row for row in rows if row["variant"] == "eager")
+    for row in rows:
+        for figure in SPEEDUP_FIGURES:
+            row[f"{figure}_speedup_vs_eager"] = row[figure] / eager_row[figure]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="all: CPU, and CUDA when present")
+    add_common_arguments(parser)
     parser.add_argument("--batch", type=int, default=1, help="training batch")
     parser.add_argument("--train-samples", type=int, default=32768, help="training window (multiple of 128)")
     parser.add_argument("--audio-seconds", type=float, default=4.0, help="audio encoded and decoded per timing")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     if args.train_samples % 128 or args.train_samples < 2048:
         parser.error("--train-samples must be a multiple of 128 and at least 2048 (linf_k)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
-    if args.device == "cuda" and not devices:
-        parser.error("no CUDA device is visible")
+    chosen = devices(args)
+    apply_threads(args)
 
-    rows = [row for device in devices for row in bench_device(args, device)]
+    rows = [row for device in chosen for row in bench_device(args, device)]
     print(machine_line())
     print(f"{'device':6} {'variant':18} {'train samples/s':>16} {'encode ×RT':>11} {'decode ×RT':>11}  "
           f"{'codes = eager (per level)':26} {'audio max |diff|':>16}")
     for row in rows:
-        base = next(r for r in rows if r["device"] == row["device"] and r["variant"] == "eager")
-        row["speedup"] = {key: row[key] / base[key] for key in ("train_samples_per_s", "encode_x_realtime", "decode_x_realtime")}
-        speed = {key: f"{row[key]:.0f}" if key.startswith("train") else f"{row[key]:.2f}" for key in row["speedup"]}
-        speed = {key: f"{value} ({row['speedup'][key]:.2f}×)" for key, value in speed.items()}
+        speed = {key: f"{row[key]:.0f}" if key.startswith("train") else f"{row[key]:.2f}" for key in SPEEDUP_FIGURES}
+        speed = {key: f"{value} ({row[f'{key}_speedup_vs_eager']:.2f}×)" for key, value in speed.items()}
         print(f"{row['device']:6} {row['variant']:18} {speed['train_samples_per_s']:>16} {speed['encode_x_realtime']:>11} "
-              f"{speed['decode_x_realtime']:>11}  {', '.join(f'{a:.4f}' for a in row['code_agreement']):26} "
+              f"{speed['decode_x_realtime']:>11}  {', '.join(f'{a:.4f}' for a in row['codes_equal_to_eager_per_level']):26} "
               f"{row['decode_max_abs_diff']:16.1e}")
-    write_results("vqvae", {"settings": vars(args), "results": rows})
+    write_results("vqvae", args, rows, args.out)
 
 
 if __name__ == "__main__":

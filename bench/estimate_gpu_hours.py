@@ -5,11 +5,14 @@ step (forward + backward) are counted exactly by torch's FlopCounterMode on the 
 window where a full one would take too long to run here (transformer FLOPs grow linearly with the
 window at fixed sparsity, convolution FLOPs exactly so), then divided by an assumed sustained rate.
 
-    python bench/estimate_gpu_hours.py [--config pipelines/deep_house.yaml] [--tflops 300]
+    python bench/estimate_gpu_hours.py [--config pipelines/deep_house.yaml] [--tflops 300] [--out FOLDER]
 
 300 TFLOP/s sustained is about 30 % of an H100's dense bf16 peak: a typical share for transformer
 training; convolution-heavy models (the VQ-VAE, the refiner) usually reach less, so read those rows
 as lower bounds. Layer checkpointing re-runs each layer's forward in the backward pass (+1 forward).
+
+Results go to bench/results/gpu-hours-estimate-<host>-<time>.json (git-ignored), one row per stage
+with device "none": nothing is timed on a device (layout: bench/common.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.vqvae import VQVAE
 
-from results_file import write_results  # bench/ is on sys.path when a script here runs
+# bench/ is on sys.path when a script here runs
+from common import add_out_argument, write_results
 
 
 def counted(step) -> float:
@@ -51,6 +55,7 @@ def main() -> None:
     parser.add_argument("--config", default="pipelines/deep_house.yaml")
     parser.add_argument("--tflops", type=float, default=300.0, help="assumed sustained TFLOP/s on the GPU")
     parser.add_argument("--prior-tokens", type=int, default=1024, help="window counted for the priors (scaled up)")
+    add_out_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
     # residual_scale: null recipes measure it on their data; it does not change the FLOPs
@@ -82,9 +87,9 @@ def main() -> None:
     results = []
     for stage, flops, steps in rows:
         hours = flops * steps / (args.tflops * 1e12) / 3600
-        results.append({"stage": stage, "tflop_per_step": flops / 1e12, "steps": steps, "hours": hours})
+        results.append({"device": "none", "stage": stage, "tflop_per_step": flops / 1e12, "steps": steps, "hours": hours})
         print(f"{stage:14}{flops / 1e12:12.2f}{steps:10d}{hours:8.1f}")
-    write_results("gpu-hours-estimate", {"args": vars(args), "rows": results})
+    write_results("gpu-hours-estimate", args, results, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from jukebox_lite.core import audio
 from jukebox_lite.core.atomic import append_line, read_jsonl, remove_stale_temporaries
-from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments
 from jukebox_lite.core.config import DataConfig, load_config, save_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run, StageFolder
@@ -195,9 +195,11 @@ def prepare(
     cli_labels: dict | None = None,
     labels_file: Path | None = None,
     labels_from_folders: bool = False,
+    device: str | None = None,
 ) -> Summary:
-    recipe = load_config(cfg_path, overrides)
+    recipe = load_config(cfg_path, overrides, reads=("data",), command="jukebox-lite prepare")
     cfg = recipe.data
+    cfg.separation.device = device or cfg.separation.device
     if not audio_dir.is_dir():
         raise UserError(f"Input folder '{audio_dir}' does not exist; pass AUDIO=<folder of music>.")
     paths = audio.scan(audio_dir, cfg.extensions)
@@ -291,9 +293,10 @@ def _run_jobs(jobs: list[tuple], workers: int):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
+    add_recipe_arguments(parser, reads=("data",))
     parser.add_argument("--audio", required=True, type=Path, help="folder of music (searched recursively)")
-    parser.add_argument("--run", required=True, type=Path, help="run folder; the corpus goes to RUN/data")
+    add_run_arguments(parser, "the corpus goes to RUN/data", computes=False)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides data.separation.device")
     parser.add_argument("--genre", help="genre label for every file (overrides sidecar and folder labels)")
     parser.add_argument("--artist", help="artist label for every file (overrides sidecar and folder labels)")
     parser.add_argument(
@@ -315,5 +318,6 @@ def run(args: argparse.Namespace) -> int:
         cli_labels={"genre": args.genre, "artist": args.artist},
         labels_file=args.labels,
         labels_from_folders=args.labels_from_folders,
+        device=args.device,
     )
     return 0

@@ -15,6 +15,7 @@ from jukebox_lite.core.errors import UserError
 
 # subcommand → (module, one-line help). Modules are imported only when their stage runs.
 STAGES = {
+    "recipe": ("jukebox_lite.stages.recipe", "print the resolved recipe (extends, overrides, derived values); check ARGS"),
     "demo-corpus": ("data_prep.demo_corpus", "synthesize the built-in demo corpus (no downloads)"),
     "prepare": ("data_prep.ingest", "data stage: vocal removal, resample, label, split → RUN/data"),
     "separate": ("jukebox_lite.stages.separate", "remove vocals from one file (Spleeter 2 stems)"),
@@ -54,13 +55,22 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stage = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(stage).parse_args(argv)
+    parser = build_parser(stage)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]  # key=value after options that follow positional audio
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
+        if getattr(args, "device", None):  # a device that is not there fails before any work
+            from jukebox_lite.core.distributed import resolve_device
+
+            resolve_device(args.device)
         return int(args.stage_main(args) or 0)
     except UserError as e:
         print(f"jukebox-lite {args.stage}: error: {e}", file=sys.stderr)

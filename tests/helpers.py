@@ -76,7 +76,7 @@ def tiny_vqvae_config(**changes) -> VQVAEConfig:
 # A run with data and a tiny VQ-VAE, as the codes, prior, sample and refiner stages find it
 
 RUN_SR = 16000
-PRIOR_SHAPE = dict(n_ctx=64, width=32, depth=3, blocks=4, bins=16, n_genres=2, n_artists=3)  # priors on its codes
+PRIOR_SHAPE = dict(n_ctx=64, width=32, depth=3, blocks=4, n_genres=2, n_artists=3)  # priors on its 16 codes
 
 
 def tiny_model(seed: int = 0) -> VQVAE:
@@ -132,7 +132,6 @@ seed: 3
 data:
   sample_rate: 8000
 vqvae:
-  sample_rate: 8000
   sample_length: 1024
   downs_t: [1, 1, 1]
   emb_width: 8
@@ -201,8 +200,9 @@ def tiny_refiner_vqvae(seed: int = 0) -> VQVAE:
 REFINER_RECIPE = """\
 name: tiny-refiner
 seed: 1
-refiner:
+data:
   sample_rate: 16000
+refiner:
   cond_level: 0
   segment_length: 2048
   chunk_length: 2048

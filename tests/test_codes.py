@@ -84,7 +84,6 @@ def test_encode_stage_writes_aligned_memmaps_and_index(tmp_path):
     assert index["dtype"] == "uint16" and index["genres"] == ["house", "unknown"]
     assert index["artists"] == ["artist0", "artist1", "unknown"]
     assert [f["split"] for f in index["files"]] == ["train", "valid", "train", "train"]
-    assert (run / "codes" / "config.yaml").is_file()
 
     corpus = CodesCorpus(run / "codes", vqvae_fingerprint=model.fingerprint())
     for i, entry in enumerate(corpus.files):

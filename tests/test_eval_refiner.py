@@ -35,10 +35,9 @@ def run(tmp_path):
 
 
 def test_report_has_every_metric_and_a_verdict_that_follows_the_numbers(run, tmp_path, caplog):
-    out = tmp_path / "eval.json"
     with caplog.at_level(logging.INFO):
-        assert cli.main(["eval-refiner", "--run", str(run), "--json", str(out), "--segment-seconds", "0.2"]) == 0
-    report = json.loads(out.read_text())
+        assert cli.main(["eval-refiner", "--run", str(run), "--out", str(tmp_path / "reports"), "--segment-seconds", "0.2"]) == 0
+    report = json.loads((tmp_path / "reports" / "eval.json").read_text())
     assert report["source"] == "valid" and report["files"] == 1 and report["segments"] == 3
     assert report["cond_level"] == 0 and report["steps"] == 2 and report["strength"] == 1.0
     for name in ("decoded", "refined"):
@@ -54,7 +53,7 @@ def test_report_has_every_metric_and_a_verdict_that_follows_the_numbers(run, tmp
 
 
 def test_strength_zero_returns_the_decoded_audio_so_nothing_is_closer(run, tmp_path):
-    report = evaluate_run(run, tmp_path / "eval.json", segment_seconds=0.2, strength=0.0)
+    report = evaluate_run(run, tmp_path, segment_seconds=0.2, strength=0.0)
     assert report["refined"] == pytest.approx(report["decoded"])
     assert not any(report["closer"].values()) and not report["helpful"]
     assert all(rate == 0 for rate in report["segment_win_rate"].values())
@@ -77,17 +76,17 @@ def test_empty_validation_split_falls_back_to_train_with_a_warning(run, tmp_path
     manifest = run / "data" / "manifest.jsonl"
     manifest.write_text(manifest.read_text().replace('"valid"', '"train"'))
     with caplog.at_level(logging.WARNING):
-        report = evaluate_run(run, run / "refiner" / "eval.json", segment_seconds=0.2, max_segments=1)
+        report = evaluate_run(run, segment_seconds=0.2, max_segments=1)
     assert report["source"] == "train" and report["files"] == 4 and "validation split is empty" in caplog.text
     assert (run / "refiner" / "eval.json").is_file()
 
 
 def test_user_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     run = make_run(tmp_path)
-    out = tmp_path / "eval.json"
+    out = tmp_path / "reports"
 
     def stage(*extra: str) -> str:
-        assert cli.main(["eval-refiner", "--run", str(run), "--json", str(out), *extra]) == 2
+        assert cli.main(["eval-refiner", "--run", str(run), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1
         return err

@@ -44,10 +44,9 @@ def test_segments_are_spread_and_hop_aligned():
 
 def test_stage_writes_json_and_logs_a_table(tmp_path, caplog):
     run = make_run(tmp_path)
-    out = tmp_path / "eval.json"
     with caplog.at_level(logging.INFO):
-        assert cli.main(["eval-vqvae", "--run", str(run), "--json", str(out), "--segment-seconds", "0.2"]) == 0
-    report = json.loads(out.read_text())
+        assert cli.main(["eval-vqvae", "--run", str(run), "--out", str(tmp_path / "reports"), "--segment-seconds", "0.2"]) == 0
+    report = json.loads((tmp_path / "reports" / "eval.json").read_text())
     assert report["source"] == "valid" and report["files"] == 1  # t1 is the only validation file
     assert report["segments"] == 3  # 0.7 s → three 0.2 s segments
     assert [entry["level"] for entry in report["levels"]] == [0, 1, 2]
@@ -62,7 +61,7 @@ def test_falls_back_to_train_split_with_a_warning(tmp_path, caplog):
     manifest = run / "data" / "manifest.jsonl"
     manifest.write_text(manifest.read_text().replace('"valid"', '"train"'))
     with caplog.at_level(logging.WARNING):
-        report = evaluate_run(run, run / "vqvae" / "eval.json", segment_seconds=0.2)
+        report = evaluate_run(run, segment_seconds=0.2)
     assert report["source"] == "train" and "validation split is empty" in caplog.text
     assert (run / "vqvae" / "eval.json").is_file()
 
@@ -74,7 +73,7 @@ def test_audio_folder_is_decoded_downmixed_and_resampled(tmp_path, caplog):
     write_audio(folder / "sub" / "b.flac", synth_music(0.3, RUN_SR, seed=4, channels=1), RUN_SR)
     (folder / "broken.wav").write_bytes(b"RIFF not really")
     with caplog.at_level(logging.WARNING):
-        report = evaluate_run(run, tmp_path / "out.json", audio_dir=folder, segment_seconds=0.2, max_segments=1)
+        report = evaluate_run(run, tmp_path, audio_dir=folder, segment_seconds=0.2, max_segments=1)
     assert report["files"] == 3 and report["segments"] == 2 and "skipping" in caplog.text
     assert report["seconds"] == pytest.approx(0.4, abs=1e-3)
 
@@ -106,8 +105,8 @@ def test_metrics_track_reconstruction_quality():
 
 def test_report_uses_the_checkpoint_it_evaluates(tmp_path):
     run = make_run(tmp_path, seconds=(0.5, 0.5))
-    first = evaluate_run(run, tmp_path / "a.json", segment_seconds=0.2)
+    first = evaluate_run(run, tmp_path / "a", segment_seconds=0.2)
     save_vqvae(run, trained_tiny_model(steps=5))
-    second = evaluate_run(run, tmp_path / "b.json", segment_seconds=0.2)
+    second = evaluate_run(run, tmp_path / "b", segment_seconds=0.2)
     assert first["vqvae_fingerprint"] != second["vqvae_fingerprint"]
     assert first["levels"] != second["levels"]

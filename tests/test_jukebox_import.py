@@ -219,14 +219,14 @@ def test_cli_run_writes_into_the_run_folder(openai_file, tmp_path):
     path, _ = openai_file
     parser = argparse.ArgumentParser()
     import_jukebox.add_arguments(parser)
-    args = parser.parse_args(["--vqvae", str(path), "--out", str(tmp_path / "run")])
+    args = parser.parse_args(["--vqvae", str(path), "--run", str(tmp_path / "run")])
     assert import_jukebox.run(args) == 0
     assert (tmp_path / "run" / "vqvae" / "last.pt").is_file()
     with pytest.raises(UserError, match="already exists"):
         import_jukebox.run(args)
-    assert import_jukebox.run(parser.parse_args([*map(str, ["--vqvae", path, "--out", tmp_path / "run"]), "--force"])) == 0
+    assert import_jukebox.run(parser.parse_args([*map(str, ["--vqvae", path, "--run", tmp_path / "run"]), "--force"])) == 0
     with pytest.raises(UserError, match="no file to import"):
-        import_jukebox.run(parser.parse_args(["--out", str(tmp_path / "run")]))
+        import_jukebox.run(parser.parse_args(["--run", str(tmp_path / "run")]))
 
 
 def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path, capsys):
@@ -244,7 +244,7 @@ def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path,
 
     run = tmp_path / "run"
     argv = ["import-jukebox", "--prior-level-1", str(files["upsampler_level1"]), "--prior-level-2", str(files["top_labelled"])]
-    assert main([*argv, "--out", str(run)]) == 0
+    assert main([*argv, "--run", str(run)]) == 0
     for name, level in (("upsampler_level1", 1), ("top_labelled", 2)):
         recorded = files[name + "_recorded"]
         prior = load_prior(run / f"prior_level{level}")
@@ -252,7 +252,7 @@ def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path,
         logits = prior.logits(recorded["codes"], upper_codes=recorded.get("upper_codes"), labels=recorded["labels"])
         torch.testing.assert_close(logits, recorded["logits"], atol=2e-5, rtol=1e-5)
 
-    assert main(["import-jukebox", "--prior-level-0", str(files["top_labelled"]), "--out", str(tmp_path / "r2")]) == 2
+    assert main(["import-jukebox", "--prior-level-0", str(files["top_labelled"]), "--run", str(tmp_path / "r2")]) == 2
     assert "holds a top-level prior, not a level-0 prior" in capsys.readouterr().err
-    assert main([*argv, "--out", str(run)]) == 2  # nothing is overwritten without --force
+    assert main([*argv, "--run", str(run)]) == 2  # nothing is overwritten without --force
     assert "already exists" in capsys.readouterr().err

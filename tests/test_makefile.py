@@ -25,6 +25,9 @@ def make(*args: str, **kwargs) -> subprocess.CompletedProcess:
         (["SECONDS=abc"], "SECONDS=abc must be a positive number"),
         (["N=0"], "N=0 must be a whole number"),
         (["AUDIO=/no/such/folder"], "AUDIO=/no/such/folder is not a folder"),
+        (["ARGS=prior_level2.hop_fraction=0.25"], "'prior_level2.hop_fraction', which is now 'sample.hop_fraction_level2'"),
+        (["ARGS=vqvae.train.steps=5 priors.width=8"], "Unknown config key 'priors'"),
+        (["ARGS=prior_level2.bins=512"], "'prior_level2.bins', which follows from vqvae.l_bins"),
     ],
 )
 def test_bad_variables_fail_in_one_sentence_before_any_work(variables, complaint, tmp_path):

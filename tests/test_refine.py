@@ -29,41 +29,48 @@ def run_dir(tmp_path):
     return tmp_path
 
 
-def refine_cli(run, src, out, *extra) -> int:
-    return main(["refine", "--run", str(run), "--in", str(src), "--out", str(out), *map(str, extra)])
+def refine_cli(run, sources, out, *extra) -> int:
+    """`jukebox-lite refine --run RUN SOURCE... --out FOLDER EXTRA...` (one source or a list)."""
+    sources = sources if isinstance(sources, list) else [sources]
+    return main(["refine", "--run", str(run), *map(str, sources), "--out", str(out), *map(str, extra)])
 
 
-def test_refines_a_file_deterministically(run_dir, tmp_path):
+def refined(folder, source) -> tuple[np.ndarray, int]:
+    return sf.read(folder / f"{source.stem}.refined.wav", dtype="float32")
+
+
+def test_refines_files_deterministically(run_dir, tmp_path):
     src = write_audio(tmp_path / "coarse.wav", synth_music(0.6, REFINER_SR, seed=1, channels=1), REFINER_SR)
-    assert refine_cli(run_dir, src, tmp_path / "a.wav", "--seed", 3) == 0
-    assert refine_cli(run_dir, src, tmp_path / "b.flac", "--seed", 3) == 0
-    assert refine_cli(run_dir, src, tmp_path / "c.wav", "--seed", 4, "--steps", 3) == 0
-    a, sr = sf.read(tmp_path / "a.wav", dtype="float32")
-    b, _ = sf.read(tmp_path / "b.flac", dtype="float32")
-    c, _ = sf.read(tmp_path / "c.wav", dtype="float32")
+    other = write_audio(tmp_path / "other.wav", synth_music(0.4, REFINER_SR, seed=5, channels=1), REFINER_SR)
+    assert refine_cli(run_dir, src, tmp_path / "a", "--seed", 3) == 0
+    assert refine_cli(run_dir, [other, src], tmp_path / "b", "--seed", 3) == 0  # several files, one call
+    assert refine_cli(run_dir, src, tmp_path / "c", "--seed", 4, "--steps", 3) == 0
+    a, sr = refined(tmp_path / "a", src)
+    b, _ = refined(tmp_path / "b", src)
+    c, _ = refined(tmp_path / "c", src)
     assert sr == REFINER_SR and a.shape == (int(0.6 * REFINER_SR),) and np.isfinite(a).all()
-    np.testing.assert_allclose(a, b, atol=2**-22, rtol=0)  # same 24-bit samples; WAV and FLAC readers round apart
+    np.testing.assert_array_equal(a, b)  # a file's result does not depend on the others in the call
+    assert refined(tmp_path / "b", other)[0].shape == (int(0.4 * REFINER_SR),)
     assert not np.allclose(a, c, atol=1e-3)
-    assert refine_cli(run_dir, src, tmp_path / "same.wav", "--strength", 0) == 0
-    same, _ = sf.read(tmp_path / "same.wav", dtype="float32")
-    np.testing.assert_allclose(same, sf.read(src, dtype="float32")[0], atol=2**-22)  # 24-bit rounding only
+    assert refine_cli(run_dir, src, tmp_path / "same", "--strength", 0) == 0
+    np.testing.assert_allclose(refined(tmp_path / "same", src)[0], sf.read(src, dtype="float32")[0], atol=2**-22)  # 24-bit
 
 
 def test_other_rate_is_resampled_and_stereo_downmixed_with_warnings(run_dir, tmp_path, caplog):
     src = write_audio(tmp_path / "stereo16k.wav", synth_music(0.5, 16000, seed=2, channels=2), 16000)
     with caplog.at_level(logging.WARNING):
-        assert refine_cli(run_dir, src, tmp_path / "out.wav") == 0
+        assert refine_cli(run_dir, src, tmp_path / "out") == 0
     assert "16000 Hz; resampling" in caplog.text and "2 channels" in caplog.text
-    out, sr = sf.read(tmp_path / "out.wav", dtype="float32")
+    out, sr = refined(tmp_path / "out", src)
     assert sr == REFINER_SR and out.shape == (int(0.5 * REFINER_SR),) and np.isfinite(out).all()
 
 
 def test_silent_input_warns_and_gives_finite_audio(run_dir, tmp_path, caplog):
     src = write_audio(tmp_path / "silent.wav", np.zeros((1, 1234), np.float32), REFINER_SR)
     with caplog.at_level(logging.WARNING):
-        assert refine_cli(run_dir, src, tmp_path / "out.wav") == 0
+        assert refine_cli(run_dir, src, tmp_path / "out") == 0
     assert "is silent" in caplog.text
-    out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    out, _ = refined(tmp_path / "out", src)
     assert out.shape == (1234,) and np.isfinite(out).all()
 
 
@@ -71,31 +78,34 @@ def test_nan_input_is_a_clear_error_and_keeps_the_old_output(run_dir, tmp_path, 
     audio = synth_music(0.5, REFINER_SR, seed=3, channels=1)
     audio[0, 100] = np.nan
     src = write_audio(tmp_path / "nan.wav", audio, REFINER_SR, subtype="FLOAT")
-    out = tmp_path / "out.wav"
-    out.write_bytes(b"earlier result")
-    assert refine_cli(run_dir, src, out) == 2
+    good = write_audio(tmp_path / "good.wav", synth_music(0.3, REFINER_SR, seed=1, channels=1), REFINER_SR)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "nan.refined.wav").write_bytes(b"earlier result")
+    assert refine_cli(run_dir, [good, src], out) == 2  # every input is checked before any is refined
     err = capsys.readouterr().err
     assert "nan.wav" in err and "NaN" in err and len(err.strip().splitlines()) == 1
-    assert out.read_bytes() == b"earlier result"
+    assert (out / "nan.refined.wav").read_bytes() == b"earlier result"
+    assert not (out / "good.refined.wav").exists()
 
 
 def test_refiner_for_another_vqvae_is_refused(run_dir, tmp_path, capsys):
     other = tiny_refiner_vqvae(seed=1)
     save_checkpoint(run_dir / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(other.config), other.state_dict())
     src = write_audio(tmp_path / "coarse.wav", synth_music(0.3, REFINER_SR, seed=1, channels=1), REFINER_SR)
-    assert refine_cli(run_dir, src, tmp_path / "out.wav") == 2
+    assert refine_cli(run_dir, src, tmp_path / "out") == 2
     assert "another VQ-VAE" in capsys.readouterr().err
-    assert not (tmp_path / "out.wav").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_checkpoint_and_bad_arguments_are_clear_errors(run_dir, tmp_path, capsys):
     src = write_audio(tmp_path / "coarse.wav", synth_music(0.3, REFINER_SR, seed=1, channels=1), REFINER_SR)
-    assert refine_cli(tmp_path / "empty_run", src, tmp_path / "out.wav") == 2
+    assert refine_cli(tmp_path / "empty_run", src, tmp_path / "out") == 2
     assert "No refiner at" in capsys.readouterr().err
-    assert refine_cli(run_dir, src, tmp_path / "out.mp3") == 2
-    assert ".wav or .flac" in capsys.readouterr().err
-    assert refine_cli(run_dir, src, tmp_path / "out.wav", "--strength", 1.5) == 2
+    assert refine_cli(run_dir, src, src) == 2  # --out is a folder, never a file to overwrite
+    assert "is a file" in capsys.readouterr().err
+    assert refine_cli(run_dir, src, tmp_path / "out", "--strength", 1.5) == 2
     assert "--strength" in capsys.readouterr().err
-    assert refine_cli(run_dir, tmp_path / "missing.wav", tmp_path / "out.wav") == 2
+    assert refine_cli(run_dir, tmp_path / "missing.wav", tmp_path / "out") == 2
     assert "missing.wav" in capsys.readouterr().err
-    assert not (tmp_path / "out.wav").exists()
+    assert not (tmp_path / "out").exists()

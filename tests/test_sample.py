@@ -36,18 +36,21 @@ def test_chunked_decoding_equals_decoding_the_whole_track(level, chunk):
 
 
 GENRES, ARTISTS = ["house", "garage"], ["artist0", "artist1", "artist2"]
-UPSAMPLER = dict(cond_down_t=1, cond_stride_t=2, cond_width=16, cond_depth=1, hop_fraction=0.5)
+UPSAMPLER = dict(cond_down_t=1, cond_stride_t=2, cond_width=16, cond_depth=1)
 
 
 def save_prior(run, level: int, fingerprint: str, **changes) -> None:
     cfg = PriorConfig(
-        level=level, **PRIOR_SHAPE, hop_length={2: 8, 1: 4, 0: 2}[level], sample_rate=16000, t_bins=8, min_duration=0.1,
-        max_duration=5.0, **(UPSAMPLER if level < 2 else {"hop_fraction": 0.5}), **changes,
+        level=level, **PRIOR_SHAPE, bins=16, hop_length={2: 8, 1: 4, 0: 2}[level], sample_rate=16000, t_bins=8, min_duration=0.1,
+        max_duration=5.0, **(UPSAMPLER if level < 2 else {}), **changes,
     )
     torch.manual_seed(level)
     model = Prior(cfg)
+    config = dataclasses.asdict(cfg)
+    if level == 2:
+        config["hop_fraction"] = 0.125  # as checkpoints written before sampling settings moved to the recipe
     save_checkpoint(
-        run / f"prior_level{level}" / "last.pt", "prior", dataclasses.asdict(cfg), model.state_dict(),
+        run / f"prior_level{level}" / "last.pt", "prior", config, model.state_dict(),
         step=3, genres=GENRES, artists=ARTISTS, vqvae_fingerprint=fingerprint,
     )
 
@@ -64,7 +67,8 @@ def sampled_run(coded, tmp_path):
 
 
 def sample(run, *args: str) -> int:
-    return main(["sample", "--run", str(run), "--seconds", "0.25", "--name", "t", *args])
+    windows = ["sample.hop_fraction_level2=0.5"]  # fewer top-level windows than the default 1/8: a faster test
+    return main(["sample", "--run", str(run), "--seconds", "0.25", "--name", "t", *args, *windows])
 
 
 def test_every_stage_is_written_and_audible(sampled_run):
@@ -82,6 +86,7 @@ def test_every_stage_is_written_and_audible(sampled_run):
         assert np.abs(decoded[0, 0, :4000].numpy() - level2).max() < 1e-4  # 16-bit WAV rounding
         meta = json.loads((folder / "meta.json").read_text())
         assert meta["genre"] == "garage" and meta["seed"] == 3 and meta["checkpoints"]["prior_level0"]["step"] == 3
+        assert meta["settings"]["hop_fraction_level2"] == 0.5 and meta["settings"]["refine_steps"] == 2  # recipe + flags
         assert set(meta["seconds_per_stage"]) == {"level2", "level1", "level0", "decode", "refine"}
     first = np.load(run / "samples/t_0/codes_level2.npy")
     assert not np.array_equal(first, np.load(run / "samples/t_1/codes_level2.npy"))  # a batch of different tracks

@@ -295,12 +295,14 @@ def test_asking_for_cuda_without_one_is_a_user_error():
 
 
 def test_cli_writes_the_accompaniment(tmp_path, capsys):
-    source, target = tmp_path / "song.flac", tmp_path / "out" / "song.wav"
+    source, out = tmp_path / "song.flac", tmp_path / "out"
     audio = np.random.default_rng(5).uniform(-0.5, 0.5, (2, 8000)).astype(np.float32)
     sf.write(source, audio.T, 16000, subtype="PCM_24")
-    assert cli_main(["separate", str(source), str(target), "--backend", "none"]) == 0
-    written, sr = sf.read(target, dtype="float32", always_2d=True)
+    assert cli_main(["separate", str(source), "--out", str(out), "--backend", "none"]) == 0
+    written, sr = sf.read(out / "song.accompaniment.wav", dtype="float32", always_2d=True)
     assert sr == 16000
     np.testing.assert_allclose(written.T, audio, atol=1e-6)
-    assert cli_main(["separate", str(source), str(tmp_path / "out.mp3"), "data.separation.backend=none"]) == 2
-    assert "must end in .wav or .flac" in capsys.readouterr().err
+    assert cli_main(["separate", str(source), "--out", str(source), "data.separation.backend=none"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert cli_main(["separate", str(source), "--out", str(out), "data.workers=3"]) == 2  # a key separate does not read
+    assert "data.workers=3" in capsys.readouterr().err

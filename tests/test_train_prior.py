@@ -30,9 +30,10 @@ RECIPE = {
     "name": "tiny",
     "seed": 0,
     # tests.helpers.tiny_model: 16 kHz, hops 2 / 4 / 8, 16 codes per level
-    "prior_level2": {**PRIOR_SHAPE, "hop_length": 8, "sample_rate": RUN_SR, "t_bins": 8, "min_duration": 0.5,
-                     "max_duration": 5.0, "train": {**TRAIN, "steps": 80}},
-    "prior_level1": {**PRIOR_SHAPE, "hop_length": 4, "cond_down_t": 1, "cond_stride_t": 2, "cond_width": 16,
+    "data": {"sample_rate": RUN_SR},
+    "vqvae": {"downs_t": [1, 1, 1], "l_bins": 16},
+    "prior_level2": {**PRIOR_SHAPE, "t_bins": 8, "min_duration": 0.5, "max_duration": 5.0, "train": {**TRAIN, "steps": 80}},
+    "prior_level1": {**PRIOR_SHAPE, "cond_down_t": 1, "cond_stride_t": 2, "cond_width": 16,
                      "cond_depth": 1, "train": {**TRAIN, "steps": 60}},
 }
 
@@ -214,7 +215,7 @@ def test_codes_or_a_prior_of_another_vqvae_are_refused(run, tmp_path, capsys):
     save_vqvae(run, varied_vqvae(seed=1))  # a retrained VQ-VAE: the codes are stale
     assert "were made with another VQ-VAE" in cli_error(run, tmp_path, capsys)
     encode_run(run, chunk_seconds=0.5)  # new codes: now the prior is stale
-    assert "was trained on codes of another VQ-VAE" in cli_error(run, tmp_path, capsys)
+    assert "was trained on data of another VQ-VAE" in cli_error(run, tmp_path, capsys)
     assert (run / "prior_level2" / "last.pt").read_bytes() == before
 
 
@@ -237,7 +238,7 @@ def test_a_checkpoint_of_another_level_is_refused(run, tmp_path, capsys):
 def test_recipe_that_disagrees_with_codes_or_checkpoint_is_refused(run, tmp_path, capsys):
     assert "n_genres=2 or more" in cli_error(run, tmp_path, capsys, 2, "prior_level2.n_genres=1")
     assert "timing range" in cli_error(run, tmp_path, capsys, 2, "prior_level2.min_duration=1.5")
-    assert "set prior_level2.hop_length=8" in cli_error(run, tmp_path, capsys, 2, "prior_level2.hop_length=4")
+    assert "follows from vqvae.downs_t" in cli_error(run, tmp_path, capsys, 2, "prior_level2.hop_length=4")
     assert "whose power is 2" in cli_error(run, tmp_path, capsys, 1, "prior_level1.cond_down_t=2")
     train_prior(recipe(tmp_path, "prior_level2.train.steps=1"), run, level=2)
     err = cli_error(run, tmp_path, capsys, 2, "prior_level2.width=64")

@@ -132,7 +132,8 @@ def test_missing_vqvae_other_rate_and_mismatched_checkpoints_are_one_line_errors
 
     assert "No VQ-VAE at" in stage(tmp_path / "empty") and "train-vqvae" in stage(tmp_path / "empty")
     run, _ = trained
-    assert "runs at 16000 Hz but refiner.sample_rate is 8000" in stage(run, "refiner.sample_rate=8000")
+    assert "'refiner.sample_rate', which follows from data.sample_rate" in stage(run, "refiner.sample_rate=8000")
+    assert "not used by jukebox-lite train-refiner" in stage(run, "data.sample_rate=8000")
     assert "cond_level is 3" in stage(run, "refiner.cond_level=3")
     assert "refiner.channels is [8, 16, 64]" in stage(run, "refiner.channels=[8, 16, 64]", "refiner.train.steps=50")
     assert "refiner.target is waveform" in stage(run, "refiner.target=waveform", "refiner.train.steps=50")
@@ -141,7 +142,7 @@ def test_missing_vqvae_other_rate_and_mismatched_checkpoints_are_one_line_errors
     (other / "refiner").mkdir()
     (other / "refiner" / "last.pt").write_bytes((run / "refiner" / "last.pt").read_bytes())
     save_vqvae(other, tiny_model(seed=7))  # the run's VQ-VAE was retrained since
-    assert "trained on another VQ-VAE's audio" in stage(other, "refiner.train.steps=50")
+    assert "trained on data of another VQ-VAE" in stage(other, "refiner.train.steps=50")
 
 
 def test_empty_training_split_is_a_clear_error(tmp_path):

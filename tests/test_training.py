@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from jukebox_lite.core.checkpoint import load_checkpoint
+from jukebox_lite.core.checkpoint import load_checkpoint, save_checkpoint
 from jukebox_lite.core.config import RecipeConfig, TrainingConfig
 from jukebox_lite.algorithms.datasets import StepSampler, step_batches
 from jukebox_lite.core.errors import UserError
@@ -259,6 +259,56 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path):
     task.kind = "prior"
     with pytest.raises(UserError, match="holds a toy model, not a prior"):
         train(task, cfg, StageFolder(tmp_path))
+
+
+class FineTunableTask(ToyTask):
+    """ToyTask with a size that shapes the weights and a `start` that takes an init checkpoint's weights."""
+
+    architecture = ("size",)
+
+    def __init__(self, cfg: TrainingConfig, size: int = 4):
+        super().__init__(cfg)
+        self.size, self.started_from = size, "unset"
+
+    def config_dict(self):
+        return {"size": self.size}
+
+    def start(self, model, env, init):
+        self.started_from = init
+        if init is not None:
+            model.load_state_dict(load_checkpoint(init, "toy")["model"])
+
+
+def test_one_rule_an_import_is_fine_tuned_a_training_run_resumed(tmp_path):
+    cfg = config(steps=4, lr=1e-9, warmup_steps=0)  # a tiny LR: the weights stay where they started
+    imported = Toy()
+    torch.nn.init.constant_(imported.linear.weight, 0.5)
+    save_checkpoint(tmp_path / "last.pt", "toy", {"size": 4}, imported.state_dict(), step=0)  # no optimizer: an import
+    task = FineTunableTask(cfg)
+    assert train(task, cfg, StageFolder(tmp_path)).step == 4
+    assert task.started_from == tmp_path / "last.pt"
+    state = load_checkpoint(tmp_path / "last.pt", "toy")
+    assert torch.allclose(state["model"]["linear.weight"], torch.full((1, 4), 0.5), atol=1e-6)
+    again = FineTunableTask(config(steps=6, lr=1e-9, warmup_steps=0))
+    assert train(again, again.cfg, StageFolder(tmp_path)).step == 6 and again.started_from == "unset"  # resumed
+    other = FineTunableTask(config(steps=8), size=5)
+    with pytest.raises(UserError, match=r"toy.size is 5 in the recipe but 4 in '.*last.pt'"):
+        train(other, other.cfg, StageFolder(tmp_path))
+
+
+def test_an_init_checkpoint_starts_a_fresh_run_only(tmp_path):
+    model = Toy()
+    torch.nn.init.constant_(model.linear.weight, 0.25)
+    save_checkpoint(tmp_path / "init.pt", "toy", {"size": 4}, model.state_dict())
+    cfg = config(steps=2)
+    task = FineTunableTask(cfg)
+    train(task, cfg, StageFolder(tmp_path / "out"), init=tmp_path / "init.pt")
+    assert task.started_from == tmp_path / "init.pt"
+    again = FineTunableTask(config(steps=4))
+    train(again, again.cfg, StageFolder(tmp_path / "out"), init=tmp_path / "init.pt")
+    assert again.started_from == "unset"  # the folder holds a training run: it is resumed, init ignored
+    with pytest.raises(UserError, match="toy cannot start from another checkpoint"):
+        train(ToyTask(cfg), cfg, StageFolder(tmp_path / "fresh"), init=tmp_path / "init.pt")
 
 
 def test_a_batch_that_does_not_split_between_ranks_is_a_config_error(tmp_path, monkeypatch):

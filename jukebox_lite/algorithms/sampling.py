@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from jukebox_lite.core.config import SampleConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.attention import EMPTY_POSITION, sdpa_attention
 from jukebox_lite.models.prior import Conditioning, LabelMix, Prior
@@ -225,6 +226,9 @@ def sample_codes(
 ) -> torch.Tensor:
     """(n, length) codes of one level, in windows when longer than n_ctx (see the module docstring).
 
+    hop_fraction: a new window every hop_fraction · n_ctx tokens; None takes the recipe default of
+    the prior's level (`SampleConfig.hop_fraction_level<L>`).
+
     labels: a label tensor for the whole track (offset = the track position of token 0), a LabelMix,
     or a function of the window's start token returning either (e.g. `morph(a, b, length)`).
     """
@@ -252,7 +256,7 @@ def sample_codes(
     elif upper_codes is not None:
         raise UserError("The top-level prior takes no upper codes; pass upper_codes only to upsamplers.")
 
-    hop_fraction = cfg.hop_fraction if hop_fraction is None else hop_fraction
+    hop_fraction = SampleConfig().hop_fraction(cfg.level) if hop_fraction is None else hop_fraction
     if not 0 < hop_fraction <= 1:
         raise UserError(f"hop_fraction is {hop_fraction}; it must be in (0, 1].")
     step = s if cfg.is_upsampler else 1

@@ -56,6 +56,11 @@ class Task(abc.ABC):
 
     kind: str  # checkpoint kind ("vqvae", "prior", ...): a checkpoint of another kind is refused
     section: str  # recipe section, for messages ("vqvae", "prior_level2", ...)
+    # config fields that shape the weights or what they mean: a checkpoint resumed or fine-tuned must share them
+    architecture: tuple[str, ...] = ()
+    # the VQ-VAE whose codes or audio the model learns from (`VQVAE.fingerprint`), for a model that has one;
+    # a checkpoint that records another is refused
+    vqvae_fingerprint: str | None = None
 
     @abc.abstractmethod
     def config_dict(self) -> dict:
@@ -65,8 +70,11 @@ class Task(abc.ABC):
     def build_model(self) -> nn.Module:
         """A new model on the CPU (the loop seeds torch identically on every rank first)."""
 
-    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
-        """Prepare a fresh run before its first step (not called on resume): initial weights, data statistics."""
+    def start(self, model: nn.Module, env: distributed.DistEnv, init: Path | None) -> None:
+        """Prepare a fresh run before its first step (not called on resume): when `init` is a checkpoint,
+        take its weights (fine-tuning, see `train`); then any data statistics."""
+        if init is not None:
+            raise UserError(f"{self.section} cannot start from another checkpoint ('{init}'); move it away to train afresh.")
 
     @abc.abstractmethod
     def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[Any]:
@@ -216,12 +224,132 @@ def _optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def resume_state(path: Path, kind: str) -> dict | None:
-    """The training checkpoint at `path` if there is one; None if absent or not from training (an import)."""
-    if not path.exists():
-        return None
-    state = load_checkpoint(path, kind)
-    return state if "optimizer" in state else None
+def check_compatible(task: Task, state: dict, path: Path) -> None:
+    """The one check of a checkpoint against the task, for resuming and fine-tuning alike: the same
+    architecture and, where the task has one, the same VQ-VAE."""
+    theirs = state["config"]
+    ours = task.config_dict()
+    for name in task.architecture:
+        if theirs.get(name) != ours[name]:
+            raise UserError(
+                f"{task.section}.{name} is {ours[name]} in the recipe but {theirs.get(name)} in '{path}'; set the "
+                "recipe's model settings to the checkpoint's, or move the checkpoint away to start afresh."
+            )
+    trained_on = state.get("vqvae_fingerprint")
+    if task.vqvae_fingerprint is not None and trained_on is not None and trained_on != task.vqvae_fingerprint:
+        raise UserError(
+            f"'{path}' was trained on data of another VQ-VAE (weights {trained_on}, now {task.vqvae_fingerprint}); "
+            f"move it away to train a new {task.kind} for this VQ-VAE."
+        )
+
+
+def is_training_run(state: dict) -> bool:
+    """A checkpoint the loop wrote (it resumes); one without optimizer state (an import) starts a fine-tune."""
+    return "optimizer" in state
+
+
+@dataclass
+class _Trainee:
+    """What a run carries from step to step and into its checkpoint."""
+
+    model: nn.Module
+    optimizer: torch.optim.AdamW
+    ema: WeightEMA | None
+    step: int = 0
+    skipped: int = 0
+
+
+def _restore(
+    task: Task, cfg: TrainingConfig, state: dict | None, init: Path | None, path: Path, env: distributed.DistEnv, seed: int
+) -> _Trainee:
+    """The model, optimizer and EMA: resumed from `state` (a training run), or fresh (from `init`'s weights)."""
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    model = task.build_model()
+    if state is not None:
+        load_state_checked(model, state["model"], str(path))
+    else:
+        task.start(model, env, init)
+    model.to(env.device)
+    trainee = _Trainee(model, _optimizer(model, cfg), WeightEMA(model, cfg.ema) if cfg.ema > 0 else None)
+    if state is None:
+        _seed_rank(seed, env.rank)
+        return trainee
+    trainee.step, trainee.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
+    trainee.optimizer.load_state_dict(state["optimizer"])
+    if trainee.ema is not None and state.get("ema") is not None:
+        trainee.ema.load(state["ema"], int(state.get("ema_updates", 0)))
+    rng = state.get("rng") or []
+    if len(rng) == env.world_size:
+        _set_rng_state(rng[env.rank], env.device)
+    else:
+        log.warning("resuming on %d ranks a run saved on %d: random streams restart", env.world_size, len(rng))
+        _seed_rank(seed + trainee.step, env.rank)
+    return trainee
+
+
+def _step(task: Task, cfg: TrainingConfig, trainee: _Trainee, wrapped: nn.Module, batch: Any, device: torch.device):
+    """One update at the scheduled LR; a non-finite loss or gradient on any rank skips it, buffers included.
+    Returns (loss, metrics, grad_norm, lr, bad)."""
+    model, optimizer = trainee.model, trainee.optimizer
+    lr = learning_rate(cfg, trainee.step + 1)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    buffers = [b.detach().clone() for b in model.buffers()]  # a skipped step must not change them either
+    with autocast(device, cfg.precision):
+        loss, metrics = task.loss(wrapped, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    bad = distributed.any_rank(not (torch.isfinite(loss) and torch.isfinite(grad_norm)), device)
+    trainee.step += 1
+    if bad:
+        with torch.no_grad():
+            for buffer, before in zip(model.buffers(), buffers):
+                buffer.copy_(before)
+        trainee.skipped += 1
+    else:
+        optimizer.step()
+        if trainee.ema is not None:
+            trainee.ema.update(model)
+    return loss, metrics, grad_norm, lr, bad
+
+
+def _log_scalars(writer: Any, trainee: _Trainee, loss, metrics: dict, grad_norm, lr: float, samples_per_sec: float) -> None:
+    """The step's loss and metrics, averaged over the ranks (every rank takes part), to TensorBoard on rank 0."""
+    names = ["loss", *(k for k in metrics if k != "loss")]
+    values = torch.stack([loss.detach().float(), *(metrics[k].detach().float().mean() for k in names[1:])])
+    values = distributed.all_reduce_mean(values)
+    if writer is None:
+        return
+    step = trainee.step
+    for name, value in zip(names, values.tolist()):
+        writer.add_scalar(f"train/{name}", value, step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+    writer.add_scalar("train/samples_per_sec", samples_per_sec, step)
+    writer.add_scalar("train/skipped_steps", trainee.skipped, step)
+
+
+def _save(task: Task, trainee: _Trainee, path: Path, env: distributed.DistEnv) -> None:
+    """The checkpoint that resumes this run exactly: every rank gives its RNG state, rank 0 writes atomically."""
+    rng = distributed.gather_objects(_rng_state(env.device))  # every rank takes part
+    if not env.is_main:
+        return
+    ema = trainee.ema
+    extra = {"ema": ema.state_dict(trainee.model), "ema_updates": ema.updates} if ema is not None else {}
+    try:
+        save_checkpoint(
+            path, task.kind, task.config_dict(), trainee.model.state_dict(),
+            optimizer=trainee.optimizer.state_dict(), step=trainee.step, skipped_steps=trainee.skipped, rng=rng,
+            **({"vqvae_fingerprint": task.vqvae_fingerprint} if task.vqvae_fingerprint else {}),
+            **extra, **task.checkpoint_extra(),
+        )
+    except OSError as e:
+        raise UserError(
+            f"Could not write checkpoint '{path}' ({e.strerror or e}); the previous one is intact. "
+            "Free disk space and rerun to resume."
+        ) from None
+    log.debug("saved %s at step %d", path, trainee.step)
 
 
 def train(
@@ -231,10 +359,14 @@ def train(
     *,
     seed: int = 0,
     recipe: RecipeConfig | None = None,
+    init: Path | None = None,
 ) -> TrainResult:
-    """Train `task` into `out` (its checkpoint, TensorBoard folder and config file), resuming from its checkpoint.
+    """Train `task` into `out` (its checkpoint, TensorBoard folder and config file).
 
-    Call `distributed.init()` first when launched on several ranks. Returns where the run stands.
+    One rule for where a run starts: a checkpoint in `out` that training wrote is resumed; one without
+    optimizer state (imported from OpenAI, or saved by hand) is fine-tuned: its weights start a fresh
+    run, as do `init`'s when `out` holds no checkpoint. Either is first checked against the task
+    (`check_compatible`). Call `distributed.init()` first when launched on several ranks.
     """
     env = distributed.current()
     path = out.checkpoint
@@ -243,42 +375,33 @@ def train(
             f"{task.section}.train.batch_size is {cfg.batch_size}; it must be a multiple of the number of ranks "
             f"({env.world_size})."
         )
-    state = resume_state(path, task.kind)
-    step = int(state["step"]) if state else 0
-    skipped = int(state.get("skipped_steps", 0)) if state else 0
+    state = load_checkpoint(path, task.kind) if path.exists() else None
+    if state is not None and is_training_run(state):
+        if init is not None:
+            log.warning("%s holds a training run; resuming it and ignoring %s", path, init)
+        init = None
+    elif state is not None:
+        init, state = path, None
+    if init is not None:
+        check_compatible(task, state or load_checkpoint(init, task.kind), init)
+        log.info("%s: fine-tuning the weights in %s", task.section, init)
+    elif state is not None:
+        check_compatible(task, state, path)
     end = final_step(cfg)
-    if step >= end:
+    if state is not None and int(state["step"]) >= end:
         log.info(
             "%s: already trained to step %d (this config ends at step %d); nothing to do. Raise %s.train.steps "
-            "or change its annealing to train on.", task.section, step, end, task.section,
+            "or change its annealing to train on.", task.section, int(state["step"]), end, task.section,
         )
-        return TrainResult(step, skipped=skipped)
+        return TrainResult(int(state["step"]), skipped=int(state.get("skipped_steps", 0)))
 
-    device = env.device
-    torch.manual_seed(seed)  # the same initial weights on every rank
-    model = task.build_model()
-    if state:
-        load_state_checked(model, state["model"], str(path))
+    trainee = _restore(task, cfg, state, init, path, env, seed)
+    if state is not None:
+        log.info("%s: resuming %s at step %d of %d", task.section, path, trainee.step, end)
     else:
-        task.start(model, env)
-    model.to(device)
-    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
-    optimizer = _optimizer(model, cfg)
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load(state["ema"], int(state.get("ema_updates", 0)))
-        rng = state.get("rng") or []
-        if len(rng) == env.world_size:
-            _set_rng_state(rng[env.rank], device)
-        else:
-            log.warning("resuming on %d ranks a run saved on %d: random streams restart", env.world_size, len(rng))
-            _seed_rank(seed + step, env.rank)
-        log.info("%s: resuming %s at step %d of %d", task.section, path, step, end)
-    else:
-        _seed_rank(seed, env.rank)
-        log.info("%s: training from scratch to step %d", task.section, end)
+        log.info("%s: training from %s to step %d", task.section, init or "scratch", end)
     del state
+    model, device = trainee.model, env.device
     wrapped = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         if env.is_distributed
@@ -296,94 +419,47 @@ def train(
             save_config(recipe, out.config)
         writer = SummaryWriter(str(out.tensorboard))
 
-    def save() -> None:
-        rng = distributed.gather_objects(_rng_state(device))  # every rank takes part
-        if not env.is_main:
-            return
-        extra = {"ema": ema.state_dict(model), "ema_updates": ema.updates} if ema is not None else {}
-        try:
-            save_checkpoint(
-                path, task.kind, task.config_dict(), model.state_dict(),
-                optimizer=optimizer.state_dict(), step=step, skipped_steps=skipped, rng=rng,
-                **extra, **task.checkpoint_extra(),
-            )
-        except OSError as e:
-            raise UserError(
-                f"Could not write checkpoint '{path}' ({e.strerror or e}); the previous one is intact. "
-                "Free disk space and rerun to resume."
-            ) from None
-        log.debug("saved %s at step %d", path, step)
-
-    result = TrainResult(step)
-    batches = task.batches(env.rank, env.world_size, seed, step)
-    bar = tqdm(total=end, initial=step, desc=task.section, unit="step", disable=not env.is_main, dynamic_ncols=True)
-    bad_in_row, saved_at = 0, (step if step else None)  # the step of the checkpoint on disk
+    result = TrainResult(trainee.step)
+    batches = task.batches(env.rank, env.world_size, seed, trainee.step)
+    bar = tqdm(total=end, initial=trainee.step, desc=task.section, unit="step", disable=not env.is_main, dynamic_ncols=True)
+    bad_in_row, saved_at = 0, (trainee.step or None)  # the step of the checkpoint on disk
     timer, timed_steps = time.perf_counter(), 0
     try:
-        while step < end:
-            batch = _to_device(next(batches), device)
-            lr = learning_rate(cfg, step + 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            buffers = [b.detach().clone() for b in model.buffers()]  # a skipped step must not change them either
-            with autocast(device, cfg.precision):
-                loss, metrics = task.loss(wrapped, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            bad = distributed.any_rank(not (torch.isfinite(loss) and torch.isfinite(grad_norm)), device)
-            step += 1
+        while trainee.step < end:
+            loss, metrics, grad_norm, lr, bad = _step(task, cfg, trainee, wrapped, _to_device(next(batches), device), device)
+            step = trainee.step
             timed_steps += 1
+            bad_in_row = bad_in_row + 1 if bad else 0
             if bad:
-                with torch.no_grad():
-                    for buffer, before in zip(model.buffers(), buffers):
-                        buffer.copy_(before)
-                skipped += 1
-                bad_in_row += 1
                 log.warning("step %d: loss or gradient is not finite; step skipped (%d in a row)", step, bad_in_row)
                 if writer is not None:
-                    writer.add_scalar("train/skipped_steps", skipped, step)
+                    writer.add_scalar("train/skipped_steps", trainee.skipped, step)
                 if bad_in_row >= cfg.max_bad_steps:
                     kept = f"the last good checkpoint '{path}' (step {saved_at}) is kept" if saved_at else "no checkpoint was written"
                     raise UserError(
                         f"{task.section}: the loss was not finite for {bad_in_row} steps in a row (up to step {step}); "
                         f"{kept}. Lower {task.section}.train.lr or check the data, then rerun."
                     )
-            else:
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                bad_in_row = 0
             loss_value = loss.item()
             result.losses.append(loss_value)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
-
             if step % cfg.log_every == 0:
-                names = ["loss", *(k for k in metrics if k != "loss")]
-                values = torch.stack([loss.detach().float(), *(metrics[k].detach().float().mean() for k in names[1:])])
-                values = distributed.all_reduce_mean(values)
-                if writer is not None:
-                    elapsed = time.perf_counter() - timer
-                    for name, value in zip(names, values.tolist()):
-                        writer.add_scalar(f"train/{name}", value, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                    writer.add_scalar("train/samples_per_sec", cfg.batch_size * timed_steps / elapsed, step)
-                    writer.add_scalar("train/skipped_steps", skipped, step)
+                rate = cfg.batch_size * timed_steps / (time.perf_counter() - timer)
+                _log_scalars(writer, trainee, loss, metrics, grad_norm, lr, rate)
                 timer, timed_steps = time.perf_counter(), 0
             if writer is not None and cfg.media_every and step % cfg.media_every == 0:
                 devices = [device] if device.type == "cuda" else []
-                weights = ema.applied(model) if ema is not None else contextlib.nullcontext()
+                weights = trainee.ema.applied(model) if trainee.ema is not None else contextlib.nullcontext()
                 with torch.random.fork_rng(devices=devices), weights:
                     task.log_media(model, writer, step)
             if step % cfg.checkpoint_every == 0 or step == end:
-                save()
+                _save(task, trainee, path, env)
                 saved_at = step
     finally:
         bar.close()
         if writer is not None:
             writer.close()
-    result.step, result.skipped = step, skipped
-    log.info("%s: finished at step %d (%s)", task.section, step, path)
+    result.step, result.skipped = trainee.step, trainee.skipped
+    log.info("%s: finished at step %d (%s)", task.section, trainee.step, path)
     return result

@@ -4,6 +4,12 @@ A recipe is one YAML file with a section per stage. Every key maps to a dataclas
 key, a value of the wrong type, or a bad `key=value` override is a `UserError` naming the key. The
 resolved config (recipe + overrides) is saved beside each stage's outputs so a run can be repeated.
 
+Recipes compose: `extends: deep_house.yaml` reads that recipe first (relative to this one's folder)
+and this file then says only what differs, section by section. Values that follow from an earlier
+stage (`DERIVED`: sample rates, codebook size, hop lengths) are not written in a recipe at all;
+`RecipeConfig` fills them in. Each command reads only some sections (`load_config(..., reads=)`), and
+an override it would not read is refused, so `key=value` never silently does nothing.
+
 Each stage adds its own section dataclass here, so one file shows everything a recipe can set.
 """
 
@@ -145,7 +151,7 @@ def _training_section(value: TrainingConfig | dict, prefix: str) -> TrainingConf
 class VQVAEConfig:
     """The 3-level VQ-VAE; the defaults are OpenAI Jukebox's released 'vqvae' hparams (hop 8/32/128)."""
 
-    sample_rate: int = 44100
+    sample_rate: int = 44100  # in a recipe: data.sample_rate (DERIVED)
     sample_length: int = 262144  # training window in samples; a multiple of the top level's hop
     levels: int = 3
     downs_t: list[int] = field(default_factory=lambda: [3, 2, 2])  # downsampling steps added per level
@@ -241,9 +247,9 @@ class PriorConfig:
     m_attn: float = 0.25  # attention width = m_attn · width
     m_mlp: float = 1.0  # MLP width = m_mlp · width
     init_scale: float = 0.7
-    bins: int = 2048  # codebook size of the VQ-VAE (l_bins)
+    bins: int = 2048  # codebook size; in a recipe: vqvae.l_bins (DERIVED)
     merged_decoder: bool = False  # OpenAI 5b top prior: untied output layer, conditioning not re-added
-    hop_length: int = 128  # audio samples per token at this level (raw_to_tokens): 8, 32, 128
+    hop_length: int = 128  # audio samples per token at this level: 8, 32, 128; in a recipe: the VQ-VAE's
     # labels (y_emb): start token = sum of genre embeddings + artist embedding
     labels: bool = True
     n_genres: int = 10  # y_bins[0]
@@ -251,7 +257,7 @@ class PriorConfig:
     max_bow_genre_size: int = 1  # genre slots per label vector (-1 pads)
     # timing embeddings (top level only): total length, absolute and relative position, t_bins each
     t_bins: int = 64
-    sample_rate: int = 44100
+    sample_rate: int = 44100  # in a recipe: data.sample_rate (DERIVED)
     min_duration: float = 60.0  # seconds; total_length must lie in [min_duration, max_duration)
     max_duration: float = 600.0
     # upsampler conditioner on the level above (conditioner_blocks.0)
@@ -268,8 +274,6 @@ class PriorConfig:
     # training memory: recompute each transformer layer in backward (OpenAI's c_res), ~1/3 more compute
     checkpoint_layers: bool = False
     train: TrainingConfig = field(default_factory=TrainingConfig)
-    # sampling
-    hop_fraction: float = 0.125  # long tracks: a new window every hop_fraction · n_ctx tokens
 
     def __post_init__(self) -> None:
         self.train = _training_section(self.train, "prior.train.")
@@ -318,8 +322,6 @@ class PriorConfig:
             if self.cond_width < 1 or self.cond_depth < 0 or self.cond_down_t < 1 or self.cond_stride_t < 1:
                 raise UserError(f"{section}: cond_width, cond_down_t, cond_stride_t must be positive, cond_depth not negative.")
         self.train.validate(f"{section}.train")
-        if not 0 < self.hop_fraction <= 1:
-            raise UserError(f"{section}.hop_fraction must be in (0, 1].")
 
 
 @dataclass
@@ -328,7 +330,6 @@ class PriorLevel1Config(PriorConfig):
 
     level: int = 1
     hop_length: int = 32
-    hop_fraction: float = 0.5
 
 
 @dataclass
@@ -337,7 +338,6 @@ class PriorLevel0Config(PriorConfig):
 
     level: int = 0
     hop_length: int = 8
-    hop_fraction: float = 0.5
 
 
 @dataclass
@@ -348,7 +348,7 @@ class RefinerConfig:
     hyper-parameters are its `train` section (the shared loop's), used by train-refiner.
     """
 
-    sample_rate: int = 44100
+    sample_rate: int = 44100  # in a recipe: data.sample_rate (DERIVED)
     cond_level: int = 0  # the VQ-VAE level whose decoded audio is the condition (0 best; 1 faster sampling)
     segment_length: int = 65536  # samples per training window; a multiple of the U-Net's stride
     # sampling: samples per model call; each chunk's edges (one receptive field, ~0.6 s here) are
@@ -474,8 +474,55 @@ class CopiesConfig:
 
 
 @dataclass
+class SampleConfig:
+    """The sample stage: windowed prior sampling at each level, then refining. Its flags override these."""
+
+    # long tracks: a new window every hop_fraction · n_ctx tokens (1: windows do not overlap). Smaller
+    # fractions give each new token more context (more coherent, slower): the top prior needs it most
+    hop_fraction_level2: float = 0.125
+    hop_fraction_level1: float = 0.5
+    hop_fraction_level0: float = 0.5
+    temperature: float = 1.0  # softmax temperature of every level's sampling
+    top_k: int = 0  # keep the k likeliest codes (0: all)
+    top_p: float = 0.0  # keep the likeliest codes holding this probability mass (0: all)
+    refine_steps: int | None = None  # DDIM steps of the refiner (null: the refiner's own refiner.steps)
+    refine_strength: float | None = None  # 1 from noise, below 1 from the decoded audio (null: refiner.strength)
+    refine_chunk_length: int | None = None  # samples per refiner call (null: refiner.chunk_length)
+
+    def hop_fraction(self, level: int) -> float:
+        return getattr(self, f"hop_fraction_level{level}")
+
+    def validate(self) -> None:
+        for level in (2, 1, 0):
+            if not 0 < self.hop_fraction(level) <= 1:
+                raise UserError(f"sample.hop_fraction_level{level} is {self.hop_fraction(level)}; it must be in (0, 1].")
+        if self.temperature <= 0 or self.top_k < 0 or not 0 <= self.top_p < 1:
+            raise UserError("sample: temperature must be positive, top_k at least 0 and top_p in [0, 1).")
+        if self.refine_steps is not None and self.refine_steps < 1:
+            raise UserError(f"sample.refine_steps is {self.refine_steps}; use at least 1, or null for the refiner's own.")
+        if self.refine_strength is not None and not 0 <= self.refine_strength <= 1:
+            raise UserError(f"sample.refine_strength is {self.refine_strength}; use a value in [0, 1], or null.")
+        if self.refine_chunk_length is not None and self.refine_chunk_length < 1:
+            raise UserError(f"sample.refine_chunk_length is {self.refine_chunk_length}; use at least 1, or null.")
+
+
+PRIOR_SECTIONS = ("prior_level2", "prior_level1", "prior_level0")
+# Keys a recipe does not write: each follows from an earlier stage's section, and RecipeConfig sets it
+# (the models keep them in their own configs, so a checkpoint still describes itself).
+DERIVED = {
+    "vqvae.sample_rate": "data.sample_rate",
+    **{f"{p}.sample_rate": "data.sample_rate" for p in PRIOR_SECTIONS},
+    **{f"{p}.bins": "vqvae.l_bins" for p in PRIOR_SECTIONS},
+    **{f"{p}.hop_length": "vqvae.downs_t and strides_t (the hop of that level)" for p in PRIOR_SECTIONS},
+    "refiner.sample_rate": "data.sample_rate",
+}
+# Keys that moved: a recipe or override still naming the old place is told the new one.
+MOVED = {f"{p}.hop_fraction": f"sample.hop_fraction_level{p[-1]}" for p in PRIOR_SECTIONS}
+
+
+@dataclass
 class RecipeConfig:
-    """A whole recipe: one section per stage."""
+    """A whole recipe: one section per stage, with the `DERIVED` values set from the sections they follow."""
 
     name: str = "default"
     seed: int = 0
@@ -486,17 +533,33 @@ class RecipeConfig:
     prior_level0: PriorLevel0Config = field(default_factory=PriorLevel0Config)
     copies: CopiesConfig = field(default_factory=CopiesConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        # new section objects: a section passed in (e.g. by dataclasses.replace) may be someone else's
+        sr = self.data.sample_rate
+        self.vqvae = dataclasses.replace(self.vqvae, sample_rate=sr)
+        self.refiner = dataclasses.replace(self.refiner, sample_rate=sr)
+        hops = self.vqvae.hop_lengths
+        for level in (2, 1, 0):
+            name = f"prior_level{level}"
+            prior = getattr(self, name)
+            hop = hops[level] if level < len(hops) else prior.hop_length  # fewer levels: refused by validate
+            setattr(self, name, dataclasses.replace(prior, sample_rate=sr, bins=self.vqvae.l_bins, hop_length=hop))
 
     def validate(self) -> None:
         self.data.validate()
         self.vqvae.validate()
         self.copies.validate()
+        if self.vqvae.levels != 3:
+            raise UserError(f"vqvae.levels is {self.vqvae.levels}; the recipe's priors (prior_level2/1/0) need 3.")
         for level in (2, 1, 0):
             prior = getattr(self, f"prior_level{level}")
             if prior.level != level:
                 raise UserError(f"prior_level{level}.level is {prior.level}; it must be {level} (or be left out).")
             prior.validate(f"prior_level{level}")
         self.refiner.validate()
+        self.sample.validate()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,21 +651,73 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RecipeConfig:
-    """Read a recipe (or start from the defaults), apply `key=value` overrides, build and validate it."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"Recipe '{path}' does not exist; pick one from pipelines/ (e.g. pipelines/demo.yaml).")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"Recipe '{path}' is not valid YAML ({str(e).splitlines()[0]}).") from None
-        if not isinstance(tree, dict):
-            raise UserError(f"Recipe '{path}' must be a YAML mapping of sections.")
+def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The recipe at `path` as a tree, with the recipes it `extends` merged under it (base first)."""
+    if not path.is_file():
+        raise UserError(f"Recipe '{path}' does not exist; pick one from pipelines/ (e.g. pipelines/demo.yaml).")
+    if path.resolve() in chain:
+        raise UserError(f"Recipe '{path}' extends itself (through {' → '.join(p.name for p in chain)}).")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"Recipe '{path}' is not valid YAML ({str(e).splitlines()[0]}).") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"Recipe '{path}' must be a YAML mapping of sections.")
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str) or not base:
+        raise UserError(f"Recipe '{path}': extends must name one recipe file, e.g. extends: deep_house.yaml.")
+    return _merged(_read_recipe(path.parent / base, (*chain, path.resolve())), tree)
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied: mappings merge key by key, anything else (lists too) is replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys += _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+def _refuse_derived_and_moved(keys: list[str], where: str) -> None:
+    for key in keys:
+        if key in DERIVED:
+            raise UserError(f"{where} sets '{key}', which follows from {DERIVED[key]}; remove it (it is set for you).")
+        if key in MOVED:
+            raise UserError(f"{where} sets '{key}', which is now '{MOVED[key]}'.")
+
+
+def _reads(key: str, reads: tuple[str, ...]) -> bool:
+    return any(key == r or key.startswith(r + ".") for r in reads)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    reads: tuple[str, ...] | None = None,
+    command: str = "this command",
+) -> RecipeConfig:
+    """Read a recipe (or start from the defaults), apply `key=value` overrides, build and validate it.
+
+    `reads` lists the sections (or dotted keys) the calling command uses; an override outside them is
+    refused, naming it. None (the Python API) accepts every key.
+    """
+    tree: dict = {} if path is None else _read_recipe(Path(path))
+    _refuse_derived_and_moved(_dotted_keys(tree), f"Recipe '{path}'")
     for text in overrides:
-        _set_dotted(tree, *parse_override(text))
+        key, value = parse_override(text)
+        _refuse_derived_and_moved([key], f"Override '{text}'")
+        if reads is not None and not _reads(key, reads):
+            used = ", ".join(reads) if reads else "no recipe keys"
+            raise UserError(f"Override '{text}' is not used by {command} (it reads {used}); pass it to the command that does.")
+        _set_dotted(tree, key, value)
     cfg = section_from_dict(RecipeConfig, tree)
     cfg.validate()
     return cfg
@@ -612,7 +727,16 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def recipe_tree(cfg: RecipeConfig) -> dict:
+    """The resolved recipe as a tree a recipe file can hold: every key but the DERIVED ones."""
+    tree = config_to_dict(cfg)
+    for key in DERIVED:
+        section, name = key.split(".")
+        del tree[section][name]
+    return tree
+
+
 def save_config(cfg: RecipeConfig, path: str | Path) -> None:
-    """Save the resolved config (atomically) beside a stage's outputs."""
+    """Save the resolved recipe (atomically) beside a stage's outputs; `load_config(path)` reads it back."""
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(recipe_tree(cfg), sort_keys=False))

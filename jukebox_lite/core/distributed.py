@@ -94,23 +94,28 @@ def _env_from_mpi() -> None:
     )
 
 
-def init(timeout_minutes: float = 30.0) -> DistEnv:
-    """Join the process group this command was launched into (if any) and pick this rank's device.
+_device_choice = "auto"  # the --device of the command this process runs (`init`), for `current`
+
+
+def init(timeout_minutes: float = 30.0, device_choice: str = "auto") -> DistEnv:
+    """Join the process group this command was launched into (if any) and pick this rank's device
+    (`device_choice` as in `resolve_device`: cpu keeps a GPU machine's ranks on the CPU).
 
     Idempotent: a second call returns the same answer. Threads: ranks sharing a CPU split its cores.
     """
+    global _device_choice
     if dist.is_available() and dist.is_initialized():
         return current()
+    device = resolve_device(device_choice)
+    _device_choice = device_choice
     if _launched_by_mpi():
         _env_from_mpi()
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
+    if device.type == "cuda":
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world_size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
@@ -131,8 +136,8 @@ def init(timeout_minutes: float = 30.0) -> DistEnv:
 def current() -> DistEnv:
     """This process's place, without joining anything (a single CPU/GPU process if `init` was not called)."""
     if not (dist.is_available() and dist.is_initialized()):
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        return DistEnv(device=device)
+        device = resolve_device(_device_choice)
+        return DistEnv(device=torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" else device)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
@@ -144,12 +149,14 @@ def shutdown() -> None:
 
 
 @contextlib.contextmanager
-def launched() -> Iterator[DistEnv]:
-    """`with launched():` around a training stage's work: join the launcher's ranks, always leave them."""
+def launched(device_choice: str = "auto") -> Iterator[DistEnv]:
+    """`with launched(args.device):` around a training stage's work: join the launcher's ranks, always leave them."""
+    global _device_choice
     try:
-        yield init()
+        yield init(device_choice=device_choice)
     finally:
         shutdown()
+        _device_choice = "auto"
 
 
 def is_distributed() -> bool:

@@ -427,7 +427,12 @@ class Prior(nn.Module):
 # Loading
 
 
+# keys older checkpoints' configs hold that are no longer the prior's (sampling settings, now the recipe's sample section)
+RETIRED_KEYS = ("hop_fraction",)
+
+
 def prior_from_config_dict(config: dict) -> Prior:
+    config = {k: v for k, v in config.items() if k not in RETIRED_KEYS}
     cfg = section_from_dict(PriorConfig, config, "prior.")
     cfg.validate()
     return Prior(cfg)

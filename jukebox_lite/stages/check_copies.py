@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from jukebox_lite.core.atomic import atomic_path
-from jukebox_lite.stages.common import add_recipe_arguments
-from jukebox_lite.core.config import CopiesConfig, load_config
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
+from jukebox_lite.core.config import CopiesConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.algorithms.copies import CorpusIndex
 from jukebox_lite.runs import Run
@@ -48,12 +48,12 @@ def check_run(run_dir: str | Path, cfg: CopiesConfig) -> dict[str, dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder with codes/ and samples/")
+    add_recipe_arguments(parser, reads=("copies",))
+    add_run_arguments(parser, "reads RUN/codes, writes RUN/samples/<name>/copies.json", computes=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = check_run(args.run, load_config(args.config, args.overrides).copies)
+    report = check_run(args.run, load_recipe(args).copies)
     flagged = [name for name, r in report.items() if r["flagged"]]
     if flagged:
         log.warning("%d of %d samples replay training audio: %s", len(flagged), len(report), ", ".join(flagged))

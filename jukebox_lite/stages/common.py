@@ -9,19 +9,43 @@ from pathlib import Path
 import torch
 
 from jukebox_lite.core import audio as audio_io
-from jukebox_lite.core.config import AUDIO_EXTENSIONS
+from jukebox_lite.core.config import AUDIO_EXTENSIONS, RecipeConfig, load_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 
 log = logging.getLogger(__name__)
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments every stage that reads a recipe takes: --config and key=value overrides."""
+def add_recipe_arguments(parser: argparse.ArgumentParser, reads: tuple[str, ...] | None, positional: bool = True) -> None:
+    """--config and key=value overrides, for a command that reads the recipe keys under `reads`
+    (None: the stage decides from its other arguments, see `load_recipe`). A command that also takes
+    positional audio passes positional=False and sorts its positionals with `split_overrides`."""
     parser.add_argument("--config", "-c", help="recipe YAML in pipelines/ (defaults if omitted)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="override recipe keys, e.g. data.workers=4"
-    )
+    if positional:
+        shown = f"keys under {', '.join(reads)}" if reads else "recipe keys"
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"override {shown}, e.g. data.workers=4")
+    parser.set_defaults(recipe_reads=reads, overrides=[])
+
+
+def split_overrides(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Positionals → (audio files, key=value overrides): an existing file is audio, whatever its name."""
+    audio = [Path(i) for i in items if Path(i).exists() or "=" not in i]
+    return audio, [i for i in items if not Path(i).exists() and "=" in i]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, what: str, computes: bool = True) -> None:
+    """--run (the run folder; `what` says what the command reads and writes there) and, for a command
+    that computes, --device."""
+    parser.add_argument("--run", required=True, type=Path, help=f"run folder: {what}")
+    if computes:
+        parser.add_argument(
+            "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to compute (auto: CUDA when present)"
+        )
+
+
+def load_recipe(args: argparse.Namespace, reads: tuple[str, ...] | None = None) -> RecipeConfig:
+    """The command's recipe; an override of a key the command does not read is refused, naming it."""
+    return load_config(args.config, args.overrides, reads or args.recipe_reads, f"jukebox-lite {args.stage}")
 
 
 def validation_files(run: Run) -> tuple[list[Path], str]:

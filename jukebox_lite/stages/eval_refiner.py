@@ -32,13 +32,11 @@ from tqdm import tqdm
 
 from jukebox_lite.algorithms import metrics
 from jukebox_lite.core.atomic import atomic_path
-from jukebox_lite.stages.common import add_recipe_arguments
 from jukebox_lite.core.precision import autocast
-from jukebox_lite.core.config import load_config
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.stages.common import add_segment_arguments, check_segment_arguments, folder_files, load_clips, validation_files
+from jukebox_lite.stages.common import add_run_arguments, add_segment_arguments, check_segment_arguments, folder_files, load_clips, validation_files
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.models.vqvae import VQVAE
@@ -127,7 +125,7 @@ def format_table(report: dict) -> str:
 
 def evaluate_run(
     run_dir: Path,
-    out: Path,
+    out_dir: Path | None = None,
     audio_dir: Path | None = None,
     segment_seconds: float = 3.0,
     max_segments: int = 4,
@@ -135,9 +133,12 @@ def evaluate_run(
     steps: int | None = None,
     strength: float | None = None,
     seed: int = 0,
+    device: str = "auto",
 ) -> dict:
-    device = resolve_device()
+    """The report, also written to OUT_DIR (default RUN/refiner)/eval.json."""
+    device = resolve_device(device)
     run = Run(run_dir)
+    out = run.refiner.eval_report if out_dir is None else Path(out_dir) / run.refiner.eval_report.name
     vqvae = run.load_vqvae(device)
     fingerprint = vqvae.fingerprint()
     refiner = run.load_refiner(device, fingerprint)
@@ -179,9 +180,8 @@ def evaluate_run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder holding RUN/refiner, RUN/vqvae (and RUN/data)")
-    parser.add_argument("--json", type=Path, help="where the report goes (default RUN/refiner/eval.json)")
+    add_run_arguments(parser, "reads RUN/refiner, RUN/vqvae (and RUN/data's validation split)")
+    parser.add_argument("--out", type=Path, help="folder the report eval.json goes to (default RUN/refiner)")
     add_segment_arguments(parser, segment_seconds=3.0, max_segments=4, batch_help="segments refined together")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the refiner's refiner.steps)")
     parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the decoded audio")
@@ -194,9 +194,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps is {args.steps}; use at least 1.")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         raise UserError(f"--strength is {args.strength}; use a value from 0 to 1.")
-    load_config(args.config, args.overrides)  # a bad recipe or override is reported like every other stage
     evaluate_run(
-        args.run, args.json or Run(args.run).refiner.eval_report, args.audio, args.segment_seconds,
-        args.max_segments, args.batch_size, args.steps, args.strength, args.seed,
+        args.run, args.out, args.audio, args.segment_seconds, args.max_segments, args.batch_size, args.steps,
+        args.strength, args.seed, args.device,
     )
     return 0

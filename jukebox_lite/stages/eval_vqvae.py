@@ -25,7 +25,7 @@ from tqdm import tqdm
 from jukebox_lite.algorithms import metrics
 from jukebox_lite.core.atomic import atomic_path
 from jukebox_lite.stages.common import (
-    add_recipe_arguments,
+    add_run_arguments,
     add_segment_arguments,
     check_segment_arguments,
     folder_files,
@@ -33,7 +33,6 @@ from jukebox_lite.stages.common import (
     validation_files,
 )
 from jukebox_lite.core.precision import autocast
-from jukebox_lite.core.config import load_config
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.runs import Run
 from jukebox_lite.models.vqvae import VQVAE
@@ -93,14 +92,17 @@ def format_table(results: list[dict]) -> str:
 
 def evaluate_run(
     run_dir: Path,
-    out: Path,
+    out_dir: Path | None = None,
     audio_dir: Path | None = None,
     segment_seconds: float = 6.0,
     max_segments: int = 8,
     batch_size: int = 4,
+    device: str = "auto",
 ) -> dict:
+    """The report, also written to OUT_DIR (default RUN/vqvae)/eval.json."""
     run = Run(run_dir)
-    model = run.load_vqvae(resolve_device())
+    out = run.vqvae.eval_report if out_dir is None else Path(out_dir) / run.vqvae.eval_report.name
+    model = run.load_vqvae(resolve_device(device))
     paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run)
     top_hop = model.hop_lengths[-1]
     segment = max(top_hop, round(segment_seconds * model.sample_rate) // top_hop * top_hop)
@@ -127,21 +129,12 @@ def evaluate_run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder holding RUN/vqvae (and RUN/data)")
-    parser.add_argument("--json", type=Path, help="where the metrics go (default RUN/vqvae/eval.json)")
+    add_run_arguments(parser, "reads RUN/vqvae (and RUN/data's validation split)")
+    parser.add_argument("--out", type=Path, help="folder the report eval.json goes to (default RUN/vqvae)")
     add_segment_arguments(parser, segment_seconds=6.0, max_segments=8, batch_help="segments per forward pass")
 
 
 def run(args: argparse.Namespace) -> int:
     check_segment_arguments(args)
-    load_config(args.config, args.overrides)  # a bad recipe or override is reported like every other stage
-    evaluate_run(
-        args.run,
-        args.json or Run(args.run).vqvae.eval_report,
-        args.audio,
-        args.segment_seconds,
-        args.max_segments,
-        args.batch_size,
-    )
+    evaluate_run(args.run, args.out, args.audio, args.segment_seconds, args.max_segments, args.batch_size, args.device)
     return 0

@@ -1,6 +1,6 @@
 """`jukebox-lite import-jukebox`: OpenAI Jukebox's released checkpoints (files the user brings) into a run folder.
 
-`jukebox-lite import-jukebox --vqvae vqvae.pth.tar --prior-level-1 prior_level_1.pth.tar ... --out RUN`
+`jukebox-lite import-jukebox --vqvae vqvae.pth.tar --prior-level-1 prior_level_1.pth.tar ... --run RUN`
 writes RUN/vqvae/last.pt and RUN/prior_level<N>/last.pt. Reading OpenAI's pickles safely and
 converting them is `algorithms.openai_import`'s job.
 """
@@ -19,6 +19,7 @@ from jukebox_lite.algorithms.openai_import import load_openai_prior, load_openai
 from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run, StageFolder
+from jukebox_lite.stages.common import add_run_arguments
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--prior-level-{n}", metavar="PATH", help=f"{what} (prior_level_{n}.pth.tar) → RUN/prior_level{n}/last.pt"
         )
-    parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write the checkpoints into")
+    add_run_arguments(parser, "the checkpoints are written into its stage folders", computes=False)
     parser.add_argument("--force", action="store_true", help="replace checkpoints that already exist")
 
 
@@ -94,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
         options = ", ".join("--" + dest.replace("_", "-") for dest in IMPORTERS)
         raise UserError(f"import-jukebox was given no file to import; pass at least one of {options}.")
     for dest, importer, folder in chosen:
-        importer(getattr(args, dest), folder(Run(args.out)).path, overwrite=args.force)
+        importer(getattr(args, dest), folder(Run(args.run)).path, overwrite=args.force)
     return 0

@@ -1,11 +1,11 @@
 """Refine coarse VQ-VAE audio with the run's diffusion refiner (RUN/refiner/last.pt).
 
-    jukebox-lite refine --run RUN --in coarse.wav --out refined.wav [--steps N --strength S --seed K]
+    jukebox-lite refine --run RUN coarse.wav [more.wav ...] --out FOLDER [--steps N --strength S --seed K]
 
-The input is made to fit the refiner: other sample rates are resampled and several channels are
+Each input is made to fit the refiner: other sample rates are resampled and several channels are
 averaged to mono, each with a warning. The refiner must have been trained on the audio of this
-run's VQ-VAE (RUN/vqvae/last.pt), otherwise it is refused. The output (.wav or .flac, 24-bit) is
-written atomically: a failed or interrupted run leaves an existing file untouched.
+run's VQ-VAE (RUN/vqvae/last.pt), otherwise it is refused. Each output, FOLDER/<input name>.refined.wav
+(24-bit), is written atomically: a failed or interrupted run leaves an existing file untouched.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.algorithms.refining import refine
+from jukebox_lite.stages.common import add_run_arguments
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,12 @@ SILENCE_PEAK = 1e-4  # about -80 dBFS: below this the input holds nothing to ref
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="run folder holding refiner/last.pt (and vqvae/last.pt)")
-    parser.add_argument("--in", dest="input", type=Path, required=True, help="coarse audio to refine")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the refined audio (.wav or .flac)")
+    add_run_arguments(parser, "reads RUN/refiner (and RUN/vqvae, to check the refiner was trained on it)")
+    parser.add_argument("audio", type=Path, nargs="+", help="coarse audio files to refine")
+    parser.add_argument("--out", type=Path, required=True, help="folder the refined files go to (<name>.refined.wav)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the refiner's refiner.steps)")
     parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the input, 0 returns it")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same output")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
 def _read_input(path: Path, sample_rate: int) -> np.ndarray:
@@ -58,8 +58,8 @@ def _read_input(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out.suffix.lower() not in (".wav", ".flac"):
-        raise UserError(f"Output '{args.out}' must end in .wav or .flac.")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out '{args.out}' is a file; give the folder the refined audio goes to.")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps is {args.steps}; use at least 1.")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
@@ -77,16 +77,19 @@ def run(args: argparse.Namespace) -> int:
     model = run.load_refiner(device, expected)
     sample_rate = model.config.sample_rate
 
-    audio = _read_input(args.input, sample_rate)
-    coarse = torch.from_numpy(audio)[None]  # (1, 1, T)
-    refined = refine(model, coarse, steps=args.steps, strength=args.strength, seed=args.seed, progress=True)
-    if not torch.isfinite(refined).all():  # a broken checkpoint, not the input: the input was checked above
-        raise UserError(f"Refiner '{checkpoint}' produced NaN or infinite samples; its weights are broken, retrain it.")
-    with atomic_path(args.out) as tmp:
-        sf.write(tmp, refined[0].numpy().T, sample_rate, subtype="PCM_24")
-    log.info(
-        "wrote %s (%.1f s at %d Hz, %d steps, strength %.2f, seed %d)", args.out, audio.shape[1] / sample_rate,
-        sample_rate, args.steps or model.config.steps,
-        model.config.strength if args.strength is None else args.strength, args.seed,
-    )
+    inputs = [(path, _read_input(path, sample_rate)) for path in args.audio]  # every input is checked first
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, audio in inputs:
+        coarse = torch.from_numpy(audio)[None]  # (1, 1, T)
+        refined = refine(model, coarse, steps=args.steps, strength=args.strength, seed=args.seed, progress=True)
+        if not torch.isfinite(refined).all():  # a broken checkpoint, not the input: the input was checked above
+            raise UserError(f"Refiner '{checkpoint}' produced NaN or infinite samples; its weights are broken, retrain it.")
+        out = args.out / f"{path.stem}.refined.wav"
+        with atomic_path(out) as tmp:
+            sf.write(tmp, refined[0].numpy().T, sample_rate, subtype="PCM_24", format="WAV")
+        log.info(
+            "wrote %s (%.1f s at %d Hz, %d steps, strength %.2f, seed %d)", out, audio.shape[1] / sample_rate,
+            sample_rate, args.steps or model.config.steps,
+            model.config.strength if args.strength is None else args.strength, args.seed,
+        )
     return 0

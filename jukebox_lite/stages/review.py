@@ -26,6 +26,7 @@ from jukebox_lite.core.atomic import atomic_path, read_jsonl
 from jukebox_lite.core.audio import AudioError, load_audio, resample, to_mono
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
+from jukebox_lite.stages.common import add_run_arguments
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +235,11 @@ def render(run: Run, out: Path, timeout: int = 600) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path, help="run folder to review")
-    parser.add_argument("--out", type=Path, help="HTML file to write (default RUN/review.html)")
+    add_run_arguments(parser, "reads RUN/samples and the training folders' reports", computes=False)
+    parser.add_argument("--out", type=Path, help="folder the page review.html goes to (default RUN)")
 
 
 def run(args: argparse.Namespace) -> int:
     run = Run(args.run)
-    render(run, args.out or run.review_page)
+    render(run, run.review_page if args.out is None else args.out / run.review_page.name)
     return 0

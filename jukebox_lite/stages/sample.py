@@ -31,8 +31,8 @@ import torch
 
 from jukebox_lite.core.atomic import atomic_path
 from jukebox_lite.core.audio import AudioError, load_audio, resample, to_mono
-from jukebox_lite.stages.common import add_recipe_arguments
-from jukebox_lite.core.config import RecipeConfig, load_config
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
+from jukebox_lite.core.config import RecipeConfig, SampleConfig
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import LoadedPrior, Run, SampleFolder
@@ -58,14 +58,23 @@ class SampleRequest:
     artist: str | None = None
     morph_to: str | None = None  # a genre the track morphs into by its end
     prime: Path | None = None  # audio whose top-level codes open every sample
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.0
     seed: int = 0
     fast: bool = False  # stop at level 1 (skip the level-0 upsampler)
+    name: str | None = None  # sample folder prefix (default: a timestamp)
+    device: str = "auto"
+    # the recipe's sample section where None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
     refine_steps: int | None = None
     refine_strength: float | None = None
-    name: str | None = None  # sample folder prefix (default: a timestamp)
+
+    def settings(self, recipe: SampleConfig) -> SampleConfig:
+        """The recipe's sample section with this request's options put over it, checked."""
+        chosen = {k: getattr(self, k) for k in ("temperature", "top_k", "top_p", "refine_steps", "refine_strength")}
+        settings = dataclasses.replace(recipe, **{k: v for k, v in chosen.items() if v is not None})
+        settings.validate()
+        return settings
 
 
 def _labels(loaded: LoadedPrior, request: SampleRequest, genre: str | None, total_samples: int, n: int):
@@ -105,7 +114,8 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     """Generate `request.n` tracks and write RUN/samples/<name>_<k>/; returns the folders."""
     if request.seconds <= 0 or request.n < 1:
         raise UserError(f"Asked for {request.n} samples of {request.seconds} s; both must be positive (SECONDS, N).")
-    device = resolve_device()
+    settings = request.settings(recipe.sample)
+    device = resolve_device(request.device)
     vqvae = run.load_vqvae(device)
     fingerprint = vqvae.fingerprint()
     sr, hops = vqvae.sample_rate, vqvae.hop_lengths
@@ -152,15 +162,20 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     if request.morph_to and labels is not None:
         labels = morph(labels, _labels(top, request, request.morph_to, total, request.n), tokens)
     prime = None if request.prime is None else _prime_codes(vqvae, request.prime, tokens, request.n)
-    options = dict(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p, generator=generator, progress=True)
+    options = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, generator=generator, progress=True)
     with autocast(device):
-        codes[2] = sample_codes(top.prior, request.n, tokens, labels=labels, prime=prime, **options)
+        codes[2] = sample_codes(
+            top.prior, request.n, tokens, labels=labels, prime=prime, hop_fraction=settings.hop_fraction_level2, **options
+        )
         timings["level2"] = time.perf_counter() - clock
         for level, loaded in upsamplers.items():
             clock = time.perf_counter()
             length = tokens * hops[2] // hops[level]
             up_labels = _labels(loaded, request, request.genre, total, request.n)
-            codes[level] = sample_codes(loaded.prior, request.n, length, labels=up_labels, upper_codes=codes[level + 1], **options)
+            codes[level] = sample_codes(
+                loaded.prior, request.n, length, labels=up_labels, upper_codes=codes[level + 1],
+                hop_fraction=settings.hop_fraction(level), **options,
+            )
             timings[f"level{level}"] = time.perf_counter() - clock
 
     audio: dict[str, torch.Tensor] = {}
@@ -171,8 +186,8 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     if refiner is not None:
         clock = time.perf_counter()
         audio["refined"] = refine(
-            refiner, audio[f"level{refiner.config.cond_level}"], request.refine_steps, request.refine_strength,
-            seed=request.seed, progress=True,
+            refiner, audio[f"level{refiner.config.cond_level}"], settings.refine_steps, settings.refine_strength,
+            seed=request.seed, chunk_length=settings.refine_chunk_length, progress=True,
         )
         timings["refine"] = time.perf_counter() - clock
 
@@ -190,10 +205,8 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             "artist": request.artist,
             "morph_to": request.morph_to,
             "prime": None if request.prime is None else str(request.prime),
-            "temperature": request.temperature,
-            "top_k": request.top_k,
-            "top_p": request.top_p,
             "fast": request.fast,
+            "settings": dataclasses.asdict(settings),
             "checkpoints": {
                 "vqvae": str(run.vqvae.checkpoint),
                 **{f"prior_level{lv}": {"path": str(p.path), "step": p.step} for lv, p in ((2, top), *upsamplers.items())},
@@ -212,26 +225,26 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder with vqvae/, prior_level*/ and refiner/")
+    add_recipe_arguments(parser, reads=("name", "sample"))
+    add_run_arguments(parser, "reads RUN/vqvae, RUN/prior_level*, RUN/refiner, writes RUN/samples/<name>_<k>")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each track")
     parser.add_argument("--n", type=int, default=1, help="tracks to generate (one batch)")
     parser.add_argument("--genre", help="genre label (default: the prior's first genre)")
     parser.add_argument("--artist", help="artist label (default: the prior's first artist)")
     parser.add_argument("--morph-to", help="a second genre the track morphs into by its end")
     parser.add_argument("--prime", type=Path, help="audio file whose opening every track continues")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, help="softmax temperature (default: sample.temperature)")
+    parser.add_argument("--top-k", type=int, help="keep the k likeliest codes (default: sample.top_k)")
+    parser.add_argument("--top-p", type=float, help="keep the codes holding this mass (default: sample.top_p)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", action="store_true", help="stop at level 1: skip the slow level-0 upsampler")
-    parser.add_argument("--refine-steps", type=int, help="refiner steps (default: the refiner's config)")
-    parser.add_argument("--refine-strength", type=float, help="refiner strength in [0, 1] (default: its config)")
+    parser.add_argument("--refine-steps", type=int, help="refiner steps (default: sample.refine_steps, else the refiner's)")
+    parser.add_argument("--refine-strength", type=float, help="refiner strength in [0, 1] (default: sample.refine_strength, else the refiner's)")
     parser.add_argument("--name", help="sample folder prefix (default: a timestamp)")
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_config(args.config, args.overrides)
+    recipe = load_recipe(args)
     fields = {f.name for f in dataclasses.fields(SampleRequest)} - {"name"}
     request = SampleRequest(**{k: getattr(args, k) for k in fields}, name=args.name)
     sample_tracks(recipe, Run(args.run), request)

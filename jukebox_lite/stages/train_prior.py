@@ -11,11 +11,12 @@ every `train.media_every` steps a few hundred sampled tokens are decoded with th
 
 Checks before training, each one clear sentence:
 - the codes must come from RUN/vqvae (weight fingerprint) and the folder must hold codes;
-- the recipe must agree with the codes (bins, hop length, upsampling ratio, sample rate, durations);
+- the recipe must agree with the codes (upsampling ratio, durations); codebook size, hop length and
+  sample rate are taken from the codes;
 - n_genres / n_artists are model sizes the recipe sets: a corpus with more names is refused rather
   than silently resizing the model, so the saved config always describes the weights;
 - a checkpoint already in RUN/prior_level{L} must be of that level, of the recipe's architecture and
-  trained on codes of the same VQ-VAE.
+  trained on codes of the same VQ-VAE (the shared loop's `check_compatible`).
 
 The genre and artist names (the corpus vocabulary) and the VQ-VAE fingerprint are stored in the
 checkpoint (`genres`, `artists`, `vqvae_fingerprint`), so the sample stage can turn GENRE=deep_house
@@ -44,9 +45,9 @@ from torch import nn
 
 from jukebox_lite.core import distributed
 from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
-from jukebox_lite.stages.common import add_recipe_arguments
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
 from jukebox_lite.algorithms.codes import CodesCorpus, CodesWindows
-from jukebox_lite.core.config import PriorConfig, RecipeConfig, load_config
+from jukebox_lite.core.config import PriorConfig, RecipeConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.runs import Run
@@ -84,13 +85,7 @@ def section_name(level: int) -> str:
 def check_codes(cfg: PriorConfig, corpus: CodesCorpus, vocab: PriorVocabulary, section: str) -> None:
     """One clear UserError where the recipe's prior cannot train on these codes."""
     level = cfg.level
-    if level >= corpus.levels:
-        raise UserError(f"The codes in '{corpus.dir}' have levels 0..{corpus.levels - 1}; there is no level {level}.")
-    if cfg.bins != corpus.bins:
-        raise UserError(f"{section}.bins is {cfg.bins} but the VQ-VAE has {corpus.bins} codes; set {section}.bins={corpus.bins}.")
     hop = corpus.hop_lengths[level]
-    if cfg.hop_length != hop:
-        raise UserError(f"{section}.hop_length is {cfg.hop_length} but the VQ-VAE's level {level} has hop {hop}; set {section}.hop_length={hop}.")
     if cfg.is_upsampler:
         if level + 1 >= corpus.levels:
             raise UserError(f"The VQ-VAE has no level above {level}; train level {level} as the top prior (--level 2 section).")
@@ -108,11 +103,6 @@ def check_codes(cfg: PriorConfig, corpus: CodesCorpus, vocab: PriorVocabulary, s
                     f"{section}.n_{what} is {size}; set {section}.n_{what}={len(names)} or more."
                 )
     if cfg.labels and not cfg.is_upsampler:
-        if cfg.sample_rate != corpus.sample_rate:
-            raise UserError(
-                f"{section}.sample_rate is {cfg.sample_rate} but the codes are at {corpus.sample_rate} Hz; "
-                f"set {section}.sample_rate={corpus.sample_rate}."
-            )
         train_files = [corpus.files[i] for i in corpus.split_files("train")]
         used = [f for f in train_files if f["levels"][level]["length"] >= cfg.n_ctx]
         durations = [f["samples"] / corpus.sample_rate for f in used]
@@ -133,25 +123,13 @@ def architecture_fields(cfg: PriorConfig) -> tuple[str, ...]:
     return fields + (UPSAMPLER_ARCHITECTURE if cfg.is_upsampler else ())
 
 
-def check_checkpoint(cfg: PriorConfig, state: dict, path: Path, section: str, fingerprint: str) -> None:
-    """The checkpoint already in the output folder must be one this recipe can resume or fine-tune."""
-    theirs = state["config"]
-    if theirs.get("level") != cfg.level:
+def check_level(cfg: PriorConfig, state: dict, path: Path) -> None:
+    """A prior of another level in the output folder is named as such (the rest is `training.check_compatible`)."""
+    theirs = state["config"].get("level")
+    if theirs != cfg.level:
         raise UserError(
-            f"'{path}' holds a level-{theirs.get('level')} prior, not a level-{cfg.level} one; move it to "
-            f"{path.parent.parent / section_name(theirs.get('level'))} or away to train level {cfg.level} here."
-        )
-    for name in architecture_fields(cfg):
-        if theirs.get(name) != getattr(cfg, name):
-            raise UserError(
-                f"{section}.{name} is {getattr(cfg, name)} in the recipe but {theirs.get(name)} in '{path}'; "
-                "set the recipe's model settings to the checkpoint's, or move the checkpoint away to start afresh."
-            )
-    trained_on = state.get("vqvae_fingerprint")
-    if trained_on is not None and trained_on != fingerprint:
-        raise UserError(
-            f"'{path}' was trained on codes of another VQ-VAE (weights {trained_on}, now {fingerprint}); "
-            "move it away to train a new prior on the new codes."
+            f"'{path}' holds a level-{theirs} prior, not a level-{cfg.level} one; move it to "
+            f"{path.parent.parent / section_name(theirs)} or away to train level {cfg.level} here."
         )
 
 
@@ -171,11 +149,12 @@ class PriorTask(Task):
         vqvae: VQVAE,
         vocab: PriorVocabulary,
         seed: int,
-        init: Path | None = None,
     ):
-        self.cfg, self.corpus, self.vqvae, self.vocab, self.seed, self.init = cfg, corpus, vqvae, vocab, seed, init
+        self.cfg, self.corpus, self.vqvae, self.vocab, self.seed = cfg, corpus, vqvae, vocab, seed
         self.level = cfg.level
         self.section = section_name(cfg.level)
+        self.architecture = architecture_fields(cfg)
+        self.vqvae_fingerprint = corpus.fingerprint
         # corpus label ids → this prior's label ids (equal unless a resumed run's vocabulary came first)
         self.genre_ids = torch.tensor([vocab.genres.index(g) for g in corpus.genres] if cfg.labels else [], dtype=torch.long)
         self.artist_ids = torch.tensor([vocab.artists.index(a) for a in corpus.artists] if cfg.labels else [], dtype=torch.long)
@@ -187,13 +166,13 @@ class PriorTask(Task):
     def build_model(self) -> nn.Module:
         return Prior(self.cfg)
 
-    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
-        if self.init is not None:  # an imported OpenAI prior: fine-tune its weights
-            load_state_checked(model, load_checkpoint(self.init, "prior")["model"], str(self.init))
-            log.info("%s: fine-tuning the imported prior in %s", self.section, self.init)
+    def start(self, model: nn.Module, env: distributed.DistEnv, init: Path | None) -> None:
+        if init is not None:  # e.g. an imported OpenAI prior
+            state = load_checkpoint(init, "prior")
+            load_state_checked(model, state.get("ema") or state["model"], str(init))
 
     def checkpoint_extra(self) -> dict:
-        return {"genres": self.vocab.genres, "artists": self.vocab.artists, "vqvae_fingerprint": self.corpus.fingerprint}
+        return {"genres": self.vocab.genres, "artists": self.vocab.artists}
 
     def batch(self, windows: CodesWindows) -> dict[str, torch.Tensor | None]:
         """Windows → the model's inputs: tokens (B, n_ctx), upper (B, n_ctx / ratio) or None, labels or None."""
@@ -270,37 +249,37 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
         raise UserError(f"--level is {level}; use 2 (top prior), 1 or 0 (upsamplers).")
     run = Run(run_dir)
     section = section_name(level)
-    cfg: PriorConfig = getattr(recipe, section)
     out = run.prior(level)
     vqvae = run.load_vqvae()
     fingerprint = vqvae.fingerprint()
     corpus = run.codes_corpus(fingerprint)
+    if level >= corpus.levels:
+        raise UserError(f"The codes in '{corpus.dir}' have levels 0..{corpus.levels - 1}; there is no level {level}.")
+    # codebook size, hop and sample rate are the codes' own
+    cfg = dataclasses.replace(
+        getattr(recipe, section), bins=corpus.bins, hop_length=corpus.hop_lengths[level], sample_rate=corpus.sample_rate
+    )
     vocab = PriorVocabulary(list(corpus.genres), list(corpus.artists))
-    init = None
-    if out.has_checkpoint():
-        path = out.checkpoint
-        state = load_checkpoint(path, "prior")
-        check_checkpoint(cfg, state, path, section, fingerprint)
+    if out.has_checkpoint():  # a resumed or fine-tuned prior keeps its label ids and appends new names
+        state = load_checkpoint(out.checkpoint, "prior")
+        check_level(cfg, state, out.checkpoint)
         vocab = PriorVocabulary.from_checkpoint(state).extended(corpus.genres, corpus.artists)
-        if "optimizer" not in state:
-            init = path
         del state
     check_codes(cfg, corpus, vocab, section)
-    task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, init)
-    return train(task, cfg.train, out, seed=recipe.seed, recipe=recipe)
+    return train(PriorTask(cfg, corpus, vqvae, vocab, recipe.seed), cfg.train, out, seed=recipe.seed, recipe=recipe)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
+    add_recipe_arguments(parser, reads=None)  # seed and prior_level<L>
     parser.add_argument(
         "--level", required=True, type=int, choices=(2, 1, 0),
         help="2: the top prior (genre, artist, timing); 1 or 0: the upsampler of that level",
     )
-    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/codes and RUN/vqvae, writes RUN/prior_level<L>")
+    add_run_arguments(parser, "reads RUN/codes and RUN/vqvae, writes RUN/prior_level<L>")
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_config(args.config, args.overrides)
-    with distributed.launched():
+    recipe = load_recipe(args, reads=("seed", section_name(args.level)))
+    with distributed.launched(args.device):
         train_prior(recipe, args.run, args.level)
     return 0

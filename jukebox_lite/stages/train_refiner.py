@@ -21,7 +21,7 @@ the checkpoint's config and in RUN/refiner/config.yaml; a resumed run reads it b
 
 The checkpoint (kind "refiner") holds the VQ-VAE's fingerprint, so `refiner.load_refiner` reads it,
 prefers its EMA weights, and refuses to refine another VQ-VAE's audio. Refused before training, each
-in one sentence: no VQ-VAE yet, a VQ-VAE at another sample rate or without the conditioning level,
+in one sentence: no VQ-VAE yet, a VQ-VAE without the conditioning level,
 a window that is not a multiple of that level's hop, and a checkpoint in RUN/refiner of another
 architecture or trained on another VQ-VAE. A refiner checkpoint there that is not a training run
 (saved by `save_refiner`) is fine-tuned rather than overwritten. Resume, the finished-run no-op and
@@ -42,8 +42,8 @@ from torch import nn
 from jukebox_lite.core import distributed
 from jukebox_lite.algorithms import metrics
 from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
-from jukebox_lite.stages.common import add_recipe_arguments
-from jukebox_lite.core.config import RecipeConfig, RefinerConfig, load_config
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
+from jukebox_lite.core.config import RecipeConfig, RefinerConfig
 from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows, AudioWindowTask
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
@@ -66,11 +66,6 @@ ARCHITECTURE = (
 
 def check_vqvae(cfg: RefinerConfig, vqvae: VQVAE, path: Path) -> None:
     """The run's VQ-VAE must make coarse audio this refiner can learn from."""
-    if vqvae.sample_rate != cfg.sample_rate:
-        raise UserError(
-            f"The VQ-VAE '{path}' runs at {vqvae.sample_rate} Hz but refiner.sample_rate is {cfg.sample_rate}; "
-            f"set refiner.sample_rate={vqvae.sample_rate}."
-        )
     if cfg.cond_level >= vqvae.levels:
         raise UserError(f"refiner.cond_level is {cfg.cond_level}; the VQ-VAE '{path}' has levels 0 to {vqvae.levels - 1}.")
     hop = vqvae.hop_lengths[cfg.cond_level]
@@ -78,23 +73,6 @@ def check_vqvae(cfg: RefinerConfig, vqvae: VQVAE, path: Path) -> None:
         raise UserError(
             f"refiner.segment_length is {cfg.segment_length}; use a multiple of both the VQ-VAE's level-{cfg.cond_level} "
             f"hop {hop} and the U-Net's stride {cfg.stride}."
-        )
-
-
-def check_checkpoint(cfg: RefinerConfig, state: dict, path: Path, fingerprint: str) -> None:
-    """A checkpoint already in RUN/refiner must be one this recipe can resume or fine-tune."""
-    theirs = state["config"]
-    for name in ARCHITECTURE:
-        if theirs.get(name) != getattr(cfg, name):
-            raise UserError(
-                f"refiner.{name} is {getattr(cfg, name)} in the recipe but {theirs.get(name)} in '{path}'; "
-                "set the recipe's model settings to the checkpoint's, or move the checkpoint away to start afresh."
-            )
-    trained_on = state.get("vqvae_fingerprint")
-    if trained_on != fingerprint:
-        raise UserError(
-            f"'{path}' was trained on another VQ-VAE's audio (weights {trained_on}, now {fingerprint}); "
-            "move it away to train a refiner for the new VQ-VAE."
         )
 
 
@@ -127,14 +105,12 @@ class RefinerTask(AudioWindowTask):
 
     kind = "refiner"
     section = "refiner"
+    architecture = ARCHITECTURE
 
-    def __init__(
-        self, cfg: RefinerConfig, vqvae: VQVAE, manifest: Path, seed: int, init: Path | None = None,
-        world_size: int = 1,
-    ):
-        self.cfg, self.vqvae, self.manifest, self.seed, self.init = cfg, vqvae, Path(manifest), seed, init
+    def __init__(self, cfg: RefinerConfig, vqvae: VQVAE, manifest: Path, seed: int, world_size: int = 1):
+        self.cfg, self.vqvae, self.manifest, self.seed = cfg, vqvae, Path(manifest), seed
         self.window_length = cfg.segment_length
-        self.fingerprint = vqvae.fingerprint()
+        self.vqvae_fingerprint = vqvae.fingerprint()
         per_rank = cfg.train.batch_size // world_size
         self.log_bands = per_rank % NOISE_BANDS == 0  # the same on every rank: metric names must agree under DDP
         if not self.log_bands:
@@ -144,15 +120,11 @@ class RefinerTask(AudioWindowTask):
         return dataclasses.asdict(self.cfg)
 
     def build_model(self) -> nn.Module:
-        return RefinerUNet(self.cfg, vqvae_fingerprint=self.fingerprint)
+        return RefinerUNet(self.cfg, vqvae_fingerprint=self.vqvae_fingerprint)
 
-    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
-        if self.init is not None:
-            load_state_checked(model, load_refiner(self.init, vqvae=self.fingerprint).state_dict(), str(self.init))
-            log.info("refiner: fine-tuning the refiner in %s (EMA weights where it has them)", self.init)
-
-    def checkpoint_extra(self) -> dict:
-        return {"vqvae_fingerprint": self.fingerprint}
+    def start(self, model: nn.Module, env: distributed.DistEnv, init: Path | None) -> None:
+        if init is not None:  # EMA weights where it has them
+            load_state_checked(model, load_refiner(init, vqvae=self.vqvae_fingerprint).state_dict(), str(init))
 
     def coarse(self, clean: torch.Tensor) -> torch.Tensor:
         """Clean (B, 1, T) → the VQ-VAE's reconstruction at cond_level (B, 1, T), on clean's device."""
@@ -202,6 +174,7 @@ def train_refiner(recipe: RecipeConfig, run_dir: str | Path) -> TrainResult:
             f"(jukebox-lite train-vqvae --run {run.path} ...)."
         )
     vqvae = load_vqvae(vqvae_path)
+    cfg = dataclasses.replace(cfg, sample_rate=vqvae.sample_rate)  # the refiner works at its VQ-VAE's rate
     check_vqvae(cfg, vqvae, vqvae_path)
     last = run.refiner.checkpoint
     state = load_checkpoint(last, "refiner") if last.exists() else None
@@ -215,20 +188,16 @@ def train_refiner(recipe: RecipeConfig, run_dir: str | Path) -> TrainResult:
         cfg = dataclasses.replace(cfg, residual_scale=scale)
         recipe = dataclasses.replace(recipe, refiner=cfg)
     task = RefinerTask(cfg, vqvae, run.manifest, recipe.seed, world_size=distributed.current().world_size)
-    if state is not None:
-        check_checkpoint(cfg, state, last, task.fingerprint)
-        if "optimizer" not in state:  # saved by save_refiner, not by a training run: start from its weights
-            task.init = last
     return train(task, cfg.train, run.refiner, seed=recipe.seed, recipe=recipe)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/data and RUN/vqvae, writes RUN/refiner")
+    add_recipe_arguments(parser, reads=("seed", "refiner"))
+    add_run_arguments(parser, "reads RUN/data and RUN/vqvae, writes RUN/refiner")
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_config(args.config, args.overrides)
-    with distributed.launched():
+    recipe = load_recipe(args)
+    with distributed.launched(args.device):
         train_refiner(recipe, args.run)
     return 0

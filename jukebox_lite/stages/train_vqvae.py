@@ -23,19 +23,18 @@ import torch
 from torch import nn
 
 from jukebox_lite.core import distributed
-from jukebox_lite.core.checkpoint import load_checkpoint
-from jukebox_lite.stages.common import add_recipe_arguments
-from jukebox_lite.core.config import RecipeConfig, VQVAEConfig, load_config
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
+from jukebox_lite.core.config import RecipeConfig, VQVAEConfig
 from jukebox_lite.algorithms.datasets import AudioWindowTask, data_bandwidth
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.algorithms.training import TrainResult, resume_state, train
+from jukebox_lite.algorithms.training import TrainResult, train
 from jukebox_lite.models.vqvae import VQVAE, load_vqvae
 
 log = logging.getLogger(__name__)
 
 BANDWIDTH_WINDOWS = 256  # windows the corpus statistics are measured on
-# settings of an --init checkpoint that must equal the recipe's (the rest may change when fine-tuning)
+# settings a checkpoint resumed or fine-tuned from must share with the recipe (the rest may change)
 ARCHITECTURE = (
     "sample_rate", "levels", "downs_t", "strides_t", "emb_width", "l_bins", "width", "depth", "m_conv",
     "dilation_growth_rate", "dilation_cycle", "multipliers", "reverse_decoder_dilation",
@@ -59,9 +58,10 @@ class VQVAETask(AudioWindowTask):
 
     kind = "vqvae"
     section = "vqvae"
+    architecture = ARCHITECTURE
 
-    def __init__(self, cfg: VQVAEConfig, manifest: Path, seed: int, init: Path | None = None):
-        self.cfg, self.manifest, self.seed, self.init = cfg, Path(manifest), seed, init
+    def __init__(self, cfg: VQVAEConfig, manifest: Path, seed: int):
+        self.cfg, self.manifest, self.seed = cfg, Path(manifest), seed
         self.window_length = cfg.sample_length
 
     def config_dict(self) -> dict:
@@ -70,9 +70,9 @@ class VQVAETask(AudioWindowTask):
     def build_model(self) -> nn.Module:
         return VQVAE(self.cfg)
 
-    def start(self, model: nn.Module, env: distributed.DistEnv) -> None:
-        if self.init is not None:
-            self._load_init(model)
+    def start(self, model: nn.Module, env: distributed.DistEnv, init: Path | None) -> None:
+        if init is not None:
+            self._load_init(model, init)
         # every rank measures its share of the windows; compute_bandwidth sums them over the ranks
         bandwidth = data_bandwidth(self.windows(self.seed), BANDWIDTH_WINDOWS, env.rank, env.world_size)
         try:
@@ -81,19 +81,12 @@ class VQVAETask(AudioWindowTask):
             raise UserError(f"The training audio listed in '{self.manifest}' is silent; check the data stage's output.") from None
         log.info("data bandwidth: %s", ", ".join(f"{k} {v:.4g}" for k, v in bandwidth.items()))
 
-    def _load_init(self, model: VQVAE) -> None:
-        source = load_vqvae(self.init)  # EMA weights preferred
-        theirs = source.config
-        for name in ARCHITECTURE:
-            if getattr(theirs, name) != getattr(self.cfg, name):
-                raise UserError(
-                    f"vqvae.{name} is {getattr(self.cfg, name)} in the recipe but {getattr(theirs, name)} in "
-                    f"'{self.init}'; set the recipe's model settings to the checkpoint's to fine-tune it."
-                )
-        model.load_state_dict(source.state_dict())
+    def _load_init(self, model: VQVAE, init: Path) -> None:
+        """Its weights (EMA preferred), with the codebook statistics reset around its codebooks."""
+        model.load_state_dict(load_vqvae(init).state_dict())
         for level, block in enumerate(model.bottleneck.level_blocks):
             block.reset_ema(self.cfg.train.batch_size * self.cfg.sample_length // model.hop_lengths[level])
-        log.info("fine-tuning from %s (codebook statistics reset)", self.init)
+        log.info("vqvae: codebook statistics of %s reset", init)
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, metrics = model(batch)  # batch (B, 1, sample_length)
@@ -120,22 +113,15 @@ class VQVAETask(AudioWindowTask):
 def train_vqvae(recipe: RecipeConfig, run_dir: str | Path, init: str | Path | None = None) -> TrainResult:
     """The stage as a function (the CLI and the tests call it); `distributed.init()` comes first on several ranks."""
     run = Run(run_dir)
-    last = run.vqvae.checkpoint
-    if resume_state(last, "vqvae") is not None:
-        if init is not None:
-            log.warning("%s holds a training run; resuming it and ignoring --init %s", last, init)
-        init = None
-    elif init is None and last.exists():
-        init = last  # an imported checkpoint (no optimizer state): fine-tune from it
-    elif init is not None:
-        load_checkpoint(init, "vqvae")  # a clear error now rather than after the bandwidth
-    task = VQVAETask(recipe.vqvae, run.manifest, recipe.seed, Path(init) if init is not None else None)
-    return train(task, recipe.vqvae.train, run.vqvae, seed=recipe.seed, recipe=recipe)
+    task = VQVAETask(recipe.vqvae, run.manifest, recipe.seed)
+    return train(
+        task, recipe.vqvae.train, run.vqvae, seed=recipe.seed, recipe=recipe, init=Path(init) if init is not None else None
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_arguments(parser)
-    parser.add_argument("--run", required=True, type=Path, help="run folder: reads RUN/data, writes RUN/vqvae")
+    add_recipe_arguments(parser, reads=("seed", "vqvae"))
+    add_run_arguments(parser, "reads RUN/data, writes RUN/vqvae")
     parser.add_argument(
         "--init", type=Path, metavar="PATH",
         help="VQ-VAE checkpoint to fine-tune from (e.g. OpenAI's, converted by import-jukebox)",
@@ -143,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_config(args.config, args.overrides)
-    with distributed.launched():
+    recipe = load_recipe(args)
+    with distributed.launched(args.device):
         train_vqvae(recipe, args.run, args.init)
     return 0
