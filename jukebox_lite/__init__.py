@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 
 # public name → the module that owns it
 _API = {
-    "load_vqvae": "jukebox_lite.models.vqvae",
-    "load_prior": "jukebox_lite.models.prior",
-    "load_refiner": "jukebox_lite.models.refiner",
+    "load_vqvae": "jukebox_lite.models.checkpoints",
+    "load_prior": "jukebox_lite.models.checkpoints",
+    "load_refiner": "jukebox_lite.models.checkpoints",
     "sample_codes": "jukebox_lite.algorithms.sampling",
     "morph": "jukebox_lite.algorithms.sampling",
     "refine": "jukebox_lite.algorithms.refining",

@@ -27,9 +27,12 @@ from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.core.atomic import read_jsonl
 from jukebox_lite.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.models.prior import Prior, prior_from_checkpoint
-from jukebox_lite.models.refiner import RefinerUNet, load_refiner
-from jukebox_lite.models.vqvae import VQVAE, load_vqvae
+from jukebox_lite.models.prior import Prior
+from jukebox_lite.models.checkpoints import prior_from_checkpoint
+from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.checkpoints import load_refiner
+from jukebox_lite.models.vqvae import VQVAE
+from jukebox_lite.models.checkpoints import load_vqvae
 
 # the Make target (and stage) that writes each stage folder, for "run this first" messages
 MAKE_TARGETS = {

@@ -14,7 +14,8 @@ from jukebox_lite.algorithms.codes import CodesCorpus
 from jukebox_lite.stages.encode import encode_run
 from jukebox_lite.core.config import VQVAEConfig
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.models.vqvae import VQVAE, load_vqvae
+from jukebox_lite.models.vqvae import VQVAE
+from jukebox_lite.models.checkpoints import load_vqvae
 from tests.conftest import synth_music
 from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
 

@@ -17,7 +17,7 @@ from jukebox_lite.core.checkpoint import load_checkpoint
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.algorithms.openai_import import ForeignObject, load_openai_checkpoint
 from jukebox_lite.stages.import_jukebox import import_vqvae
-from jukebox_lite.models.vqvae import load_vqvae
+from jukebox_lite.models.checkpoints import load_vqvae
 from tests.conftest import JUKEBOX_FORMAT
 
 TSV = JUKEBOX_FORMAT / "vqvae_released_hparams.tsv"
@@ -231,7 +231,7 @@ def test_cli_run_writes_into_the_run_folder(openai_file, tmp_path):
 
 def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path, capsys):
     from jukebox_lite.cli import main
-    from jukebox_lite.models.prior import load_prior
+    from jukebox_lite.models.checkpoints import load_prior
 
     fixtures = Path(__file__).parent / "fixtures"
     files = {}

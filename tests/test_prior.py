@@ -9,7 +9,8 @@ import torch
 from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.core.config import PriorConfig, PriorLevel1Config
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.models.prior import LabelMix, Prior, load_prior
+from jukebox_lite.models.prior import LabelMix, Prior
+from jukebox_lite.models.checkpoints import load_prior
 from jukebox_lite.algorithms.openai_import import prior_config_from_openai, prior_from_openai
 from tests.conftest import JUKEBOX_FORMAT
 

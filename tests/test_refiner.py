@@ -14,9 +14,10 @@ from torch import nn
 from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.core.config import RefinerConfig, load_config
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.models.refiner import RefinerUNet, alpha_sigma, diffusion_target, load_refiner, local_attention, noised, save_refiner, v_target, waveform_from_target, x0_from_v
+from jukebox_lite.models.refiner import RefinerUNet, alpha_sigma, diffusion_target, noised, v_target, waveform_from_target, x0_from_v
+from jukebox_lite.nn.unet import local_attention
+from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
 from jukebox_lite.algorithms.refining import chunk_plan, make_training_pair, refine
-from jukebox_lite.models.vqvae import load_vqvae
 from tests.conftest import synth_music
 from tests.helpers import REFINER_SR, refiner_loss, tiny_refiner_config, tiny_refiner_vqvae
 
@@ -85,6 +86,7 @@ class OracleRefiner(nn.Module):
         super().__init__()
         self.config = cfg
         self.device = torch.device("cpu")
+        self.receptive_field = RefinerUNet(cfg).receptive_field  # the chunking the real network would get
         self.longest_input = 0
 
     def forward(self, x_t, t, coarse):
@@ -164,7 +166,7 @@ def test_unet_shape_stride_and_config_checks():
     with pytest.raises(UserError, match="refiner.strength"):
         tiny_refiner_config(strength=1.5).validate()
     with pytest.raises(UserError, match=r"refiner.chunk_length is 1024; each chunk discards one receptive field \(\d+ samples\)"):
-        tiny_refiner_config(chunk_length=1024).validate()
+        RefinerUNet(tiny_refiner_config(chunk_length=1024))
     cfg = load_config(None, ["refiner.channels=[8,16,32]", "refiner.factors=[4,4]", "refiner.attention_window=4",
                              "refiner.attention_heads=2", "refiner.segment_length=4096", "refiner.overlap_length=512"])
     assert cfg.refiner.stride == 16 and cfg.refiner.overlap_length == 512
@@ -322,7 +324,7 @@ def test_receptive_field_bounds_how_far_a_change_travels(changes):
     with torch.no_grad():
         moved = (model(bumped, torch.tensor([0.5]), coarse)[0] - model(x, torch.tensor([0.5]), coarse)[0]).abs()[0, 0]
     reach = moved.nonzero().flatten()
-    field = cfg.receptive_field
+    field = model.receptive_field
     assert at - field <= reach.min() and reach.max() <= at + field, (reach.min(), reach.max(), field)
     assert reach.max() - at > 0.5 * field, (reach.max() - at, field)
 
@@ -336,7 +338,7 @@ def test_chunked_equals_unchunked_everywhere_and_seams_are_continuous(trained, l
         coarse = degrade(music(1.6, seed=9), seed=3)[..., :length]
         whole = refine(model, coarse, seed=1, chunk_length=12288)
         chunked = refine(model, coarse, seed=1)  # 2048-sample chunks
-        starts, _ = chunk_plan(-(-length // 16) * 16, 2048, 256, model.config.receptive_field, 16)
+        starts, _ = chunk_plan(-(-length // 16) * 16, 2048, 256, model.receptive_field, 16)
         assert len(starts) > 5
         torch.testing.assert_close(chunked, whole, atol=2e-5, rtol=0)
         other = refine(model, coarse, seed=1, chunk_length=3072, overlap_length=512)  # cut elsewhere

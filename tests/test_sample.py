@@ -14,8 +14,9 @@ from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
 from jukebox_lite.core.config import PriorConfig
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.models.refiner import RefinerUNet, save_refiner
-from jukebox_lite.models.vqvae import load_vqvae
+from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.checkpoints import save_refiner
+from jukebox_lite.models.checkpoints import load_vqvae
 from tests.conftest import synth_music, write_audio
 from tests.helpers import PRIOR_SHAPE, tiny_model, tiny_refiner_config
 

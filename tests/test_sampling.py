@@ -5,9 +5,9 @@ import torch
 
 from jukebox_lite.core.config import PriorConfig, PriorLevel1Config
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.nn.attention import EMPTY_POSITION, allowed
+from jukebox_lite.nn.attention import EMPTY_POSITION, LayerCache, allowed
 from jukebox_lite.models.prior import LabelMix, Prior
-from jukebox_lite.algorithms.sampling import sample_codes, IncrementalDecoder, LayerCache, filter_logits, morph, window_starts
+from jukebox_lite.algorithms.sampling import sample_codes, IncrementalDecoder, filter_logits, morph, window_starts
 
 SR = 44100
 

@@ -18,7 +18,7 @@ from jukebox_lite.stages.encode import encode_run
 from jukebox_lite.core.config import load_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.algorithms.sampling import sample_codes
-from jukebox_lite.models.prior import load_prior
+from jukebox_lite.models.checkpoints import load_prior
 from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.stages.train_prior import train_prior

@@ -13,9 +13,10 @@ from jukebox_lite.core.checkpoint import load_checkpoint
 from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.models.refiner import RefinerUNet, load_refiner, save_refiner
+from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.checkpoints import load_refiner, save_refiner
 from jukebox_lite.stages.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
-from jukebox_lite.models.vqvae import load_vqvae
+from jukebox_lite.models.checkpoints import load_vqvae
 from tests.helpers import REFINER_RECIPE, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
 
 BANDS = ["train/loss_t0.00_0.25", "train/loss_t0.25_0.50", "train/loss_t0.50_0.75", "train/loss_t0.75_1.00"]

@@ -15,7 +15,8 @@ from jukebox_lite.algorithms.datasets import AudioWindows, data_bandwidth
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from jukebox_lite.stages.train_vqvae import train_vqvae
-from jukebox_lite.models.vqvae import VQVAE, load_vqvae
+from jukebox_lite.models.vqvae import VQVAE
+from jukebox_lite.models.checkpoints import load_vqvae
 from tests.helpers import CORPUS_SR, make_corpus, scalars, vqvae_recipe
 
 @pytest.fixture

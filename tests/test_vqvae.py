@@ -15,7 +15,8 @@ from jukebox_lite.core.config import VQVAEConfig, load_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.losses import MultiSpectralLoss, compute_bandwidth, linf_loss
 from jukebox_lite.nn.conv import Conv1d, ConvTranspose1d, from_time_as_width, to_time_as_width
-from jukebox_lite.models.vqvae import VQVAE, BottleneckBlock, load_vqvae
+from jukebox_lite.models.vqvae import VQVAE, BottleneckBlock
+from jukebox_lite.models.checkpoints import load_vqvae
 from tests.conftest import JUKEBOX_FORMAT
 from tests.helpers import tiny_vqvae_config
 

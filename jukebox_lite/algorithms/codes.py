@@ -35,7 +35,8 @@ from jukebox_lite.core import audio as audio_io
 from jukebox_lite.core.atomic import atomic_path, remove_stale_temporaries
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.core.precision import autocast
-from jukebox_lite.models.vqvae import VQVAE, load_vqvae
+from jukebox_lite.models.vqvae import VQVAE
+from jukebox_lite.models.checkpoints import load_vqvae
 
 log = logging.getLogger(__name__)
 

@@ -101,7 +101,7 @@ class ChunkedDenoiser:
         self.length = coarse.shape[2]
         padded = -(-self.length // stride) * stride
         self.span = min(padded, chunk)  # samples each chunk covers
-        self.starts, self.weights = chunk_plan(padded, self.span, overlap, model.config.receptive_field, stride)
+        self.starts, self.weights = chunk_plan(padded, self.span, overlap, model.receptive_field, stride)
         self.coarse = self._pad(coarse, padded)
         total = torch.zeros(padded)
         for start, w in zip(self.starts, self.weights):

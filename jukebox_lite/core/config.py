@@ -351,8 +351,9 @@ class RefinerConfig:
     sample_rate: int = 44100  # in a recipe: data.sample_rate (DERIVED)
     cond_level: int = 0  # the VQ-VAE level whose decoded audio is the condition (0 best; 1 faster sampling)
     segment_length: int = 65536  # samples per training window; a multiple of the U-Net's stride
-    # sampling: samples per model call; each chunk's edges (one receptive field, ~0.6 s here) are
-    # discarded and neighbours cross-faded over overlap_length, so chunking changes nothing
+    # sampling: samples per model call; each chunk's edges (one receptive field, ~0.6 s here: the
+    # model's receptive_field) are discarded and neighbours cross-faded over overlap_length, so chunking
+    # changes nothing; the model refuses a chunk too short for that
     chunk_length: int = 262144
     overlap_length: int = 4096
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256, 512])  # width per resolution level
@@ -384,29 +385,6 @@ class RefinerConfig:
         """Samples per position at the coarsest level: audio lengths the U-Net takes are multiples of this."""
         return math.prod(self.factors)
 
-    @property
-    def receptive_field(self) -> int:
-        """Samples on either side of a position that the U-Net's output there can depend on (an upper bound).
-
-        Every operation is local (convolutions, per-position norms, windowed attention), so the reach
-        adds up along the deepest path: stem, each level down, the middle, each level up, out. An op
-        reaching r positions at a level where a position spans `step` samples adds r·step; each change
-        of resolution adds one coarse position more, for the rounding between the grids.
-        """
-        n = len(self.channels)
-        steps = [math.prod(self.factors[:i]) for i in range(n)]  # samples per position at each level
-        block = 2 * (self.kernel_size // 2)  # a ResBlock: two convolutions, the skip is 1×1
-        window = self.attention_window
-        reach = 3 + 3  # stem and out, kernel 7
-        for i in range(n):
-            attends = i >= n - self.attention_levels
-            reach += 2 * self.res_blocks * (block + (window if attends else 0)) * steps[i]  # down and up
-        reach += (2 * block + (window if self.attention_levels else 0)) * steps[-1]  # middle
-        for i in range(n - 1):
-            reach += 2 * steps[i + 1]  # downsample: kernel 2·factor, padding factor / 2, plus rounding
-            reach += steps[i + 1] + steps[i]  # upsample: nearest repeat, then a kernel-3 conv
-        return reach
-
     def validate(self, section: str = "refiner") -> None:
         for name in ("sample_rate", "segment_length", "chunk_length", "overlap_length", "res_blocks",
                      "attention_heads", "attention_window", "kernel_size", "embedding_dim", "steps", "chunk_batch"):
@@ -436,12 +414,6 @@ class RefinerConfig:
                     f"{section}.{name} is {getattr(self, name)}; use a multiple of the U-Net's stride {self.stride} "
                     f"(e.g. {max(1, round(getattr(self, name) / self.stride)) * self.stride})."
                 )
-        shortest = 2 * self.receptive_field + self.overlap_length + self.stride
-        if self.chunk_length < shortest:
-            raise UserError(
-                f"{section}.chunk_length is {self.chunk_length}; each chunk discards one receptive field "
-                f"({self.receptive_field} samples) at both edges and cross-fades overlap_length, so use at least {shortest}."
-            )
         if not 0.0 <= self.strength <= 1.0:
             raise UserError(f"{section}.strength is {self.strength}; it must be in [0, 1].")
         if self.target not in ("residual", "waveform"):

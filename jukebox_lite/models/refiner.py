@@ -13,7 +13,7 @@ own). Training pairs are made on the fly by `make_training_pair` (encode → dec
 
 The U-Net is local by construction: per-position norms instead of GroupNorm, self-attention only
 within a window, so its output at a position depends on a bounded stretch of audio around it
-(`config.receptive_field`). Sampling (`refine`) is deterministic DDIM: one noise tensor is drawn for the
+(`RefinerUNet.receptive_field`, summed from its blocks' reach). Sampling (`refine`) is deterministic DDIM: one noise tensor is drawn for the
 whole track from the seed. At every step the U-Net sees overlapping chunks of `chunk_length`
 samples (bounded model memory for any length) whose edges, one receptive field wide, are discarded
 before their v-predictions are cross-faded, so chunked refinement equals whole-track refinement.
@@ -23,18 +23,16 @@ Shapes: audio (batch, 1, time); the U-Net takes time lengths that are multiples 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
-from jukebox_lite.core.config import RefinerConfig, section_from_dict
+from jukebox_lite.core.config import RefinerConfig
 from jukebox_lite.core.errors import UserError
+from jukebox_lite.nn.unet import Downsample, Level, PositionNorm, ResBlock, SelfAttention, TimestepEmbedding, Upsample, reach
 
 log = logging.getLogger(__name__)
 
@@ -85,152 +83,6 @@ def waveform_from_target(cfg: RefinerConfig, x0: torch.Tensor, coarse: torch.Ten
 # The U-Net
 
 
-class TimestepEmbedding(nn.Module):
-    """t ∈ [0, 1] (B,) → (B, dim): sinusoidal features of 1000·t, then an MLP."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        half = dim // 2
-        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / half), persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = 1000.0 * t.float()[:, None] * self.freqs  # (B, dim/2)
-        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
-
-
-class PositionNorm(nn.Module):
-    """LayerNorm over the channels of each time step, (B, C, T) → (B, C, T).
-
-    Unlike GroupNorm, no statistic spans time, so a position's output never depends on distant audio:
-    that locality is what makes refining a track in chunks equal refining it whole.
-    """
-
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean(dim=1, keepdim=True)  # statistics over channels: (B, 1, T)
-        inv_std = torch.rsqrt(centred.square().mean(dim=1, keepdim=True) + self.eps)  # (torch.var over dim 1 is 10× slower on CPU)
-        return centred * inv_std * self.weight[:, None] + self.bias[:, None]
-
-
-class ResBlock(nn.Module):
-    """Norm → SiLU → conv, timestep scale/shift, norm → SiLU → conv, plus a skip path.
-
-    The second conv starts at zero, so every block starts as the identity and a deep U-Net trains stably.
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, kernel_size: int):
-        super().__init__()
-        pad = kernel_size // 2
-        self.norm1 = PositionNorm(in_ch)
-        self.conv1 = nn.Conv1d(in_ch, out_ch, kernel_size, padding=pad)
-        self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = PositionNorm(out_ch)
-        self.conv2 = nn.Conv1d(out_ch, out_ch, kernel_size, padding=pad)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None].chunk(2, dim=1)  # (B, out_ch, 1) each
-        h = self.norm2(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv2(F.silu(h))
-
-
-def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Each query attends to the keys at most `window` positions away; (B, H, T, D) each → (B, H, T, D).
-
-    Computed in blocks of `window` queries, each against the 3·window keys around its block, so memory
-    grows with T·window instead of T². Keys past either end of the sequence are masked out.
-    """
-    B, H, T, D = q.shape
-    blocks = -(-T // window)
-    pad = blocks * window - T
-    span = 3 * window  # the keys one block of queries can reach
-    q_blocks = F.pad(q, (0, 0, 0, pad)).reshape(B, H * blocks, window, D)
-
-    def neighbourhoods(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, D) → (B, H·blocks, 3·window, D)
-        x = F.pad(x, (0, 0, window, pad + window)).unfold(2, span, window)  # (B, H, blocks, D, 3·window)
-        return x.transpose(-1, -2).reshape(B, H * blocks, span, D)
-
-    query = torch.arange(window)[:, None]  # offset in the block
-    key = torch.arange(span)[None, :] - window  # offset of each reachable key from the block start
-    key_position = torch.arange(blocks)[:, None, None] * window + key  # (blocks, 1, 3·window)
-    mask = ((key - query).abs() <= window) & (key_position >= 0) & (key_position < T)  # (blocks, window, 3·window)
-    mask = mask.repeat(H, 1, 1).to(q.device)  # (H·blocks, ...): 4-D inputs, the shape every SDPA kernel takes
-    out = F.scaled_dot_product_attention(q_blocks, neighbourhoods(k), neighbourhoods(v), attn_mask=mask)
-    return out.view(B, H, blocks * window, D)[:, :, :T]
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over the `window` positions on either side, residual; used only at
-    coarse levels, where a position spans many samples."""
-
-    def __init__(self, channels: int, heads: int, window: int):
-        super().__init__()
-        self.heads, self.window = heads, window
-        self.norm = PositionNorm(channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj = nn.Conv1d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, T = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, T).transpose(-1, -2).unbind(1)
-        h = local_attention(q, k, v, self.window)  # (B, heads, T, C / heads)
-        return x + self.proj(h.transpose(-1, -2).reshape(B, C, T))
-
-
-class Level(nn.Module):
-    """The residual blocks (each optionally followed by attention) of one resolution level."""
-
-    def __init__(self, in_ch: int, out_ch: int, cfg: RefinerConfig, attention: bool):
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            ResBlock(in_ch if i == 0 else out_ch, out_ch, cfg.embedding_dim, cfg.kernel_size)
-            for i in range(cfg.res_blocks)
-        )
-        self.attention = nn.ModuleList(
-            SelfAttention(out_ch, cfg.attention_heads, cfg.attention_window) if attention else nn.Identity()
-            for _ in range(cfg.res_blocks)
-        )
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        for block, attention in zip(self.blocks, self.attention):
-            x = attention(block(x, emb))
-        return x
-
-
-class Downsample(nn.Module):
-    """(B, in, T) → (B, out, T / factor): a strided conv whose kernel spans two strides."""
-
-    def __init__(self, in_ch: int, out_ch: int, factor: int):
-        super().__init__()
-        self.conv = nn.Conv1d(in_ch, out_ch, 2 * factor, stride=factor, padding=factor // 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """(B, in, T) → (B, out, T · factor): nearest-neighbour repeat then a conv (no checkerboard artefacts)."""
-
-    def __init__(self, in_ch: int, out_ch: int, factor: int):
-        super().__init__()
-        self.factor = factor
-        self.conv = nn.Conv1d(in_ch, out_ch, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=self.factor, mode="nearest"))
-
-
 class RefinerUNet(nn.Module):
     """(x_t, t, coarse) → predicted v, all audio (B, 1, T) with T a multiple of `config.stride`.
 
@@ -247,22 +99,49 @@ class RefinerUNet(nn.Module):
         self.config = cfg
         self.vqvae_fingerprint = vqvae_fingerprint  # which VQ-VAE's decoded audio it was trained to refine
         n, widths = len(cfg.channels), cfg.channels
-        attends = [i >= n - cfg.attention_levels for i in range(n)]
+        attention = (cfg.attention_heads, cfg.attention_window)
+        attends = [attention if i >= n - cfg.attention_levels else None for i in range(n)]
+        block = (cfg.res_blocks, cfg.embedding_dim, cfg.kernel_size)
         self.time_embedding = TimestepEmbedding(cfg.embedding_dim)
         self.stem = nn.Conv1d(2, widths[0], 7, padding=3)  # channels: x_t, coarse
-        self.down = nn.ModuleList(Level(widths[i], widths[i], cfg, attends[i]) for i in range(n))
+        self.down = nn.ModuleList(Level(widths[i], widths[i], *block, attends[i]) for i in range(n))
         self.downsample = nn.ModuleList(Downsample(widths[i], widths[i + 1], cfg.factors[i]) for i in range(n - 1))
         self.middle = nn.ModuleList([
             ResBlock(widths[-1], widths[-1], cfg.embedding_dim, cfg.kernel_size),
-            SelfAttention(widths[-1], cfg.attention_heads, cfg.attention_window) if cfg.attention_levels else nn.Identity(),
+            SelfAttention(widths[-1], *attention) if cfg.attention_levels else nn.Identity(),
             ResBlock(widths[-1], widths[-1], cfg.embedding_dim, cfg.kernel_size),
         ])
-        self.up = nn.ModuleList(Level(2 * widths[i], widths[i], cfg, attends[i]) for i in range(n))
+        self.up = nn.ModuleList(Level(2 * widths[i], widths[i], *block, attends[i]) for i in range(n))
         self.upsample = nn.ModuleList(Upsample(widths[i + 1], widths[i], cfg.factors[i]) for i in range(n - 1))
         self.out_norm = PositionNorm(widths[0])
         self.out = nn.Conv1d(widths[0], 1, 7, padding=3)
         nn.init.zeros_(self.out.weight)  # v̂ = 0 at the start: the loss starts at E[v²] ≈ 1
         nn.init.zeros_(self.out.bias)
+        self.check_chunk(cfg.chunk_length, "refiner.chunk_length")
+
+    def check_chunk(self, chunk_length: int, name: str) -> None:
+        """Refuse a refining chunk too short to keep anything: one receptive field is discarded at both
+        edges and overlap_length cross-faded."""
+        shortest = 2 * self.receptive_field + self.config.overlap_length + self.config.stride
+        if chunk_length < shortest:
+            raise UserError(
+                f"{name} is {chunk_length}; each chunk discards one receptive field ({self.receptive_field} "
+                f"samples) at both edges and cross-fades overlap_length, so use at least {shortest}."
+            )
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples on either side of a position that the output there can depend on (an upper bound),
+        summed from the modules along the deepest path: stem, each level down, the middle, each level
+        up, out; a level's reach in positions counts prod(factors[:i]) samples each."""
+        steps = [math.prod(self.config.factors[:i]) for i in range(len(self.down))]  # samples per position per level
+        field = self.stem.padding[0] + self.out.padding[0]
+        for i, (down, up) in enumerate(zip(self.down, self.up)):
+            field += (down.reach + up.reach) * steps[i]
+        field += sum(reach(m) for m in self.middle) * steps[-1]
+        for i, (downsample, upsample) in enumerate(zip(self.downsample, self.upsample)):
+            field += downsample.reach_samples(steps[i]) + upsample.reach_samples(steps[i])
+        return field
 
     @property
     def device(self) -> torch.device:
@@ -298,50 +177,3 @@ class RefinerUNet(nn.Module):
             return v, {}
         per_item = (v.float() - v_target).pow(2).mean(dim=(1, 2))  # (B,)
         return v, {"loss": per_item.mean(), "loss_per_item": per_item}
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_refiner(path: str | os.PathLike, model: RefinerUNet, ema: dict | None = None, **extra) -> None:
-    """Our checkpoint: config, weights, optional EMA weights (what sampling uses), and the fingerprint
-    (`VQVAE.fingerprint()`) of the VQ-VAE whose audio the refiner was trained on."""
-    if not model.vqvae_fingerprint:
-        raise ValueError("the refiner has no vqvae_fingerprint; set it to the VQ-VAE's fingerprint()")
-    if ema is not None:
-        extra["ema"] = ema
-    save_checkpoint(
-        path, "refiner", dataclasses.asdict(model.config), model.state_dict(),
-        vqvae_fingerprint=model.vqvae_fingerprint, **extra,
-    )
-
-
-def load_refiner(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", vqvae: str | None = None
-) -> RefinerUNet:
-    """Our refiner checkpoint → the model in eval mode with its EMA weights when it has them.
-
-    `vqvae` is the fingerprint (`VQVAE.fingerprint()`) of the VQ-VAE whose audio will be refined;
-    a refiner trained on another VQ-VAE's audio is refused.
-    """
-    state = load_checkpoint(path, kind="refiner", map_location=str(map_location))
-    fingerprint = state.get("vqvae_fingerprint")
-    if not isinstance(fingerprint, str):
-        raise UserError(f"Refiner checkpoint '{path}' does not record which VQ-VAE it was trained with; retrain it with train-refiner.")
-    if vqvae is not None and fingerprint != vqvae:
-        raise UserError(
-            f"Refiner checkpoint '{path}' was trained on another VQ-VAE's audio (fingerprint {fingerprint}, "
-            f"this run's is {vqvae}); train a refiner for this VQ-VAE or use the run it came from."
-        )
-    if "norm_groups" in state["config"]:
-        raise UserError(
-            f"Refiner checkpoint '{path}' is the older GroupNorm U-Net, which cannot refine in chunks exactly; "
-            "retrain it with train-refiner."
-        )
-    cfg = section_from_dict(RefinerConfig, state["config"], "refiner.")
-    model = RefinerUNet(cfg, vqvae_fingerprint=fingerprint)
-    load_state_checked(model, state["model"], str(path))
-    if state.get("ema"):
-        load_state_checked(model, state["ema"], f"{path} (ema)")
-    return model.to(map_location).eval()

@@ -15,11 +15,9 @@ Shapes: audio (batch, 1, time); latents (batch, emb_width, time / hop); codes (b
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
-import os
 from typing import Sequence
 
 import torch
@@ -27,8 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
-from jukebox_lite.core.config import VQVAEConfig, section_from_dict
+from jukebox_lite.core.config import VQVAEConfig
 from jukebox_lite.models.losses import MultiSpectralLoss, l2_loss, linf_loss, spectral_convergence
 from jukebox_lite.nn.conv import (
     Conv1d,
@@ -518,25 +515,3 @@ class VQVAE(nn.Module):
                 metrics[f"{name}_l{level}"] = value.detach()
         metrics["loss"] = loss
         return reconstructions, metrics
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading our checkpoints
-
-
-def config_from_dict(values: dict) -> VQVAEConfig:
-    """A `VQVAEConfig` from a checkpoint's `config` entry, type-checked like a recipe section."""
-    cfg = section_from_dict(VQVAEConfig, values, "vqvae.")
-    cfg.validate()
-    return cfg
-
-
-def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VQVAE:
-    """Our VQ-VAE checkpoint (a run folder or a .pt) → the model in eval mode, EMA weights preferred."""
-    state = load_checkpoint(path, kind="vqvae", map_location=str(map_location))
-    model = VQVAE(config_from_dict(state["config"]))
-    load_state_checked(model, state["model"], str(path))
-    if state.get("ema"):
-        load_state_checked(model, state["ema"], f"{path} (ema)", strict=False)
-    log.debug("loaded VQ-VAE from %s (%s)", path, dataclasses.asdict(model.config))
-    return model.to(map_location).eval()

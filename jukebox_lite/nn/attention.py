@@ -158,3 +158,71 @@ def window_attention(
         return flex_attention_window(q, k, v, attn_func, block_ctx, n_ctx)
     pos = torch.arange(q.shape[2], device=q.device)
     return sdpa_attention(q, k, v, pos, pos, attn_func, block_ctx, n_ctx)
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-layer KV cache of incremental sampling
+
+
+class LayerCache:
+    """Keys and values of one layer that later queries can still attend to (batched, lazily allocated)."""
+
+    def __init__(self, attn_func: int, n_ctx: int, block_ctx: int):
+        self.attn_func, self.n_ctx, self.block_ctx = attn_func, n_ctx, block_ctx
+        self.blocks = n_ctx // block_ctx
+        self.capacity = {0: n_ctx, 1: block_ctx, 2: n_ctx, 3: 2 * block_ctx, 4: self.blocks}[attn_func]
+        self.k = self.v = self.pos = None
+
+    def _slots(self, pos: torch.Tensor) -> torch.Tensor:
+        f, bc = self.attn_func, self.block_ctx
+        if f == 0:
+            return pos
+        if f == 1:
+            return pos % bc
+        if f == 2:
+            return (pos % bc) * self.blocks + pos // bc
+        if f == 3:
+            return pos % (2 * bc)
+        return pos // bc
+
+    def _worth_keeping(self, pos: torch.Tensor, next_pos: int) -> torch.Tensor:
+        """Which of the new positions a query at `next_pos` or later may still see."""
+        f, bc = self.attn_func, self.block_ctx
+        if f in (0, 2):
+            return torch.ones_like(pos, dtype=torch.bool)
+        if f == 1:
+            return pos // bc == next_pos // bc
+        if f == 3:
+            return pos // bc >= next_pos // bc - 1
+        return pos % bc == bc - 1
+
+    def _cached(self, q_pos: torch.Tensor):
+        """The cached slots the queries may need: one step reads a slice, a chunk reads everything."""
+        if q_pos.numel() == 1 and self.attn_func in (0, 2):
+            t = int(q_pos[0])
+            if self.attn_func == 0:
+                window = slice(0, t)
+            else:
+                column = t % self.block_ctx
+                window = slice(column * self.blocks, (column + 1) * self.blocks)
+            return self.k[:, :, window], self.v[:, :, window], self.pos[window]
+        return self.k, self.v, self.pos
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
+        """q/k/v (B, H, L, D) of the new positions q_pos (L,) → attention output (B, H, L, D); caches k, v."""
+        if self.k is None:
+            B, H, _, D = k.shape
+            self.k = k.new_zeros(B, H, self.capacity, D)
+            self.v = v.new_zeros(B, H, self.capacity, D)
+            self.pos = torch.full((self.capacity,), EMPTY_POSITION, dtype=torch.long, device=k.device)
+        ck, cv, cpos = self._cached(q_pos)
+        out = sdpa_attention(
+            q, torch.cat([ck, k], 2), torch.cat([cv, v], 2), q_pos, torch.cat([cpos, q_pos]),
+            self.attn_func, self.block_ctx, self.n_ctx,
+        )
+        keep = self._worth_keeping(q_pos, int(q_pos[-1]) + 1)
+        slots = self._slots(q_pos[keep])
+        self.k[:, :, slots] = k[:, :, keep].to(self.k.dtype)
+        self.v[:, :, slots] = v[:, :, keep].to(self.v.dtype)
+        self.pos[slots] = q_pos[keep]
+        return out

@@ -130,6 +130,8 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     refiner = None
     if run.refiner.has_checkpoint():
         refiner = run.load_refiner(device, fingerprint)
+        if settings.refine_chunk_length is not None:
+            refiner.check_chunk(settings.refine_chunk_length, "sample.refine_chunk_length")
         if refiner.config.cond_level not in levels:
             raise UserError(
                 f"The refiner refines level-{refiner.config.cond_level} audio, which --fast does not make; drop --fast."

@@ -29,7 +29,8 @@ from jukebox_lite.algorithms.datasets import AudioWindowTask, data_bandwidth
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from jukebox_lite.algorithms.training import TrainResult, train
-from jukebox_lite.models.vqvae import VQVAE, load_vqvae
+from jukebox_lite.models.vqvae import VQVAE
+from jukebox_lite.models.checkpoints import load_vqvae
 
 log = logging.getLogger(__name__)
 
