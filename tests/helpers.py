@@ -1,7 +1,7 @@
 """Tiny models, corpora, recipes and runs that several test modules build on.
 
 What one module alone uses stays in that module; what several use lives here, so that no test
-module imports another. conftest.py keeps the synthesized audio and the shared fixtures.
+module imports another; helpers imports no test module, and conftest.py holds only the fixtures.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 from jukebox_lite.core.audio import write_flac
@@ -19,9 +21,33 @@ from jukebox_lite.core.config import RecipeConfig, RefinerConfig, VQVAEConfig, l
 from jukebox_lite.algorithms.refining import v_loss_per_item
 from jukebox_lite.models.refiner import diffusion_target
 from jukebox_lite.models.vqvae import VQVAE
-from tests.conftest import synth_music
-
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: where the Makefile is
+# ../shared beside the checkout (as CI lays it out): facts about OpenAI's files, e.g. state-dict listings
+JUKEBOX_FORMAT = ROOT.parent / "shared" / "jukebox-format"
+FIXTURES = ROOT / "tests" / "fixtures"  # small files recorded from OpenAI's code (docs/*_equivalence.md)
+
+
+# ----------------------------------------------------------------------------------------------
+# Audio
+
+
+def synth_music(seconds: float, sr: int, seed: int = 0, channels: int = 2) -> np.ndarray:
+    """A few seconds of tonal + percussive audio, float32 (channels, time), peak about 0.5."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 110.0 * 2 ** (rng.integers(0, 12) / 12)
+    tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3))
+    beat = np.exp(-30 * (t % 0.5)) * rng.standard_normal(t.size)  # a noise burst every half second
+    mono = 0.3 * tone / 1.8 + 0.2 * beat
+    pan = np.linspace(0.8, 1.0, channels)[:, None]
+    return (pan * mono[None]).astype(np.float32)
+
+
+def write_audio(path: Path, audio: np.ndarray, sr: int, **kwargs) -> Path:
+    """Write (channels, time) with soundfile; the format follows the extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio.T, sr, **kwargs)
+    return path
 
 
 def scalars(run_dir: Path, tag: str) -> list[float]:

@@ -16,7 +16,7 @@ from jukebox_lite.core.config import VQVAEConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.models.checkpoints import load_vqvae
-from tests.conftest import synth_music
+from tests.helpers import synth_music
 from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
 
 # ----------------------------------------------------------------------------------------------

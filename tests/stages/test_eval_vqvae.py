@@ -13,7 +13,7 @@ from jukebox_lite import cli
 from jukebox_lite.stages.common import segments_of
 from jukebox_lite.stages.eval_vqvae import AUDIO_METRICS, evaluate, evaluate_run, format_table
 from jukebox_lite.models.losses import compute_bandwidth
-from tests.conftest import synth_music, write_audio
+from tests.helpers import synth_music, write_audio
 from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
 
 

@@ -1,7 +1,6 @@
 """The prior model: OpenAI's key layout, equivalence with OpenAI's logits, labels, errors, learning."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +11,9 @@ from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import LabelMix, Prior
 from jukebox_lite.models.checkpoints import load_prior
 from jukebox_lite.algorithms.openai_import import prior_config_from_openai, prior_from_openai
-from tests.conftest import JUKEBOX_FORMAT
+from tests.helpers import FIXTURES, JUKEBOX_FORMAT
 
 FORMAT = JUKEBOX_FORMAT
-FIXTURES = Path(__file__).parent / "fixtures"
 SR = 44100
 
 

@@ -14,7 +14,7 @@ from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.checkpoints import save_refiner
-from tests.conftest import synth_music, write_audio
+from tests.helpers import synth_music, write_audio
 from tests.helpers import REFINER_SR, tiny_refiner_config, tiny_refiner_vqvae
 
 

@@ -14,7 +14,7 @@ from jukebox_lite.runs import Run
 from jukebox_lite.stages import review
 from jukebox_lite.cli import main
 from jukebox_lite.core.errors import UserError
-from tests.conftest import synth_music, write_audio
+from tests.helpers import synth_music, write_audio
 
 FAST = ["data.separation.backend=none", "data.workers=1", "data.min_seconds=2", "data.sample_rate=22050"]
 

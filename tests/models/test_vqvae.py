@@ -17,11 +17,10 @@ from jukebox_lite.models.losses import MultiSpectralLoss, compute_bandwidth, lin
 from jukebox_lite.nn.conv import Conv1d, ConvTranspose1d, from_time_as_width, to_time_as_width
 from jukebox_lite.models.vqvae import VQVAE, BottleneckBlock
 from jukebox_lite.models.checkpoints import load_vqvae
-from tests.conftest import JUKEBOX_FORMAT
-from tests.helpers import tiny_vqvae_config
+from tests.helpers import FIXTURES, JUKEBOX_FORMAT, tiny_vqvae_config
 
 FORMAT_DIR = JUKEBOX_FORMAT
-FIXTURE = Path(__file__).parent / "fixtures" / "openai_vqvae_small.pt"
+FIXTURE = FIXTURES / "openai_vqvae_small.pt"
 
 
 def synth_audio(batch: int, length: int, seed: int, sr: int = 44100) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 
 from jukebox_lite.core import audio
-from tests.conftest import synth_music, write_audio
+from tests.helpers import synth_music, write_audio
 
 
 @pytest.mark.parametrize(

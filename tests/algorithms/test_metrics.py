@@ -18,7 +18,7 @@ from jukebox_lite.algorithms.metrics import (
     si_sdr,
     spectral_convergence_db,
 )
-from tests.conftest import synth_music
+from tests.helpers import synth_music
 
 SR = 16000
 

@@ -17,7 +17,7 @@ from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.checkpoints import save_refiner
 from jukebox_lite.models.checkpoints import load_vqvae
-from tests.conftest import synth_music, write_audio
+from tests.helpers import synth_music, write_audio
 from tests.helpers import PRIOR_SHAPE, tiny_model, tiny_refiner_config
 
 

@@ -1,12 +1,12 @@
-from pathlib import Path
 
 import pytest
 import yaml
 
 from jukebox_lite.core.config import RecipeConfig, load_config, parse_override, save_config
 from jukebox_lite.core.errors import UserError
+from tests.helpers import ROOT
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINES = ROOT / "pipelines"
 
 
 @pytest.mark.parametrize("recipe", sorted(PIPELINES.glob("*.yaml")), ids=lambda p: p.name)

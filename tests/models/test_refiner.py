@@ -18,7 +18,7 @@ from jukebox_lite.models.refiner import RefinerUNet, alpha_sigma, diffusion_targ
 from jukebox_lite.nn.unet import local_attention
 from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
 from jukebox_lite.algorithms.refining import chunk_plan, make_training_pair, refine
-from tests.conftest import synth_music
+from tests.helpers import synth_music
 from tests.helpers import REFINER_SR, refiner_loss, tiny_refiner_config, tiny_refiner_vqvae
 
 

@@ -18,7 +18,7 @@ from jukebox_lite.core.errors import UserError
 from jukebox_lite.algorithms.openai_import import ForeignObject, load_openai_checkpoint
 from jukebox_lite.stages.import_jukebox import import_vqvae
 from jukebox_lite.models.checkpoints import load_vqvae
-from tests.conftest import JUKEBOX_FORMAT
+from tests.helpers import FIXTURES, JUKEBOX_FORMAT
 
 TSV = JUKEBOX_FORMAT / "vqvae_released_hparams.tsv"
 
@@ -233,10 +233,9 @@ def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path,
     from jukebox_lite.cli import main
     from jukebox_lite.models.checkpoints import load_prior
 
-    fixtures = Path(__file__).parent / "fixtures"
     files = {}
     for name in ("upsampler_level1", "top_labelled"):
-        recorded = torch.load(fixtures / f"openai_prior_{name}.pt", weights_only=True)
+        recorded = torch.load(FIXTURES / f"openai_prior_{name}.pt", weights_only=True)
         files[name] = tmp_path / f"{name}.pth.tar"  # OpenAI's container: hps + DDP-prefixed state dict
         model = {f"module.{k}": v for k, v in recorded["state_dict"].items()}
         torch.save({"hps": recorded["hps"], "model": model, "step": 7}, files[name])

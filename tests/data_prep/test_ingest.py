@@ -11,7 +11,7 @@ from data_prep import ingest
 from jukebox_lite.core import audio
 from jukebox_lite.cli import main
 from jukebox_lite.core.errors import UserError
-from tests.conftest import synth_music, write_audio
+from tests.helpers import synth_music, write_audio
 
 FAST = ["data.separation.backend=none", "data.workers=1", "data.min_seconds=2", "data.sample_rate=22050"]
 
