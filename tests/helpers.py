@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout: where the Makefile i
 # ../shared beside the checkout (as CI lays it out): facts about OpenAI's files, e.g. state-dict listings
 JUKEBOX_FORMAT = ROOT.parent / "shared" / "jukebox-format"
 FIXTURES = ROOT / "tests" / "fixtures"  # small files recorded from OpenAI's code (docs/*_equivalence.md)
+TINY_SR = 16000  # the sample rate of every tiny model, corpus and recipe here
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,15 +102,14 @@ def tiny_vqvae_config(**changes) -> VQVAEConfig:
 # ----------------------------------------------------------------------------------------------
 # A run with data and a tiny VQ-VAE, as the codes, prior, sample and refiner stages find it
 
-RUN_SR = 16000
 PRIOR_SHAPE = dict(n_ctx=64, width=32, depth=3, blocks=4, n_genres=2, n_artists=3)  # priors on its 16 codes
 
 
 def tiny_model(seed: int = 0) -> VQVAE:
-    """The tiny VQ-VAE at 16 kHz with codebooks spread so every code can win; its receptive fields
+    """The tiny VQ-VAE with codebooks spread so every code can win; its receptive fields
     are long enough to make chunking matter."""
     torch.manual_seed(seed)
-    model = VQVAE(tiny_vqvae_config(sample_rate=RUN_SR)).eval()
+    model = VQVAE(tiny_vqvae_config(sample_rate=TINY_SR)).eval()
     for block in model.bottleneck.level_blocks:
         block.k.normal_(std=0.5)
     return model
@@ -119,7 +119,7 @@ def varied_vqvae(seed: int = 0) -> VQVAE:
     """The tiny VQ-VAE with codebooks drawn from its encoders' outputs on music, so codes vary (random ones collapse)."""
     model = tiny_model(seed)
     torch.manual_seed(seed)
-    music = torch.from_numpy(synth_music(1.0, RUN_SR, seed=7, channels=1))[None]  # (1, 1, 16000)
+    music = torch.from_numpy(synth_music(1.0, TINY_SR, seed=7, channels=1))[None]  # (1, 1, 16000)
     with torch.no_grad():
         for level, block in enumerate(model.bottleneck.level_blocks):
             block.init_codebook(model.encoders[level](music)[0].t())
@@ -130,7 +130,7 @@ def save_vqvae(run: Path, model: VQVAE) -> None:
     save_checkpoint(run / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(model.config), model.state_dict())
 
 
-def make_run(tmp_path: Path, seconds=(1.3, 0.7, 2.1, 0.9), sr: int = RUN_SR) -> Path:
+def make_run(tmp_path: Path, seconds=(1.3, 0.7, 2.1, 0.9), sr: int = TINY_SR) -> Path:
     """RUN with a manifest of synthesized files (the second in the valid split) and a tiny VQ-VAE."""
     run = tmp_path / "run"
     rows = []
@@ -149,14 +149,13 @@ def make_run(tmp_path: Path, seconds=(1.3, 0.7, 2.1, 0.9), sr: int = RUN_SR) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# The VQ-VAE stage: an 8 kHz corpus and a recipe
+# The VQ-VAE stage: a corpus and a recipe
 
-CORPUS_SR = 8000
-VQVAE_RECIPE = """\
+VQVAE_RECIPE = f"""\
 name: tiny
 seed: 3
 data:
-  sample_rate: 8000
+  sample_rate: {TINY_SR}
 vqvae:
   sample_length: 1024
   downs_t: [1, 1, 1]
@@ -180,7 +179,7 @@ vqvae:
 """
 
 
-def make_corpus(run: Path, seconds=(2.0, 2.5, 3.0, 2.0), splits=("train", "train", "train", "valid"), sr=CORPUS_SR) -> None:
+def make_corpus(run: Path, seconds=(2.0, 2.5, 3.0, 2.0), splits=("train", "train", "train", "valid"), sr=TINY_SR) -> None:
     """RUN/data as the data stage writes it: mono FLACs and manifest.jsonl."""
     rows = []
     for i, (length, split) in enumerate(zip(seconds, splits)):
@@ -201,12 +200,9 @@ def vqvae_recipe(tmp: Path, *overrides: str) -> RecipeConfig:
 # ----------------------------------------------------------------------------------------------
 # The refiner
 
-REFINER_SR = 8000
-
-
 def tiny_refiner_config(**changes) -> RefinerConfig:
     values = dict(
-        sample_rate=REFINER_SR, segment_length=2048, chunk_length=2048, overlap_length=256, channels=[8, 16, 32],
+        sample_rate=TINY_SR, segment_length=2048, chunk_length=2048, overlap_length=256, channels=[8, 16, 32],
         factors=[4, 4], res_blocks=1, attention_levels=1, attention_heads=2, attention_window=4, kernel_size=5,
         embedding_dim=32, steps=4, chunk_batch=2,
         residual_scale=0.025,  # the RMS of clean − degrade(clean) in test_refiner
@@ -216,18 +212,18 @@ def tiny_refiner_config(**changes) -> RefinerConfig:
 
 
 def tiny_refiner_vqvae(seed: int = 0) -> VQVAE:
-    """The tiny VQ-VAE at the refiner's 8 kHz, codebooks initialised from one batch of music."""
+    """The tiny VQ-VAE, codebooks initialised from one batch of music."""
     torch.manual_seed(seed)
-    model = VQVAE(tiny_vqvae_config(sample_rate=REFINER_SR)).train()
-    model(torch.from_numpy(synth_music(0.5, REFINER_SR, seed=seed, channels=1))[None, :, :3968])
+    model = VQVAE(tiny_vqvae_config(sample_rate=TINY_SR)).train()
+    model(torch.from_numpy(synth_music(0.5, TINY_SR, seed=seed, channels=1))[None, :, :3968])
     return model.eval()
 
 
-REFINER_RECIPE = """\
+REFINER_RECIPE = f"""\
 name: tiny-refiner
 seed: 1
 data:
-  sample_rate: 16000
+  sample_rate: {TINY_SR}
 refiner:
   cond_level: 0
   segment_length: 2048
@@ -258,7 +254,7 @@ refiner:
 
 
 def refiner_recipe(tmp: Path, *overrides: str) -> RecipeConfig:
-    """The refiner stage's recipe, for a run made by `make_run` (16 kHz)."""
+    """The refiner stage's recipe, for a run made by `make_run`."""
     return recipe_from_text(tmp, REFINER_RECIPE, overrides)
 
 

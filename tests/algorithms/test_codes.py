@@ -17,7 +17,7 @@ from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.models.checkpoints import load_vqvae
 from tests.helpers import synth_music
-from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
+from tests.helpers import TINY_SR, make_run, save_vqvae, tiny_model
 
 # ----------------------------------------------------------------------------------------------
 # Chunked encoding
@@ -45,7 +45,7 @@ def test_released_settings_context_is_about_one_second():
 @pytest.mark.parametrize("chunk, batch", [(8, 1), (48, 3), (400, 2), (10_000, 4)])
 def test_chunked_codes_equal_whole_file_codes(chunk, batch):
     model = tiny_model()
-    audio = torch.from_numpy(synth_music(0.31, RUN_SR, seed=5, channels=1)[0])  # 4960 samples
+    audio = torch.from_numpy(synth_music(0.31, TINY_SR, seed=5, channels=1)[0])  # 4960 samples
     audio = audio[:4957]  # not a multiple of the top hop: padded to 4960
     whole = model.encode(torch.nn.functional.pad(audio, (0, 3))[None, None])
     chunked = model.encode_long(audio, chunk_samples=chunk, batch_size=batch)
@@ -80,7 +80,7 @@ def test_encode_stage_writes_aligned_memmaps_and_index(tmp_path):
     assert cli.main(["encode", "--run", str(run), "--chunk-seconds", "0.1", "--batch-size", "2"]) == 0
     index = json.loads((run / "codes" / "index.json").read_text())
     model = load_vqvae(run / "vqvae")
-    assert index["vqvae"] == {"fingerprint": model.fingerprint(), "sample_rate": RUN_SR,
+    assert index["vqvae"] == {"fingerprint": model.fingerprint(), "sample_rate": TINY_SR,
                               "hop_lengths": [2, 4, 8], "bins": 16}
     assert index["dtype"] == "uint16" and index["genres"] == ["house", "unknown"]
     assert index["artists"] == ["artist0", "artist1", "unknown"]
@@ -88,7 +88,7 @@ def test_encode_stage_writes_aligned_memmaps_and_index(tmp_path):
 
     corpus = CodesCorpus(run / "codes", vqvae_fingerprint=model.fingerprint())
     for i, entry in enumerate(corpus.files):
-        audio = torch.from_numpy(synth_music([1.3, 0.7, 2.1, 0.9][i], RUN_SR, seed=i, channels=1)[0])
+        audio = torch.from_numpy(synth_music([1.3, 0.7, 2.1, 0.9][i], TINY_SR, seed=i, channels=1)[0])
         assert entry["samples"] == audio.shape[0]
         padded = -(-audio.shape[0] // 8) * 8
         for level in range(3):

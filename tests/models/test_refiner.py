@@ -19,18 +19,18 @@ from jukebox_lite.nn.unet import local_attention
 from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
 from jukebox_lite.algorithms.refining import chunk_plan, make_training_pair, refine
 from tests.helpers import synth_music
-from tests.helpers import REFINER_SR, refiner_loss, tiny_refiner_config, tiny_refiner_vqvae
+from tests.helpers import TINY_SR, refiner_loss, tiny_refiner_config, tiny_refiner_vqvae
 
 
 def music(seconds: float, seed: int) -> torch.Tensor:
     """(1, 1, T) synthesized mono music."""
-    return torch.from_numpy(synth_music(seconds, REFINER_SR, seed=seed, channels=1))[None]
+    return torch.from_numpy(synth_music(seconds, TINY_SR, seed=seed, channels=1))[None]
 
 
 def degrade(clean: torch.Tensor, seed: int) -> torch.Tensor:
     """A stand-in for VQ-VAE damage: everything above 1 kHz removed, a little noise added."""
     spectrum = torch.fft.rfft(clean)
-    spectrum[..., int(1000 / REFINER_SR * clean.shape[-1]) :] = 0
+    spectrum[..., int(1000 / TINY_SR * clean.shape[-1]) :] = 0
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
     return torch.fft.irfft(spectrum, n=clean.shape[-1]) + 0.01 * noise
 
@@ -38,7 +38,7 @@ def degrade(clean: torch.Tensor, seed: int) -> torch.Tensor:
 def pair_batch(step: int, batch: int = 4, length: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Random crops of a few seconds of synthesized music and their degraded versions."""
     gen = torch.Generator().manual_seed(step)
-    tracks = torch.cat([music(2.0, seed) for seed in range(3)])  # (3, 1, 16000)
+    tracks = torch.cat([music(2.0, seed) for seed in range(3)])  # (3, 1, 2 s)
     rows = torch.randint(0, 3, (batch,), generator=gen)
     starts = torch.randint(0, tracks.shape[-1] - length, (batch,), generator=gen)
     clean = torch.stack([tracks[r, :, s : s + length] for r, s in zip(rows.tolist(), starts.tolist())])
@@ -272,7 +272,7 @@ def test_sampler_with_a_perfect_network_recovers_the_target_at_any_length(target
 def test_model_memory_is_bounded_by_the_chunk_not_the_track():
     cfg = tiny_refiner_config(chunk_length=2048, overlap_length=128)
     oracle = OracleRefiner(cfg)
-    refine(oracle, torch.zeros(1, 1, 60 * REFINER_SR), steps=1)  # a minute of audio
+    refine(oracle, torch.zeros(1, 1, 60 * TINY_SR), steps=1)  # a minute of audio
     assert oracle.longest_input == 2048
 
 

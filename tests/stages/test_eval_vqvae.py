@@ -14,13 +14,13 @@ from jukebox_lite.stages.common import segments_of
 from jukebox_lite.stages.eval_vqvae import AUDIO_METRICS, evaluate, evaluate_run, format_table
 from jukebox_lite.models.losses import compute_bandwidth
 from tests.helpers import synth_music, write_audio
-from tests.helpers import RUN_SR, make_run, save_vqvae, tiny_model
+from tests.helpers import TINY_SR, make_run, save_vqvae, tiny_model
 
 
 def trained_tiny_model(steps: int = 60):
     """The tiny VQ-VAE after a few Adam steps on synthesized music: clearly better than untrained."""
     model = tiny_model()
-    clips = [torch.from_numpy(synth_music(0.064, RUN_SR, seed=s, channels=1)) for s in range(8)]  # (1, 1024)
+    clips = [torch.from_numpy(synth_music(0.064, TINY_SR, seed=s, channels=1)) for s in range(8)]  # (1, 1024)
     model.set_bandwidth(compute_bandwidth(clips))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -70,7 +70,7 @@ def test_audio_folder_is_decoded_downmixed_and_resampled(tmp_path, caplog):
     run = make_run(tmp_path, seconds=(0.5,))
     folder = tmp_path / "audio"
     write_audio(folder / "a.wav", synth_music(0.5, 32000, seed=3, channels=2), 32000)
-    write_audio(folder / "sub" / "b.flac", synth_music(0.3, RUN_SR, seed=4, channels=1), RUN_SR)
+    write_audio(folder / "sub" / "b.flac", synth_music(0.3, TINY_SR, seed=4, channels=1), TINY_SR)
     (folder / "broken.wav").write_bytes(b"RIFF not really")
     with caplog.at_level(logging.WARNING):
         report = evaluate_run(run, tmp_path, audio_dir=folder, segment_seconds=0.2, max_segments=1)
@@ -91,7 +91,7 @@ def test_user_errors(tmp_path, capsys):
 
 def test_metrics_track_reconstruction_quality():
     """A briefly trained VQ-VAE must score better than the untrained one on held-out audio."""
-    clips = [torch.from_numpy(synth_music(0.128, RUN_SR, seed=s, channels=1)) for s in (100, 101)]  # (1, 2048)
+    clips = [torch.from_numpy(synth_music(0.128, TINY_SR, seed=s, channels=1)) for s in (100, 101)]  # (1, 2048)
     before = evaluate(tiny_model(), clips)
     after = evaluate(trained_tiny_model(), clips)
     for level in range(3):

@@ -15,7 +15,7 @@ from jukebox_lite.cli import main
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.checkpoints import save_refiner
 from tests.helpers import synth_music, write_audio
-from tests.helpers import REFINER_SR, tiny_refiner_config, tiny_refiner_vqvae
+from tests.helpers import TINY_SR, tiny_refiner_config, tiny_refiner_vqvae
 
 
 @pytest.fixture
@@ -41,33 +41,33 @@ def refined(folder, source) -> tuple[np.ndarray, int]:
 
 
 def test_refines_files_deterministically(run_dir, tmp_path):
-    src = write_audio(tmp_path / "coarse.wav", synth_music(0.6, REFINER_SR, seed=1, channels=1), REFINER_SR)
-    other = write_audio(tmp_path / "other.wav", synth_music(0.4, REFINER_SR, seed=5, channels=1), REFINER_SR)
+    src = write_audio(tmp_path / "coarse.wav", synth_music(0.6, TINY_SR, seed=1, channels=1), TINY_SR)
+    other = write_audio(tmp_path / "other.wav", synth_music(0.4, TINY_SR, seed=5, channels=1), TINY_SR)
     assert refine_cli(run_dir, src, tmp_path / "a", "--seed", 3) == 0
     assert refine_cli(run_dir, [other, src], tmp_path / "b", "--seed", 3) == 0  # several files, one call
     assert refine_cli(run_dir, src, tmp_path / "c", "--seed", 4, "--steps", 3) == 0
     a, sr = refined(tmp_path / "a", src)
     b, _ = refined(tmp_path / "b", src)
     c, _ = refined(tmp_path / "c", src)
-    assert sr == REFINER_SR and a.shape == (int(0.6 * REFINER_SR),) and np.isfinite(a).all()
+    assert sr == TINY_SR and a.shape == (int(0.6 * TINY_SR),) and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)  # a file's result does not depend on the others in the call
-    assert refined(tmp_path / "b", other)[0].shape == (int(0.4 * REFINER_SR),)
+    assert refined(tmp_path / "b", other)[0].shape == (int(0.4 * TINY_SR),)
     assert not np.allclose(a, c, atol=1e-3)
     assert refine_cli(run_dir, src, tmp_path / "same", "--strength", 0) == 0
     np.testing.assert_allclose(refined(tmp_path / "same", src)[0], sf.read(src, dtype="float32")[0], atol=2**-22)  # 24-bit
 
 
 def test_other_rate_is_resampled_and_stereo_downmixed_with_warnings(run_dir, tmp_path, caplog):
-    src = write_audio(tmp_path / "stereo16k.wav", synth_music(0.5, 16000, seed=2, channels=2), 16000)
+    src = write_audio(tmp_path / "stereo22k.wav", synth_music(0.5, 22050, seed=2, channels=2), 22050)
     with caplog.at_level(logging.WARNING):
         assert refine_cli(run_dir, src, tmp_path / "out") == 0
-    assert "16000 Hz; resampling" in caplog.text and "2 channels" in caplog.text
+    assert "22050 Hz; resampling" in caplog.text and "2 channels" in caplog.text
     out, sr = refined(tmp_path / "out", src)
-    assert sr == REFINER_SR and out.shape == (int(0.5 * REFINER_SR),) and np.isfinite(out).all()
+    assert sr == TINY_SR and out.shape == (int(0.5 * TINY_SR),) and np.isfinite(out).all()
 
 
 def test_silent_input_warns_and_gives_finite_audio(run_dir, tmp_path, caplog):
-    src = write_audio(tmp_path / "silent.wav", np.zeros((1, 1234), np.float32), REFINER_SR)
+    src = write_audio(tmp_path / "silent.wav", np.zeros((1, 1234), np.float32), TINY_SR)
     with caplog.at_level(logging.WARNING):
         assert refine_cli(run_dir, src, tmp_path / "out") == 0
     assert "is silent" in caplog.text
@@ -76,10 +76,10 @@ def test_silent_input_warns_and_gives_finite_audio(run_dir, tmp_path, caplog):
 
 
 def test_nan_input_is_a_clear_error_and_keeps_the_old_output(run_dir, tmp_path, capsys):
-    audio = synth_music(0.5, REFINER_SR, seed=3, channels=1)
+    audio = synth_music(0.5, TINY_SR, seed=3, channels=1)
     audio[0, 100] = np.nan
-    src = write_audio(tmp_path / "nan.wav", audio, REFINER_SR, subtype="FLOAT")
-    good = write_audio(tmp_path / "good.wav", synth_music(0.3, REFINER_SR, seed=1, channels=1), REFINER_SR)
+    src = write_audio(tmp_path / "nan.wav", audio, TINY_SR, subtype="FLOAT")
+    good = write_audio(tmp_path / "good.wav", synth_music(0.3, TINY_SR, seed=1, channels=1), TINY_SR)
     out = tmp_path / "out"
     out.mkdir()
     (out / "nan.refined.wav").write_bytes(b"earlier result")
@@ -93,14 +93,14 @@ def test_nan_input_is_a_clear_error_and_keeps_the_old_output(run_dir, tmp_path, 
 def test_refiner_for_another_vqvae_is_refused(run_dir, tmp_path, capsys):
     other = tiny_refiner_vqvae(seed=1)
     save_checkpoint(run_dir / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(other.config), other.state_dict())
-    src = write_audio(tmp_path / "coarse.wav", synth_music(0.3, REFINER_SR, seed=1, channels=1), REFINER_SR)
+    src = write_audio(tmp_path / "coarse.wav", synth_music(0.3, TINY_SR, seed=1, channels=1), TINY_SR)
     assert refine_cli(run_dir, src, tmp_path / "out") == 2
     assert "another VQ-VAE" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_checkpoint_and_bad_arguments_are_clear_errors(run_dir, tmp_path, capsys):
-    src = write_audio(tmp_path / "coarse.wav", synth_music(0.3, REFINER_SR, seed=1, channels=1), REFINER_SR)
+    src = write_audio(tmp_path / "coarse.wav", synth_music(0.3, TINY_SR, seed=1, channels=1), TINY_SR)
     assert refine_cli(tmp_path / "empty_run", src, tmp_path / "out") == 2
     assert "No refiner at" in capsys.readouterr().err
     assert refine_cli(run_dir, src, src) == 2  # --out is a folder, never a file to overwrite

@@ -17,8 +17,7 @@ from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.checkpoints import save_refiner
 from jukebox_lite.models.checkpoints import load_vqvae
-from tests.helpers import synth_music, write_audio
-from tests.helpers import PRIOR_SHAPE, tiny_model, tiny_refiner_config
+from tests.helpers import PRIOR_SHAPE, TINY_SR, synth_music, tiny_model, tiny_refiner_config, write_audio
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])
@@ -42,7 +41,7 @@ UPSAMPLER = dict(cond_down_t=1, cond_stride_t=2, cond_width=16, cond_depth=1)
 
 def save_prior(run, level: int, fingerprint: str, **changes) -> None:
     cfg = PriorConfig(
-        level=level, **PRIOR_SHAPE, bins=16, hop_length={2: 8, 1: 4, 0: 2}[level], sample_rate=16000, t_bins=8, min_duration=0.1,
+        level=level, **PRIOR_SHAPE, bins=16, hop_length={2: 8, 1: 4, 0: 2}[level], sample_rate=TINY_SR, t_bins=8, min_duration=0.1,
         max_duration=5.0, **(UPSAMPLER if level < 2 else {}), **changes,
     )
     torch.manual_seed(level)
@@ -79,7 +78,7 @@ def test_every_stage_is_written_and_audible(sampled_run):
         folder = run / "samples" / f"t_{k}"
         for stage in ("level2", "level1", "level0", "refined"):
             audio, sr = sf.read(folder / f"{stage}.wav", dtype="float32")
-            assert sr == 16000 and audio.shape == (4000,) and np.isfinite(audio).all() and np.abs(audio).max() > 0
+            assert sr == TINY_SR and audio.shape == (TINY_SR // 4,) and np.isfinite(audio).all() and np.abs(audio).max() > 0
         codes = np.load(folder / "codes_level2.npy")
         assert codes.shape == (500,) and codes.max() < 16
         decoded = load_vqvae(run / "vqvae").decode([None, None, torch.from_numpy(codes).long()[None]], level=2)
@@ -96,7 +95,7 @@ def test_every_stage_is_written_and_audible(sampled_run):
 def test_prime_opens_every_track_and_morph_runs(sampled_run, tmp_path):
     run = sampled_run
     (run / "refiner" / "last.pt").unlink()
-    prime = write_audio(tmp_path / "intro.wav", synth_music(0.1, 16000, seed=5, channels=1), 16000)
+    prime = write_audio(tmp_path / "intro.wav", synth_music(0.1, TINY_SR, seed=5, channels=1), TINY_SR)
     assert sample(run, "--fast", "--prime", str(prime), "--genre", "house", "--morph-to", "garage") == 0
     prime_audio, _ = sf.read(prime, dtype="float32")  # as written: 16-bit
     expected = load_vqvae(run / "vqvae").encode(torch.from_numpy(prime_audio)[None, None])[2]  # (1, 200)

@@ -23,14 +23,14 @@ from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.stages.train_prior import train_prior
 from jukebox_lite.algorithms.training import learning_rate
-from tests.helpers import PRIOR_SHAPE, RUN_SR, save_vqvae, varied_vqvae
+from tests.helpers import PRIOR_SHAPE, TINY_SR, save_vqvae, varied_vqvae
 
 TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, media_every=0, ema=0.9, workers=0)
 RECIPE = {
     "name": "tiny",
     "seed": 0,
     # tests.helpers.tiny_model: 16 kHz, hops 2 / 4 / 8, 16 codes per level
-    "data": {"sample_rate": RUN_SR},
+    "data": {"sample_rate": TINY_SR},
     "vqvae": {"downs_t": [1, 1, 1], "l_bins": 16},
     "prior_level2": {**PRIOR_SHAPE, "t_bins": 8, "min_duration": 0.5, "max_duration": 5.0, "train": {**TRAIN, "steps": 80}},
     "prior_level1": {**PRIOR_SHAPE, "cond_down_t": 1, "cond_stride_t": 2, "cond_width": 16,
@@ -97,7 +97,7 @@ def test_top_prior_with_labels_learns_and_stores_its_vocabulary(run, tmp_path):
     # the sample stage's side: the EMA prior, labels from genre and artist names
     prior = load_prior(out)
     vocab = PriorVocabulary.load(out)
-    labels = torch.tensor([[RUN_SR * 2, 0, 64 * 8, vocab.artist_id("artist1"), vocab.genre_id("house")]])
+    labels = torch.tensor([[TINY_SR * 2, 0, 64 * 8, vocab.artist_id("artist1"), vocab.genre_id("house")]])
     codes = sample_codes(prior, 1, 32, labels=labels, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (1, 32) and 0 <= int(codes.min()) and int(codes.max()) < 16
     with pytest.raises(UserError, match=r"genre 'techno' is unknown to this prior; known genres: house, unknown\."):

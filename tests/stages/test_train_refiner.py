@@ -17,7 +17,7 @@ from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.checkpoints import load_refiner, save_refiner
 from jukebox_lite.stages.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
 from jukebox_lite.models.checkpoints import load_vqvae
-from tests.helpers import REFINER_RECIPE, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
+from tests.helpers import REFINER_RECIPE, TINY_SR, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
 
 BANDS = ["train/loss_t0.00_0.25", "train/loss_t0.25_0.50", "train/loss_t0.50_0.75", "train/loss_t0.75_1.00"]
 
@@ -83,7 +83,7 @@ def test_residual_scale_null_is_measured_recorded_and_kept_on_resume(tmp_path, c
     state = load_checkpoint(run / "refiner", "refiner")
     scale = state["config"]["residual_scale"]
     vqvae = load_vqvae(run / "vqvae")
-    windows = AudioWindows(Run(run).manifest, 16000, 2048, seed=1)
+    windows = AudioWindows(Run(run).manifest, TINY_SR, 2048, seed=1)
     clean = torch.stack([windows.window(i, RESIDUAL_STREAM) for i in range(RESIDUAL_WINDOWS)])
     coarse = vqvae.decode(vqvae.encode(clean, levels=[0]), level=0)
     assert scale == pytest.approx(float((clean - coarse).pow(2).mean().sqrt()), rel=1e-4)

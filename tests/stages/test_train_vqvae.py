@@ -17,7 +17,7 @@ from jukebox_lite.runs import Run
 from jukebox_lite.stages.train_vqvae import train_vqvae
 from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.models.checkpoints import load_vqvae
-from tests.helpers import CORPUS_SR, make_corpus, scalars, vqvae_recipe
+from tests.helpers import TINY_SR, make_corpus, scalars, vqvae_recipe
 
 @pytest.fixture
 def run(tmp_path) -> Path:
@@ -34,9 +34,9 @@ def test_stage_learns_to_reconstruct_and_logs_media(run, tmp_path):
 
     model = load_vqvae(run / "vqvae")  # the EMA weights
     assert model.bandwidth["l2"] == pytest.approx(
-        data_bandwidth(AudioWindows(Run(run).manifest, CORPUS_SR, 1024, seed=3), 256)["l2"], rel=1e-6
+        data_bandwidth(AudioWindows(Run(run).manifest, TINY_SR, 1024, seed=3), 256)["l2"], rel=1e-6
     )
-    x = AudioWindows(Run(run).manifest, CORPUS_SR, 1024, seed=99, split="valid").window(0)[None]
+    x = AudioWindows(Run(run).manifest, TINY_SR, 1024, seed=99, split="valid").window(0)[None]
     with torch.no_grad():
         recon = model.decode(model.encode(x), level=0)
     assert ((recon - x) ** 2).mean() < 0.3 * (x**2).mean()  # far better than silence
@@ -119,18 +119,18 @@ def test_empty_or_unusable_corpus_is_one_clear_error(tmp_path):
     make_corpus(tmp_path / "valid_only", splits=("valid",) * 4)
     with pytest.raises(UserError, match="no train files"):
         train_vqvae(vqvae_recipe(tmp_path), tmp_path / "valid_only")
-    make_corpus(tmp_path / "short", seconds=(0.05, 0.1, 0.1, 0.1))  # 400-800 samples < one window of 1024
+    make_corpus(tmp_path / "short", seconds=(0.03, 0.05, 0.05, 0.05))  # 480-800 samples < one window of 1024
     with pytest.raises(UserError, match="no train file is at least 1024 samples long"):
         train_vqvae(vqvae_recipe(tmp_path), tmp_path / "short")
-    make_corpus(tmp_path / "rate", sr=16000)
-    with pytest.raises(UserError, match="16000 Hz audio but the model runs at 8000 Hz"):
+    make_corpus(tmp_path / "rate", sr=8000)
+    with pytest.raises(UserError, match="8000 Hz audio but the model runs at 16000 Hz"):
         train_vqvae(vqvae_recipe(tmp_path), tmp_path / "rate")
 
 
 def test_short_files_are_skipped_with_a_warning(tmp_path, caplog):
     make_corpus(tmp_path, seconds=(0.05, 2.0, 2.0, 2.0))
     with caplog.at_level("WARNING"):
-        windows = AudioWindows(Run(tmp_path).manifest, CORPUS_SR, 1024, seed=0)
+        windows = AudioWindows(Run(tmp_path).manifest, TINY_SR, 1024, seed=0)
     assert "skipping 1 train file" in caplog.text and len(windows.paths) == 2
     first, again, other = windows.window(5), windows.window(5), windows.window(6)
     assert first.shape == (1, 1024) and first.dtype == torch.float32
