@@ -28,11 +28,9 @@ from jukebox_lite.core.atomic import read_jsonl
 from jukebox_lite.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.models.checkpoints import prior_from_checkpoint
+from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, prior_from_checkpoint
 from jukebox_lite.models.refiner import RefinerUNet
-from jukebox_lite.models.checkpoints import load_refiner
 from jukebox_lite.models.vqvae import VQVAE
-from jukebox_lite.models.checkpoints import load_vqvae
 
 # the Make target (and stage) that writes each stage folder, for "run this first" messages
 MAKE_TARGETS = {
@@ -50,6 +48,15 @@ class StageFolder:
     @property
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT_NAME
+
+    @property
+    def best(self) -> Path:
+        """The EMA weights of the step with the lowest validation loss (training writes it beside last.pt)."""
+        return self.path / "best.pt"
+
+    def weights(self, which: str) -> Path:
+        """`which` is "last" (the checkpoint) or "best"."""
+        return self.best if which == "best" else self.checkpoint
 
     @property
     def config(self) -> Path:
@@ -203,23 +210,39 @@ class Run:
     def codes_corpus(self, vqvae_fingerprint: str | None = None) -> CodesCorpus:
         return CodesCorpus(self.codes.path, vqvae_fingerprint)
 
-    def load_prior(self, level: int, device: torch.device | str = "cpu", vqvae_fingerprint: str | None = None) -> LoadedPrior:
-        """The level's prior (EMA weights) with its vocabulary; refused if trained on another VQ-VAE's codes."""
+    def load_prior(
+        self, level: int, device: torch.device | str = "cpu", vqvae_fingerprint: str | None = None, which: str = "last"
+    ) -> LoadedPrior:
+        """The level's prior (EMA weights of last.pt, or best.pt) with its vocabulary; refused if trained
+        on another VQ-VAE's codes."""
         folder = self.prior(level)
         if not folder.has_checkpoint():
             raise UserError(f"No level-{level} prior at '{folder.checkpoint}'; train it first ({PRIOR_TARGETS[level]}).")
-        state = load_checkpoint(folder.path, kind="prior")
+        path = self._weights(folder, which)
+        state = load_checkpoint(path, kind="prior")
         if vqvae_fingerprint is not None and state.get("vqvae_fingerprint") not in (None, vqvae_fingerprint):
             raise UserError(
                 f"The level-{level} prior in '{folder.path}' was trained on codes of another VQ-VAE; "
                 "retrain it on this run's codes."
             )
-        prior = prior_from_checkpoint(state, str(folder.path)).to(device)
+        prior = prior_from_checkpoint(state, str(path)).to(device)
         if prior.cfg.level != level:
             raise UserError(f"'{folder.path}' holds a level-{prior.cfg.level} prior, not level {level}.")
-        return LoadedPrior(prior, PriorVocabulary.from_checkpoint(state), folder.path, int(state.get("step", 0)))
+        return LoadedPrior(prior, PriorVocabulary.from_checkpoint(state), path, int(state.get("step", 0)))
 
-    def load_refiner(self, device: torch.device | str = "cpu", vqvae_fingerprint: str | None = None) -> RefinerUNet:
+    def load_refiner(
+        self, device: torch.device | str = "cpu", vqvae_fingerprint: str | None = None, which: str = "last"
+    ) -> RefinerUNet:
         if not self.refiner.has_checkpoint():
             raise UserError(f"No refiner at '{self.refiner.checkpoint}'; train one first ({MAKE_TARGETS['refiner']}).")
-        return load_refiner(self.refiner.path, map_location=device, vqvae=vqvae_fingerprint)
+        return load_refiner(self._weights(self.refiner, which), map_location=device, vqvae=vqvae_fingerprint)
+
+    @staticmethod
+    def _weights(folder: StageFolder, which: str) -> Path:
+        path = folder.weights(which)
+        if not path.is_file():
+            raise UserError(
+                f"No {path.name} in '{folder.path}': that stage was trained without validation (train.eval_every); "
+                "sample with sample.checkpoint=last."
+            )
+        return path

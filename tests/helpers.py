@@ -175,6 +175,8 @@ vqvae:
     log_every: 1
     checkpoint_every: 4
     media_every: 4
+    eval_every: 4
+    eval_windows: 8
     workers: 0
 """
 
@@ -249,6 +251,8 @@ refiner:
     log_every: 1
     checkpoint_every: 20
     media_every: 20
+    eval_every: 20
+    eval_windows: 8
     workers: 0
 """
 

@@ -39,7 +39,8 @@ def test_bad_variables_fail_in_one_sentence_before_any_work(variables, complaint
 
 def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     run, recipe = tmp_path / "run", tmp_path / "tiny.yaml"
-    recipe.write_text(VQVAE_RECIPE.replace("steps: 8", "steps: 400").replace("checkpoint_every: 4", "checkpoint_every: 20"))
+    recipe.write_text(VQVAE_RECIPE.replace("steps: 8", "steps: 400").replace("checkpoint_every: 4", "checkpoint_every: 20")
+                      .replace("eval_every: 4", "eval_every: 100"))
     make_corpus(run)
     (run / "data" / ".done").touch()  # the data stage is done (the corpus above is its output)
     variables = [f"CONFIG={recipe}", f"RUN={run}", f"VENV={fake_venv(tmp_path)}"]

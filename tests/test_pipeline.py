@@ -14,13 +14,13 @@ import soundfile as sf
 from jukebox_lite.runs import Run
 from jukebox_lite.stages import review
 from jukebox_lite.cli import main
-from tests.helpers import ROOT, fake_venv
+from tests.helpers import ROOT, fake_venv, scalars
 
 FEW_STEPS = [
     f"{section}.train.{key}={value}"
     for section in ("vqvae", "prior_level2", "prior_level1", "prior_level0", "refiner")
     for key, value in (("steps", 12), ("warmup_steps", 2), ("checkpoint_every", 6), ("log_every", 3), ("media_every", 6))
-] + ["vqvae.train.batch_size=2", "refiner.train.batch_size=4", "prior_level2.min_duration=2.0"]
+] + ["vqvae.train.batch_size=2", "refiner.train.batch_size=4", "prior_level2.min_duration=2.0", "sample.checkpoint=best"]
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -50,6 +50,7 @@ def test_demo_pipeline_through_make(tmp_path):
     for stage in ("vqvae", "prior_level2", "prior_level1", "prior_level0", "refiner"):
         assert (run / stage / "last.pt").is_file() and (run / stage / ".done").is_file(), stage
         assert list((run / stage / "tb").iterdir()), f"{stage} logged nothing to TensorBoard"
+        assert (run / stage / "best.pt").is_file() and scalars(run / stage, "valid/loss"), f"{stage} was not validated"
     assert json.loads((run / "vqvae/eval.json").read_text())
     assert json.loads((run / "refiner/eval.json").read_text())
     assert (run / "codes/index.json").is_file()
@@ -57,7 +58,8 @@ def test_demo_pipeline_through_make(tmp_path):
     for stage in ("level2", "level1", "level0", "refined"):
         info = sf.info(sample / f"{stage}.wav")
         assert (info.samplerate, info.frames) == (22050, 3 * 22050), stage
-    assert json.loads((sample / "meta.json").read_text())["genre"] == "deep_house"
+    meta = json.loads((sample / "meta.json").read_text())
+    assert meta["genre"] == "deep_house" and meta["checkpoints"]["prior_level2"]["path"].endswith("best.pt")
     assert "flagged" in json.loads((sample / "copies.json").read_text())
     html = (run / "review.html").read_text()
     assert html.count('src="data:audio/wav;base64,') == 3 * 2 + 4  # vocal-removal pairs + the sample's stages

@@ -26,7 +26,7 @@ from jukebox_lite.algorithms.training import Task
 log = logging.getLogger(__name__)
 
 # independent random streams of windows over the same files
-TRAIN_STREAM, BANDWIDTH_STREAM, MEDIA_STREAM, RESIDUAL_STREAM = 0, 1, 2, 3
+TRAIN_STREAM, BANDWIDTH_STREAM, MEDIA_STREAM, RESIDUAL_STREAM, EVAL_STREAM = 0, 1, 2, 3, 4
 
 
 def read_manifest(manifest: Path, split: str) -> list[dict]:
@@ -161,6 +161,12 @@ class AudioWindowTask(Task):
     def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[torch.Tensor]:
         train = self.cfg.train
         return step_batches(self.windows(seed), train.batch_size, rank, world_size, start_step, train.workers)
+
+    def eval_batches(self, split: str, count: int, batch_size: int) -> list[torch.Tensor]:
+        """`count` windows of the validation stream of `split`, in (batch_size, 1, window_length) batches."""
+        dataset = self.windows(self.seed, split)
+        items = [dataset.window(i, EVAL_STREAM) for i in range(count)]
+        return [torch.stack(items[i : i + batch_size]) for i in range(0, count, batch_size)]
 
     def media_window(self) -> torch.Tensor:
         """One fixed window (1, 1, window_length), from the validation split when it has a long enough file."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from tqdm import tqdm
 from jukebox_lite.core import distributed
 from jukebox_lite.core.atomic import remove_stale_temporaries
 from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
-from jukebox_lite.core.config import RecipeConfig, TrainingConfig, save_config
+from jukebox_lite.core.config import PlateauConfig, RecipeConfig, TrainingConfig, save_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.core.precision import autocast
 
@@ -43,6 +45,7 @@ class OutputFolder(Protocol):
 
     path: Path
     checkpoint: Path  # the training checkpoint, resumed from when it is there
+    best: Path  # the EMA weights of the best validation loss
     config: Path  # the resolved recipe
     tensorboard: Path
 
@@ -83,6 +86,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss to minimise, scalar metrics for TensorBoard)."""
+
+    def eval_batches(self, split: str, count: int, batch_size: int) -> list[Any] | None:
+        """`count` fixed items of `split` ("valid" or "train") in batches of `batch_size`: the same items
+        at every call, from a random stream training never uses. A UserError if the split has none;
+        None if the task has no validation."""
+        return None
 
     def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
         """Audio or images for TensorBoard, on rank 0 alone every `media_every` steps, so no collectives here.
@@ -201,7 +210,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# Batches and the optimizer
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -222,6 +231,165 @@ def _optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.AdamW:
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+EVAL_SEED = 1234  # the random numbers a validation pass draws (the refiner's t and noise) are the same every time
+
+
+@dataclass
+class Validation:
+    """Where a run's validation stands: kept in its checkpoint, so a resumed run goes on with it."""
+
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    gaps: list[float] = field(default_factory=list)  # validation − train-window loss at each evaluation
+    best_step: int | None = None
+    best_loss: float = math.inf
+    plateau_loss: float = math.inf  # the loss the plateau rule last counted as progress
+    since_progress: int = 0  # evaluations since then
+    anneal_start: int | None = None  # the step where a plateau started annealing
+
+    def to_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> "Validation":
+        if not state:
+            return cls()
+        values = dict(state)
+        values["history"] = [tuple(h) for h in values.get("history", [])]
+        return cls(**values)
+
+    def record(self, step: int, loss: float, gap: float | None, plateau: PlateauConfig | None) -> tuple[bool, bool]:
+        """Note one evaluation; returns (a new best, the plateau rule starts annealing now)."""
+        self.history.append((step, loss))
+        if gap is not None:
+            self.gaps.append(gap)
+        best = loss < self.best_loss
+        if best:
+            self.best_step, self.best_loss = step, loss
+        if plateau is None or self.anneal_start is not None:
+            return best, False
+        if loss < self.plateau_loss - plateau.min_delta:
+            self.plateau_loss, self.since_progress = loss, 0
+            return best, False
+        self.since_progress += 1
+        if self.since_progress >= plateau.patience:
+            self.anneal_start = step
+            return best, True
+        return best, False
+
+    def gap_growing(self, patience: int) -> bool:
+        """The gap grew at each of the last `patience` evaluations."""
+        recent = self.gaps[-(patience + 1):]
+        return len(recent) == patience + 1 and all(b > a for a, b in zip(recent, recent[1:]))
+
+
+def schedule(cfg: TrainingConfig, validation: Validation) -> TrainingConfig:
+    """The config the LR follows: the recipe's, with the plateau's annealing start where it set one."""
+    if validation.anneal_start is None or cfg.anneal_start is not None:
+        return cfg
+    return dataclasses.replace(cfg, anneal_start=validation.anneal_start)
+
+
+class _EvalSets:
+    """The fixed validation batches of a run, this rank's share, drawn once on first use."""
+
+    def __init__(self, task: Task, cfg: TrainingConfig, env: distributed.DistEnv):
+        per_rank = cfg.batch_size // env.world_size
+        per_pass = per_rank * env.world_size
+        count = -(-cfg.eval_windows // per_pass) * per_pass  # a whole number of batches on every rank
+        self.fallback = False
+        try:
+            valid = task.eval_batches("valid", count, per_rank)
+        except UserError as e:
+            log.warning(
+                "%s: %s; validating on train-split windows of a stream training does not draw instead (no held-out "
+                "data: the generalisation gap is not measured)", task.section, str(e).rstrip("."),
+            )
+            valid, self.fallback = task.eval_batches("train", count, per_rank), True
+        self.valid = None if valid is None else valid[env.rank :: env.world_size]
+        train = None if self.fallback or valid is None else task.eval_batches("train", count, per_rank)
+        self.train = None if train is None else train[env.rank :: env.world_size]
+
+
+@torch.no_grad()
+def _mean_loss(task: Task, trainee: "_Trainee", batches: list, env: distributed.DistEnv, precision: str) -> dict[str, float]:
+    """The loss and metrics of the EMA weights (what sampling uses) in eval mode, averaged over every
+    rank's batches; the random numbers drawn are the same at every evaluation, then given back."""
+    model, device = trainee.model, env.device
+    weights = trainee.ema.applied(model) if trainee.ema is not None else contextlib.nullcontext()
+    sums: dict[str, torch.Tensor] = {}
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), weights:
+            torch.manual_seed(EVAL_SEED)
+            for batch in batches:
+                with autocast(device, precision):
+                    loss, metrics = task.loss(model, _to_device(batch, device))
+                for name, value in {"loss": loss, **metrics}.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().float().mean()
+    finally:
+        model.train()
+    names = sorted(sums)
+    values = distributed.all_reduce_mean(torch.stack([sums[n] for n in names]) / len(batches))
+    return dict(zip(names, values.tolist()))
+
+
+def _validate(
+    task: Task, cfg: TrainingConfig, trainee: "_Trainee", sets: _EvalSets, validation: Validation,
+    env: distributed.DistEnv, writer: Any, best_path: Path,
+) -> bool:
+    """One validation pass: TensorBoard's valid/*, best.pt, the overfitting warning and the plateau
+    rule. Every rank takes part and decides the same. Returns whether annealing starts now."""
+    step = trainee.step
+    valid = _mean_loss(task, trainee, sets.valid, env, cfg.precision)
+    gap = None
+    if sets.train is not None:
+        gap = valid["loss"] - _mean_loss(task, trainee, sets.train, env, cfg.precision)["loss"]
+    best, anneal = validation.record(step, valid["loss"], gap, cfg.anneal_on_plateau)
+    if writer is not None:
+        for name, value in valid.items():
+            writer.add_scalar(f"valid/{name}", value, step)
+        if gap is not None:
+            writer.add_scalar("valid/gap", gap, step)
+    if best:
+        _save_best(task, trainee, best_path, env, valid["loss"])
+    if gap is not None and validation.gap_growing(cfg.overfit_patience):
+        log.warning(
+            "%s: step %d: the validation loss is pulling away from the training loss (gap %.4g, grown %d evaluations "
+            "in a row): over-fitting; anneal now (make anneal STEP=%d) or stop and keep best.pt (step %s).",
+            task.section, step, gap, cfg.overfit_patience, step, validation.best_step,
+        )
+    if anneal:
+        log.info(
+            "%s: step %d: the validation loss has not improved by %g for %d evaluations; annealing the LR to zero "
+            "over %d steps.", task.section, step, cfg.anneal_on_plateau.min_delta, cfg.anneal_on_plateau.patience,
+            cfg.anneal_steps,
+        )
+    return anneal
+
+
+def _save_best(task: Task, trainee: "_Trainee", path: Path, env: distributed.DistEnv, loss: float) -> None:
+    """The EMA weights (what sampling uses) of the best validation step, loadable like any checkpoint of the kind."""
+    if not env.is_main:
+        return
+    weights = trainee.ema.state_dict(trainee.model) if trainee.ema is not None else trainee.model.state_dict()
+    try:
+        save_checkpoint(
+            path, task.kind, task.config_dict(), weights, step=trainee.step, valid_loss=loss,
+            **({"vqvae_fingerprint": task.vqvae_fingerprint} if task.vqvae_fingerprint else {}),
+            **task.checkpoint_extra(),
+        )
+    except OSError as e:
+        raise UserError(f"Could not write '{path}' ({e.strerror or e}); the previous one is intact. Free disk space and rerun.") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
 
 
 def check_compatible(task: Task, state: dict, path: Path) -> None:
@@ -257,6 +425,7 @@ class _Trainee:
     ema: WeightEMA | None
     step: int = 0
     skipped: int = 0
+    validation: Validation = field(default_factory=Validation)
 
 
 def _restore(
@@ -275,6 +444,7 @@ def _restore(
         _seed_rank(seed, env.rank)
         return trainee
     trainee.step, trainee.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
+    trainee.validation = Validation.from_state(state.get("validation"))
     trainee.optimizer.load_state_dict(state["optimizer"])
     if trainee.ema is not None and state.get("ema") is not None:
         trainee.ema.load(state["ema"], int(state.get("ema_updates", 0)))
@@ -291,7 +461,7 @@ def _step(task: Task, cfg: TrainingConfig, trainee: _Trainee, wrapped: nn.Module
     """One update at the scheduled LR; a non-finite loss or gradient on any rank skips it, buffers included.
     Returns (loss, metrics, grad_norm, lr, bad)."""
     model, optimizer = trainee.model, trainee.optimizer
-    lr = learning_rate(cfg, trainee.step + 1)
+    lr = learning_rate(schedule(cfg, trainee.validation), trainee.step + 1)
     for group in optimizer.param_groups:
         group["lr"] = lr
     buffers = [b.detach().clone() for b in model.buffers()]  # a skipped step must not change them either
@@ -341,6 +511,7 @@ def _save(task: Task, trainee: _Trainee, path: Path, env: distributed.DistEnv) -
         save_checkpoint(
             path, task.kind, task.config_dict(), trainee.model.state_dict(),
             optimizer=trainee.optimizer.state_dict(), step=trainee.step, skipped_steps=trainee.skipped, rng=rng,
+            validation=trainee.validation.to_state(),
             **({"vqvae_fingerprint": task.vqvae_fingerprint} if task.vqvae_fingerprint else {}),
             **extra, **task.checkpoint_extra(),
         )
@@ -387,7 +558,7 @@ def train(
         log.info("%s: fine-tuning the weights in %s", task.section, init)
     elif state is not None:
         check_compatible(task, state, path)
-    end = final_step(cfg)
+    end = final_step(schedule(cfg, Validation.from_state(state and state.get("validation"))))
     if state is not None and int(state["step"]) >= end:
         log.info(
             "%s: already trained to step %d (this config ends at step %d); nothing to do. Raise %s.train.steps "
@@ -420,6 +591,9 @@ def train(
         writer = SummaryWriter(str(out.tensorboard))
 
     result = TrainResult(trainee.step)
+    eval_sets = _EvalSets(task, cfg, env) if cfg.eval_every else None
+    if eval_sets is not None and eval_sets.valid is None:
+        eval_sets = None  # a task without validation
     batches = task.batches(env.rank, env.world_size, seed, trainee.step)
     bar = tqdm(total=end, initial=trainee.step, desc=task.section, unit="step", disable=not env.is_main, dynamic_ncols=True)
     bad_in_row, saved_at = 0, (trainee.step or None)  # the step of the checkpoint on disk
@@ -453,7 +627,11 @@ def train(
                 weights = trainee.ema.applied(model) if trainee.ema is not None else contextlib.nullcontext()
                 with torch.random.fork_rng(devices=devices), weights:
                     task.log_media(model, writer, step)
-            if step % cfg.checkpoint_every == 0 or step == end:
+            if eval_sets is not None and (step % cfg.eval_every == 0 or step == end):
+                if _validate(task, cfg, trainee, eval_sets, trainee.validation, env, writer, out.best):
+                    end = final_step(schedule(cfg, trainee.validation))
+                    bar.total = end
+            if step % cfg.checkpoint_every == 0 or step >= end:
                 _save(task, trainee, path, env)
                 saved_at = step
     finally:

@@ -96,6 +96,18 @@ class DataConfig:
 
 
 @dataclass
+class PlateauConfig:
+    """Anneal when the validation loss flattens: no improvement by min_delta over `patience` evaluations."""
+
+    patience: int = 5  # evaluations (train.eval_every steps apart) without an improvement of min_delta
+    min_delta: float = 0.0  # the smallest drop of the validation loss that counts as progress
+
+    def validate(self, section: str) -> None:
+        if self.patience < 1 or not math.isfinite(self.min_delta) or self.min_delta < 0:
+            raise UserError(f"{section}.anneal_on_plateau: patience must be at least 1 and min_delta a finite value ≥ 0.")
+
+
+@dataclass
 class TrainingConfig:
     """A stage's run of the shared training loop (`jukebox_lite.algorithms.training`): optimiser, schedule, logging.
 
@@ -123,6 +135,13 @@ class TrainingConfig:
     # "auto": bf16 autocast on CUDA, float32 on CPU; "bf16": bf16 autocast on any device (worth it on CPUs
     # with AVX512-BF16 or AMX, docs/benchmarks.md); "float32": no autocast
     precision: str = "auto"
+    # validation: every eval_every steps (and at the end) the EMA weights' loss on eval_windows fixed
+    # windows of the valid split, and on as many of the train split (their difference: the gap)
+    eval_every: int = 1000  # 0: never
+    eval_windows: int = 64
+    overfit_patience: int = 3  # warn when the gap has grown for this many evaluations in a row
+    # start annealing (from the step it decides) when the validation loss flattens; null: only by anneal_start
+    anneal_on_plateau: PlateauConfig | None = None
 
     def validate(self, section: str) -> None:
         for name in ("batch_size", "steps", "max_bad_steps", "log_every", "checkpoint_every"):
@@ -140,6 +159,12 @@ class TrainingConfig:
             raise UserError(f"{section}: media_every and workers must not be negative.")
         if self.precision not in PRECISIONS:
             raise UserError(f"{section}.precision is '{self.precision}'; use one of {', '.join(PRECISIONS)}.")
+        if self.eval_every < 0 or self.eval_windows < 1 or self.overfit_patience < 1:
+            raise UserError(f"{section}: eval_every must not be negative, eval_windows and overfit_patience at least 1.")
+        if self.anneal_on_plateau is not None:
+            if not self.eval_every:
+                raise UserError(f"{section}.anneal_on_plateau needs validation: set {section}.eval_every above 0.")
+            self.anneal_on_plateau.validate(section)
 
 
 def _training_section(value: TrainingConfig | dict, prefix: str) -> TrainingConfig:
@@ -460,6 +485,7 @@ class SampleConfig:
     refine_steps: int | None = None  # DDIM steps of the refiner (null: the refiner's own refiner.steps)
     refine_strength: float | None = None  # 1 from noise, below 1 from the decoded audio (null: refiner.strength)
     refine_chunk_length: int | None = None  # samples per refiner call (null: refiner.chunk_length)
+    checkpoint: str = "last"  # the priors' and refiner's weights: "last" (last.pt) or "best" (best validation loss)
 
     def hop_fraction(self, level: int) -> float:
         return getattr(self, f"hop_fraction_level{level}")
@@ -474,6 +500,8 @@ class SampleConfig:
             raise UserError(f"sample.refine_steps is {self.refine_steps}; use at least 1, or null for the refiner's own.")
         if self.refine_strength is not None and not 0 <= self.refine_strength <= 1:
             raise UserError(f"sample.refine_strength is {self.refine_strength}; use a value in [0, 1], or null.")
+        if self.checkpoint not in ("last", "best"):
+            raise UserError(f"sample.checkpoint is '{self.checkpoint}'; use last or best.")
         if self.refine_chunk_length is not None and self.refine_chunk_length < 1:
             raise UserError(f"sample.refine_chunk_length is {self.refine_chunk_length}; use at least 1, or null.")
 

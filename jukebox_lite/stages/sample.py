@@ -119,17 +119,17 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     vqvae = run.load_vqvae(device)
     fingerprint = vqvae.fingerprint()
     sr, hops = vqvae.sample_rate, vqvae.hop_lengths
-    top = run.load_prior(2, device, fingerprint)
+    top = run.load_prior(2, device, fingerprint, settings.checkpoint)
     levels = [2, 1] if request.fast else [2, 1, 0]
     upsamplers = {}
     for level in levels[1:]:
         if not run.prior(level).has_checkpoint():
             hint = " or sample with --fast (stops at level 1)" if level == 0 else ""
             raise UserError(f"No level-{level} upsampler in '{run.prior(level).path}'; train it (make upsamplers){hint}.")
-        upsamplers[level] = run.load_prior(level, device, fingerprint)
+        upsamplers[level] = run.load_prior(level, device, fingerprint, settings.checkpoint)
     refiner = None
     if run.refiner.has_checkpoint():
-        refiner = run.load_refiner(device, fingerprint)
+        refiner = run.load_refiner(device, fingerprint, settings.checkpoint)
         if settings.refine_chunk_length is not None:
             refiner.check_chunk(settings.refine_chunk_length, "sample.refine_chunk_length")
         if refiner.config.cond_level not in levels:
@@ -212,7 +212,7 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             "checkpoints": {
                 "vqvae": str(run.vqvae.checkpoint),
                 **{f"prior_level{lv}": {"path": str(p.path), "step": p.step} for lv, p in ((2, top), *upsamplers.items())},
-                "refiner": None if refiner is None else str(run.refiner.checkpoint),
+                "refiner": None if refiner is None else str(run.refiner.weights(settings.checkpoint)),
             },
             "device": str(device),
             "seconds_per_stage": {k: round(v, 2) for k, v in timings.items()},

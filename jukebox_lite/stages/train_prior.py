@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 MEDIA_TOKENS = 512  # tokens sampled (and decoded to audio) for each TensorBoard media summary
 MEDIA_STREAM = 1  # random stream of the fixed media window, apart from the training windows'
+EVAL_STREAMS = 1000  # validation windows come from stream (seed, 1000 + level): no training step has that number
 # settings a checkpoint in RUN/prior_level{L} must share with the recipe: they shape the weights or their meaning
 ARCHITECTURE = (
     "level", "n_ctx", "width", "depth", "heads", "attn_order", "blocks", "m_attn", "m_mlp", "bins",
@@ -197,6 +198,13 @@ class PriorTask(Task):
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, metrics = model(batch["tokens"], batch["upper"], batch["labels"])
         return metrics.pop("loss"), metrics
+
+    def eval_batches(self, split: str, count: int, batch_size: int) -> list[dict]:
+        """`count` fixed windows of `split`, batched like training's."""
+        batch = self.batch(self.windows(np.random.default_rng([self.seed, EVAL_STREAMS + self.level]), count, split))
+        return [
+            {k: None if v is None else v[i : i + batch_size] for k, v in batch.items()} for i in range(0, count, batch_size)
+        ]
 
     # -- media
 

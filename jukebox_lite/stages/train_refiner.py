@@ -48,12 +48,11 @@ from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows, Audi
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from jukebox_lite.models.refiner import RefinerUNet, diffusion_target
-from jukebox_lite.models.checkpoints import load_refiner
+from jukebox_lite.models.checkpoints import load_refiner, load_vqvae
 from jukebox_lite.algorithms.refining import make_training_pair, refine, v_loss_per_item
 from jukebox_lite.stages.train_vqvae import spectrogram_image
 from jukebox_lite.algorithms.training import TrainResult, train
 from jukebox_lite.models.vqvae import VQVAE
-from jukebox_lite.models.checkpoints import load_vqvae
 
 log = logging.getLogger(__name__)
 

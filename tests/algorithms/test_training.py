@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from jukebox_lite.core.checkpoint import load_checkpoint, save_checkpoint
-from jukebox_lite.core.config import RecipeConfig, TrainingConfig
+from jukebox_lite.core.config import PlateauConfig, RecipeConfig, TrainingConfig
 from jukebox_lite.algorithms.datasets import StepSampler, step_batches
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.algorithms.training import Task, WeightEMA, final_step, learning_rate, train
@@ -328,3 +329,91 @@ def test_step_sampler_splits_each_global_batch_between_ranks():
     rank0, rank1 = take(StepSampler(6, 0, 2, 2), 6), take(StepSampler(6, 1, 2, 2), 6)
     assert alone == list(range(12, 24))
     assert rank0[:3] + rank1[:3] + rank0[3:] + rank1[3:] == alone
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation, best.pt, the generalisation gap, annealing on a plateau
+
+
+class ValidatedTask(ToyTask):
+    """ToyTask with validation windows: "valid" items come from another regression stream than "train"."""
+
+    def eval_batches(self, split, count, batch_size):
+        data = Regression(1000 if split == "valid" else 2000)
+        items = [data[i] for i in range(count)]
+        return [tuple(torch.utils.data.default_collate(items[i : i + batch_size])) for i in range(0, count, batch_size)]
+
+
+class ScriptedTask(ValidatedTask):
+    """Validation losses read from a script, one value per evaluation: (valid, train-window) pairs."""
+
+    def __init__(self, cfg, script):
+        super().__init__(cfg)
+        self.script, self.calls = script, 0
+
+    def loss(self, model, batch):
+        if model.training:
+            return super().loss(model, batch)
+        valid, train = self.script[min(self.calls // 2, len(self.script) - 1)]
+        value = valid if self.calls % 2 == 0 else train  # each evaluation measures valid, then the train windows
+        self.calls += 1
+        return torch.tensor(value), {}
+
+
+def test_validation_logs_valid_curves_keeps_best_and_records_history(tmp_path):
+    cfg = config(steps=12, lr=0.1, eval_every=4, eval_windows=8)
+    train(ValidatedTask(cfg), cfg, StageFolder(tmp_path), seed=7)
+    valid = scalars(tmp_path, "valid/loss")
+    assert sorted(valid) == [4, 8, 12] and valid[12] < valid[4]  # it learns, and the curve shows it
+    assert set(scalars(tmp_path, "valid/mse")) == {4, 8, 12} and set(scalars(tmp_path, "valid/gap")) == {4, 8, 12}
+    history = load_checkpoint(tmp_path / "last.pt", "toy")["validation"]
+    assert [step for step, _ in history["history"]] == [4, 8, 12]
+    best = load_checkpoint(tmp_path / "best.pt", "toy")
+    assert best["step"] == history["best_step"] and best["valid_loss"] == pytest.approx(history["best_loss"])
+    assert "optimizer" not in best  # the EMA weights only: what sampling uses
+    longer = config(steps=16, lr=0.1, eval_every=4, eval_windows=8)
+    train(ValidatedTask(longer), longer, StageFolder(tmp_path), seed=7)  # resumed: the history goes on
+    assert [s for s, _ in load_checkpoint(tmp_path / "last.pt", "toy")["validation"]["history"]] == [4, 8, 12, 16]
+
+
+def test_a_plateau_starts_annealing_and_ends_the_run_across_a_resume(tmp_path):
+    script = [(1.0, 0.9), (0.8, 0.7), (0.7, 0.6)] + [(0.7, 0.6)] * 20  # flat after the third evaluation
+    plateau = dict(eval_every=2, eval_windows=4, anneal_steps=4, anneal_on_plateau=PlateauConfig(patience=3, min_delta=0.01))
+    cfg = config(steps=13, **plateau)  # stops at 13, after the plateau rule decided at step 12
+    result = train(ScriptedTask(cfg, script), cfg, StageFolder(tmp_path), seed=7)
+    assert result.step == 13
+    state = load_checkpoint(tmp_path / "last.pt", "toy")
+    assert state["validation"]["anneal_start"] == 12  # evaluations at 8, 10, 12 brought no progress of 0.01
+    longer = config(steps=100, **plateau)
+    task = ScriptedTask(longer, script)
+    task.calls = 2 * 6  # the evaluations already made
+    assert train(task, longer, StageFolder(tmp_path), seed=7).step == 15  # annealed to zero: ends by itself
+    lr = scalars(tmp_path, "train/lr")
+    assert lr[12] == pytest.approx(0.05, rel=1e-6) and lr[15] == pytest.approx(0.05 / 4, rel=1e-6)
+    assert max(lr.values()) == pytest.approx(0.05, rel=1e-6)
+    assert train(task, longer, StageFolder(tmp_path), seed=7).step == 15  # and stays finished
+
+
+def test_a_growing_gap_warns_of_overfitting(tmp_path, caplog):
+    script = [(1.0, 0.9), (1.0, 0.8), (1.0, 0.7), (1.0, 0.6)]  # train windows improve, valid does not
+    cfg = config(steps=8, eval_every=2, eval_windows=4, overfit_patience=3)
+    with caplog.at_level(logging.WARNING):
+        train(ScriptedTask(cfg, script), cfg, StageFolder(tmp_path), seed=7)
+    warnings = [r.getMessage() for r in caplog.records if "over-fitting" in r.getMessage()]
+    assert len(warnings) == 1 and "step 8" in warnings[0] and "best.pt (step 2)" in warnings[0]
+
+
+def test_without_a_valid_split_it_says_so_and_validates_on_other_train_windows(tmp_path, caplog):
+    class NoValidSplit(ValidatedTask):
+        def eval_batches(self, split, count, batch_size):
+            if split == "valid":
+                raise UserError("no valid files in 'manifest.jsonl'")
+            return super().eval_batches(split, count, batch_size)
+
+    cfg = config(steps=4, eval_every=2, eval_windows=4)
+    with caplog.at_level(logging.WARNING):
+        train(NoValidSplit(cfg), cfg, StageFolder(tmp_path), seed=7)
+    assert "no valid files in 'manifest.jsonl'; validating on train-split windows" in caplog.text
+    assert set(scalars(tmp_path, "valid/loss")) == {2, 4} and (tmp_path / "best.pt").exists()
+    with pytest.raises(KeyError):
+        scalars(tmp_path, "valid/gap")  # no held-out data: no gap

@@ -11,8 +11,7 @@ import torch
 from jukebox_lite import cli
 from jukebox_lite.stages.eval_refiner import CLOSER_IS_HIGHER, VERDICT_METRICS, evaluate_run, verdict
 from jukebox_lite.models.refiner import RefinerUNet
-from jukebox_lite.models.checkpoints import save_refiner
-from jukebox_lite.models.checkpoints import load_vqvae
+from jukebox_lite.models.checkpoints import load_vqvae, save_refiner
 from tests.helpers import make_run, refiner_recipe, tiny_model
 
 METRICS = (*CLOSER_IS_HIGHER, "high_band_error_db")

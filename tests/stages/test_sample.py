@@ -15,8 +15,7 @@ from jukebox_lite.cli import main
 from jukebox_lite.core.config import PriorConfig
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.refiner import RefinerUNet
-from jukebox_lite.models.checkpoints import save_refiner
-from jukebox_lite.models.checkpoints import load_vqvae
+from jukebox_lite.models.checkpoints import load_vqvae, save_refiner
 from tests.helpers import PRIOR_SHAPE, TINY_SR, synth_music, tiny_model, tiny_refiner_config, write_audio
 
 
@@ -118,6 +117,13 @@ def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
     assert not (run / "samples").exists()
     assert sample(run, "--fast") == 2  # the refiner refines level 0, which --fast does not make
     assert "drop --fast" in capsys.readouterr().err
+    assert sample(run, "sample.checkpoint=best") == 2  # these priors were saved without validation
+    assert "No best.pt in" in capsys.readouterr().err
+    assert sample(run, "sample.refine_chunk_length=64") == 2
+    assert "sample.refine_chunk_length is 64; each chunk discards one receptive field" in capsys.readouterr().err
+    assert sample(run, "--temperature", "0") == 2
+    assert "temperature must be positive" in capsys.readouterr().err
+    assert not (run / "samples").exists()
     shutil.rmtree(run / "prior_level0")
     assert sample(run) == 2
     assert "No level-0 upsampler" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from jukebox_lite.stages.train_prior import train_prior
 from jukebox_lite.algorithms.training import learning_rate
 from tests.helpers import PRIOR_SHAPE, TINY_SR, save_vqvae, varied_vqvae
 
-TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, media_every=0, ema=0.9, workers=0)
+TRAIN = dict(batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, media_every=0, ema=0.9, workers=0, eval_every=20, eval_windows=8)
 RECIPE = {
     "name": "tiny",
     "seed": 0,
@@ -93,6 +93,11 @@ def test_top_prior_with_labels_learns_and_stores_its_vocabulary(run, tmp_path):
     assert bits[80] == pytest.approx(loss[80] / np.log(2), rel=1e-5)
     assert 0.3 < dict(logged["train/accuracy"])[80] <= 1.0
     assert [step for step, _ in logged["audio/sample"]] == [40, 80] and "audio/corpus" in logged
+    valid = dict(logged["valid/loss"])
+    assert sorted(valid) == [20, 40, 60, 80] and valid[80] < valid[20]  # on the held-out file too
+    assert {"valid/bits_per_token", "valid/accuracy", "valid/gap"} <= set(logged)
+    best = load_checkpoint(out / "best.pt", "prior")  # loads as a prior, with the vocabulary sampling needs
+    assert best["valid_loss"] == pytest.approx(min(valid.values()), rel=1e-5) and best["genres"] == state["genres"]
 
     # the sample stage's side: the EMA prior, labels from genre and artist names
     prior = load_prior(out)

@@ -14,9 +14,8 @@ from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from jukebox_lite.models.refiner import RefinerUNet
-from jukebox_lite.models.checkpoints import load_refiner, save_refiner
+from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
 from jukebox_lite.stages.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
-from jukebox_lite.models.checkpoints import load_vqvae
 from tests.helpers import REFINER_RECIPE, TINY_SR, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
 
 BANDS = ["train/loss_t0.00_0.25", "train/loss_t0.25_0.50", "train/loss_t0.50_0.75", "train/loss_t0.75_1.00"]
@@ -52,6 +51,9 @@ def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
     events.Reload()
     for name in ("original", "coarse", "refined"):
         assert len(events.Audio(f"audio/{name}")) == 2 and len(events.Images(f"spectrogram/{name}")) == 2
+    for tag in ("valid/loss", "valid/gap", *(f"valid/{band[6:]}" for band in BANDS)):  # the v-loss per noise quarter too
+        assert len(scalars(out, tag)) == 2, tag
+    assert load_refiner(out / "best.pt").vqvae_fingerprint == load_refiner(out / "last.pt").vqvae_fingerprint
 
 
 def test_checkpoint_records_the_vqvae_and_load_refiner_checks_it(trained, tmp_path):

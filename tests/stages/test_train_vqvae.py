@@ -49,6 +49,13 @@ def test_stage_learns_to_reconstruct_and_logs_media(run, tmp_path):
     assert {"spectrogram/level0", "spectrogram/level2"} <= set(events.Tags()["images"])
     assert (run / "vqvae" / "config.yaml").read_text().startswith("name: tiny")
 
+    # validation every 4 steps on the held-out file: per-level terms, the gap, and the best weights
+    valid = scalars(run / "vqvae", "valid/l2_l0")
+    assert len(valid) == 20 and valid[-1] < 0.5 * valid[0], (valid[0], valid[-1])
+    assert len(scalars(run / "vqvae", "valid/spectral_convergence_l2")) == len(scalars(run / "vqvae", "valid/gap")) == 20
+    best = load_vqvae(run / "vqvae" / "best.pt")
+    assert best.config == model.config and load_checkpoint(run / "vqvae" / "best.pt", "vqvae")["step"] >= 40
+
 
 def test_bf16_precision_trains_on_cpu(run, tmp_path):
     """`precision: bf16` runs the step under bf16 autocast on the CPU too, and the model still learns."""
