@@ -110,6 +110,19 @@ def training_curves(run: Run) -> dict[str, dict[str, list[tuple[int, float]]]]:
     return curves
 
 
+def curve_panels(tags: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """One stage's scalars as plot panels: train/X and valid/X share panel X (so the gap shows), any
+    other tag is a panel of its own. {panel: {line label: points}}."""
+    panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for tag, points in tags.items():
+        split, _, metric = tag.partition("/")
+        if split in ("train", "valid") and metric != "gap":
+            panels.setdefault(metric, {})[split] = points
+        else:
+            panels.setdefault(tag, {})[tag] = points
+    return panels
+
+
 def clip(audio: np.ndarray, sr: int, seconds: float = CLIP_SECONDS) -> np.ndarray:
     """The loudest `seconds` of a track (by RMS over one-second hops), so excerpts are not intros."""
     n = int(seconds * sr)

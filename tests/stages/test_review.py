@@ -61,6 +61,14 @@ def test_training_curves_and_samples_readers(run):
     assert review.samples(Run(run)) == []
 
 
+def test_curve_panels_draw_validation_over_training():
+    tags = {"train/loss": [(1, 2.0)], "valid/loss": [(1, 2.5)], "valid/gap": [(1, 0.5)], "train/lr": [(1, 0.1)], "media/x": [(1, 1.0)]}
+    assert review.curve_panels(tags) == {
+        "loss": {"train": [(1, 2.0)], "valid": [(1, 2.5)]}, "valid/gap": {"valid/gap": [(1, 0.5)]},
+        "lr": {"train": [(1, 0.1)]}, "media/x": {"media/x": [(1, 1.0)]},
+    }
+
+
 def test_ratings_are_appended_never_rewritten(run):
     review.rate(Run(run), "s1", 4, listener="ana", note="groove holds")
     review.rate(Run(run), "s2", 2)
