@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import csv
 import datetime
 import io
@@ -141,7 +142,7 @@ def objective_html(run: Run) -> str:
     if vqvae_eval.exists():
         report = json.loads(vqvae_eval.read_text())
         rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in level.items()} for level in report["levels"]]
-        parts.append(f"<h4>VQ-VAE reconstruction ({report['segments']} segments of the {report['source']} audio)</h4>")
+        parts.append(f"<h4>VQ-VAE reconstruction ({report['segments']} segments of the {text(report['source'])} audio)</h4>")
         parts.append(html_table(rows))
     if refiner_eval.exists():
         report = json.loads(refiner_eval.read_text())
@@ -151,7 +152,7 @@ def objective_html(run: Run) -> str:
             for m in report["closer"]
         ]
         verdict = "helps" if report["helpful"] else "does <b>not</b> help yet"
-        parts.append(f"<h4>Refiner vs decoded level-{report['cond_level']} audio: the refiner {verdict}</h4>")
+        parts.append(f"<h4>Refiner vs decoded level-{text(report['cond_level'])} audio: the refiner {verdict}</h4>")
         parts.append(html_table(rows))
     return "".join(parts) or "<p><i>No evaluations in this run yet (make codes, make refiner).</i></p>"
 
@@ -165,12 +166,18 @@ def copies_html(copies: dict | None) -> str:
     return f"<p>Copy check: {verdict} (longest match {copies['longest_seconds']:.1f} s)</p>" + (html_table(rows) if rows else "")
 
 
+def text(value: object) -> str:
+    """Any value as HTML text: names of files, labels, samples and paths come from users' corpora and
+    folders, so every one is escaped (quotes too, for attributes) and markup in them stays text."""
+    return html.escape(str(value), quote=True)
+
+
 def html_table(rows: list[dict]) -> str:
-    """A plain HTML table of dict rows (the page needs no pandas)."""
+    """A plain HTML table of dict rows (the page needs no pandas), every key and value escaped."""
     if not rows:
         return "<p><i>none</i></p>"
-    head = "".join(f"<th>{k}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row.values()) + "</tr>" for row in rows)
+    head = "".join(f"<th>{text(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{text(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+from html import escape as html_escape
 
 import numpy as np
 import pytest
@@ -108,3 +109,61 @@ def test_clip_picks_the_loudest_stretch():
 def test_review_before_the_data_stage_is_one_clear_error(tmp_path, capsys):
     assert main(["review", "--run", str(tmp_path)]) == 2
     assert "run make data" in capsys.readouterr().err
+
+
+HOSTILE = {
+    "file": "<svg onload=alert(2)>",
+    "genre": "<script>alert(1)</script>",
+    "artist": "<b onmouseover=alert(4)>x</b>",
+    "sample": "<img src=x onerror=alert(3)>",
+}
+
+
+def test_names_from_the_corpus_and_the_run_never_become_markup(tmp_path):
+    """File names, labels and sample names are data: the page shows them as text, and no element,
+    script or event handler of the parsed page carries them."""
+    from html.parser import HTMLParser
+
+    music = tmp_path / "music"
+    write_audio(music / f"{HOSTILE['file']}.wav", synth_music(4.0, 44100, seed=1), 44100)
+    with open(music / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "genre", "artist"], [f"{HOSTILE['file']}.wav", HOSTILE["genre"], HOSTILE["artist"]]])
+    ingest.prepare(None, FAST, music, tmp_path / "run", labels_file=music / "labels.csv")
+    run = tmp_path / "run"
+    sample = run / "samples" / HOSTILE["sample"]
+    sample.mkdir(parents=True)
+    sf.write(sample / "level2.wav", synth_music(1.0, 22050, seed=7, channels=1)[0], 22050)
+    (sample / "meta.json").write_text(json.dumps({"genre": HOSTILE["genre"], "prime": HOSTILE["file"]}))
+    match = {"seconds": 9.5, "source": HOSTILE["file"], "sample_start": 1.0, "corpus_start": 2.0, "agreement": 0.9}
+    (sample / "copies.json").write_text(json.dumps({"flagged": True, "longest_seconds": 9.5, "matches": [match]}))
+    (run / "vqvae").mkdir()
+    (run / "vqvae" / "eval.json").write_text(json.dumps({"segments": 1, "source": HOSTILE["genre"], "levels": []}))
+    assert main(["review", "--run", str(run)]) == 0
+    page = (run / "review.html").read_text()
+
+    class Elements(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.found, self.scripts, self.in_script = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            self.found.append((tag, dict(attrs)))
+            self.in_script = tag == "script"
+
+        def handle_data(self, data):
+            if self.in_script:
+                self.scripts.append(data)
+
+    parsed = Elements()
+    parsed.feed(page)
+    injected = [
+        (tag, attrs) for tag, attrs in parsed.found
+        if tag == "svg" or any(k.startswith("on") for k in attrs)
+        or (tag == "img" and not (attrs.get("src") or "").startswith("data:image/png;base64,"))  # only our figures
+    ]
+    assert not injected
+    assert not [s for s in parsed.scripts if "alert(" in s]
+    for value in HOSTILE.values():
+        assert value not in page  # never raw...
+    for value in (HOSTILE["genre"], HOSTILE["sample"]):
+        assert html_escape(value) in page  # ...but shown, as text
