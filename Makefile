@@ -10,8 +10,6 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
-JL := $(VENV)/bin/jukebox-lite
 TORCH_VERSION ?= 2.13.0
 
 CONFIG ?= pipelines/demo.yaml
@@ -23,17 +21,40 @@ SECONDS ?= 20
 N ?= 2
 # how training stages are launched: e.g. "torchrun --nproc_per_node 8 --" or "mpiexec -n 16"
 LAUNCH ?=
-# key=value recipe overrides, e.g. ARGS="data.workers=4 prior_level2.train.steps=500": each stage gets
-# the ones naming keys it reads (its commands refuse any other); a key no stage reads fails at once
+# key=value recipe overrides, e.g. ARGS="data.workers=4 prior_level2.train.steps=500" (shell quoting for
+# values with spaces): each stage takes the ones naming keys it reads; a key no stage reads fails at once
 ARGS ?=
 # extra options for the sample stage, e.g. SAMPLE_ARGS="--fast --morph-to tech_house --prime intro.wav"
 SAMPLE_ARGS ?=
+LEVEL ?= 2
+STEP ?=
 
+# Variables are data. Each reaches the commands through the environment and is quoted where the shell
+# meets it, so spaces and quotes work and nothing in them runs (LAUNCH and PYTHON excepted: they are
+# commands by design). Target paths (RUN, CONFIG, VENV) cannot hold spaces: make cannot track such files.
+export JL_CONFIG := $(CONFIG)
+export JL_RUN := $(RUN)
+export JL_VENV := $(VENV)
+# $(value ...): taken as written, never expanded by make either
+export JL_AUDIO := $(value AUDIO)
+export JL_GENRE := $(value GENRE)
+export JL_ARTIST := $(value ARTIST)
+export JL_SECONDS := $(value SECONDS)
+export JL_N := $(value N)
+export JL_LEVEL := $(value LEVEL)
+export JL_STEP := $(value STEP)
+export JL_SAMPLE_ARGS := $(value SAMPLE_ARGS)
+export JUKEBOX_LITE_ARGS := $(value ARGS)  # the commands take their own keys from it (stages.common)
+ifneq ($(words $(RUN) $(CONFIG) $(VENV)),3)
+$(error RUN, CONFIG and VENV must be paths without spaces (make cannot track files whose names hold them))
+endif
+
+PY := "$$JL_VENV/bin/python"
+JL := "$$JL_VENV/bin/jukebox-lite"
 DEMO_AUDIO := data/demo
 INSTALLED := $(VENV)/.installed
-RECIPE := --config $(CONFIG) --run $(RUN)
-# the ARGS words for a command that reads recipe keys under $(1), e.g. $(call args_for,seed vqvae)
-args_for = $(filter $(foreach key,$(1),$(key)=% $(key).%),$(ARGS))
+RECIPE := --config "$$JL_CONFIG" --run "$$JL_RUN"
+LABELS := $${JL_GENRE:+--genre "$$JL_GENRE"} $${JL_ARTIST:+--artist "$$JL_ARTIST"}
 
 .PHONY: help install test demo all check-vars recipe data vqvae codes prior upsamplers anneal refiner sample \
 	check-copies review bench clean-demo
@@ -57,18 +78,18 @@ help:
 	@echo "  recipe        print CONFIG as the stages read it, with ARGS applied"
 	@echo "  bench         the benchmarks in bench/ on this machine"
 	@echo "Variables:"
-	@echo "  CONFIG=$(CONFIG)  RUN=$(RUN)"
+	@echo "  CONFIG=$$JL_CONFIG  RUN=$$JL_RUN"
 	@echo "  AUDIO=folder of music  GENRE=genre (labels every file in data; the genre to sample)  ARTIST=..."
-	@echo "  SECONDS=$(SECONDS)  N=$(N)  SAMPLE_ARGS='--fast --morph-to G --prime F --temperature T --seed K'"
+	@echo "  SECONDS=$$JL_SECONDS  N=$$JL_N  SAMPLE_ARGS='--fast --morph-to G --prime F --temperature T --seed K'"
 	@echo "  ARGS='key=value ...' recipe overrides  LAUNCH='torchrun --nproc_per_node N --' | 'mpiexec -n N'"
 
 # torch is installed first and pinned (constraints.txt) so pip never swaps it: on a CPU machine the
 # local CPU wheel, on a GPU box the normal CUDA wheel from PyPI.
 $(INSTALLED): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv "$$JL_VENV"
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	touch $@
+	touch "$$JL_VENV/.installed"
 
 install: $(INSTALLED)
 
@@ -79,88 +100,87 @@ test: $(INSTALLED)
 # Stages
 
 # A bad ARGS word (a key no stage reads, a wrong value) fails in one sentence before a stage's work.
-CHECK_ARGS := $(if $(strip $(ARGS)),$(JL) recipe --config $(CONFIG) $(ARGS) > /dev/null,true)
+CHECK_ARGS := $(if $(strip $(ARGS)),$(JL) recipe --config "$$JL_CONFIG" > /dev/null,true)
 
 # Bad variables fail in one sentence before any work starts.
 check-vars: $(INSTALLED)
 	@$(CHECK_ARGS)
-	@[[ "$(SECONDS)" =~ ^[0-9]*\.?[0-9]+$$ ]] && awk 'BEGIN { exit !($(SECONDS) > 0) }' \
-		|| { echo "make: SECONDS=$(SECONDS) must be a positive number of seconds." >&2; exit 2; }
-	@[[ "$(N)" =~ ^[1-9][0-9]*$$ ]] || { echo "make: N=$(N) must be a whole number of tracks, at least 1." >&2; exit 2; }
-	@[[ -z "$(AUDIO)" || -d "$(AUDIO)" ]] || { echo "make: AUDIO=$(AUDIO) is not a folder." >&2; exit 2; }
+	@[[ "$$JL_SECONDS" =~ ^[0-9]*\.?[0-9]+$$ ]] && awk -v s="$$JL_SECONDS" 'BEGIN { exit !(s > 0) }' \
+		|| { echo "make: SECONDS=$$JL_SECONDS must be a positive number of seconds." >&2; exit 2; }
+	@[[ "$$JL_N" =~ ^[1-9][0-9]*$$ ]] || { echo "make: N=$$JL_N must be a whole number of tracks, at least 1." >&2; exit 2; }
+	@[[ -z "$$JL_AUDIO" || -d "$$JL_AUDIO" ]] || { echo "make: AUDIO=$$JL_AUDIO is not a folder." >&2; exit 2; }
 
 data: $(RUN)/data/.done
 $(RUN)/data/.done: $(INSTALLED) $(CONFIG)
 	@$(CHECK_ARGS)
-	@test -n "$(AUDIO)" || { echo "make data: set AUDIO to your folder of music, e.g. make data AUDIO=~/music/deep_house GENRE=deep_house" >&2; exit 2; }
-	$(JL) prepare $(RECIPE) --audio $(AUDIO) $(if $(GENRE),--genre $(GENRE)) $(if $(ARTIST),--artist $(ARTIST)) $(call args_for,data)
-	touch $@
+	@test -n "$$JL_AUDIO" || { echo "make data: set AUDIO to your folder of music, e.g. make data AUDIO=~/music/deep_house GENRE=deep_house" >&2; exit 2; }
+	$(JL) prepare $(RECIPE) --audio "$$JL_AUDIO" $(LABELS)
+	touch "$$JL_RUN/data/.done"
 
 vqvae: $(RUN)/vqvae/.done
 $(RUN)/vqvae/.done: $(RUN)/data/.done
 	@$(CHECK_ARGS)
-	$(LAUNCH) $(JL) train-vqvae $(RECIPE) $(call args_for,seed vqvae)
-	touch $@
+	$(LAUNCH) $(JL) train-vqvae $(RECIPE)
+	touch "$$JL_RUN/vqvae/.done"
 
 codes: $(RUN)/codes/.done
 $(RUN)/codes/.done: $(RUN)/vqvae/.done
 	@$(CHECK_ARGS)
-	$(JL) encode --run $(RUN)
-	$(JL) eval-vqvae --run $(RUN)
-	touch $@
+	$(JL) encode --run "$$JL_RUN"
+	$(JL) eval-vqvae --run "$$JL_RUN"
+	touch "$$JL_RUN/codes/.done"
 
 prior: $(RUN)/prior_level2/.done
 upsamplers: $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done
 $(RUN)/prior_level%/.done: $(RUN)/codes/.done
 	@$(CHECK_ARGS)
-	$(LAUNCH) $(JL) train-prior --level $* $(RECIPE) $(call args_for,seed prior_level$*)
-	touch $@
+	$(LAUNCH) $(JL) train-prior --level $* $(RECIPE)
+	touch "$$JL_RUN/prior_level$*/.done"
 
 # Jukebox users "anneal": resume a prior with the LR decaying linearly to zero from STEP; it stops at zero.
-LEVEL ?= 2
 anneal: $(RUN)/codes/.done
 	@$(CHECK_ARGS)
-	@test -n "$(STEP)" || { echo "make anneal: set STEP, the step where the LR starts decaying (e.g. STEP=40000)." >&2; exit 2; }
-	$(LAUNCH) $(JL) train-prior --level $(LEVEL) $(RECIPE) prior_level$(LEVEL).train.anneal_start=$(STEP) \
-		$(call args_for,seed prior_level$(LEVEL))
-	touch $(RUN)/prior_level$(LEVEL)/.done
+	@test -n "$$JL_STEP" || { echo "make anneal: set STEP, the step where the LR starts decaying (e.g. STEP=40000)." >&2; exit 2; }
+	$(LAUNCH) $(JL) train-prior --level "$$JL_LEVEL" $(RECIPE) "prior_level$$JL_LEVEL.train.anneal_start=$$JL_STEP"
+	touch "$$JL_RUN/prior_level$$JL_LEVEL/.done"
 
 refiner: $(RUN)/refiner/.done
 $(RUN)/refiner/.done: $(RUN)/vqvae/.done
 	@$(CHECK_ARGS)
-	$(LAUNCH) $(JL) train-refiner $(RECIPE) $(call args_for,seed refiner)
-	$(JL) eval-refiner --run $(RUN)
-	touch $@
+	$(LAUNCH) $(JL) train-refiner $(RECIPE)
+	$(JL) eval-refiner --run "$$JL_RUN"
+	touch "$$JL_RUN/refiner/.done"
 
 # `make sample` always makes new tracks; `make all` makes them once.
-SAMPLE := $(JL) sample $(RECIPE) --seconds $(SECONDS) --n $(N) $(if $(GENRE),--genre $(GENRE)) \
-	$(if $(ARTIST),--artist $(ARTIST)) $(SAMPLE_ARGS) $(call args_for,name sample)
+# SAMPLE_ARGS is split into words (read -a: nothing in it is run or expanded)
+SAMPLE := read -ra sample_args <<< "$$JL_SAMPLE_ARGS"; \
+	$(JL) sample $(RECIPE) --seconds "$$JL_SECONDS" --n "$$JL_N" $(LABELS) "$${sample_args[@]}"
 sample: check-vars $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
 	$(SAMPLE)
 $(RUN)/samples/.done: $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
 	$(SAMPLE)
-	touch $@
+	touch "$$JL_RUN/samples/.done"
 
 check-copies: check-vars
-	$(JL) check-copies $(RECIPE) $(call args_for,copies)
+	$(JL) check-copies $(RECIPE)
 
 # the page is cheap to render, so it is always redone to show the run as it is now
 review: $(INSTALLED)
-	$(JL) review --run $(RUN)
+	$(JL) review --run "$$JL_RUN"
 
 recipe: $(INSTALLED)
-	$(JL) recipe --config $(CONFIG) $(ARGS)
+	$(JL) recipe --config "$$JL_CONFIG"
 
 all: check-vars $(RUN)/samples/.done
 	$(MAKE) check-copies review
 
 $(DEMO_AUDIO)/.done: $(INSTALLED)
 	$(JL) demo-corpus --out $(DEMO_AUDIO)
-	touch $@
+	touch $(DEMO_AUDIO)/.done
 
 demo: $(INSTALLED) $(DEMO_AUDIO)/.done
 	$(MAKE) data CONFIG=pipelines/demo.yaml RUN=runs/demo AUDIO=$(DEMO_AUDIO)
-	$(MAKE) all CONFIG=pipelines/demo.yaml RUN=runs/demo GENRE=deep_house SECONDS=$(SECONDS) N=$(N)
+	$(MAKE) all CONFIG=pipelines/demo.yaml RUN=runs/demo GENRE=deep_house SECONDS="$$JL_SECONDS" N="$$JL_N"
 	@echo "Open runs/demo/review.html to listen."
 
 bench: $(INSTALLED)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from jukebox_lite.core import audio
 from jukebox_lite.core.atomic import append_line, read_jsonl, remove_stale_temporaries
-from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, make_overrides
 from jukebox_lite.core.config import DataConfig, load_config, save_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run, StageFolder
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"Label file '{args.labels}' does not exist.")
     prepare(
         args.config,
-        args.overrides,
+        [*make_overrides(("data",)), *args.overrides],
         args.audio,
         args.run,
         cli_labels={"genre": args.genre, "artist": args.artist},

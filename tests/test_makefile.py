@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from jukebox_lite.core.checkpoint import load_checkpoint
-from tests.helpers import ROOT, VQVAE_RECIPE, fake_venv, make_corpus
+from tests.helpers import ROOT, VQVAE_RECIPE, fake_venv, make_corpus, synth_music, write_audio
 
 def make(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True, **kwargs)
@@ -70,3 +71,21 @@ def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert load_checkpoint(checkpoint, "vqvae")["step"] == 400
     assert [p.name for p in (run / "vqvae").iterdir() if p.name.startswith(".") and p.name != ".done"] == []
     assert make("vqvae", *variables, "-q").returncode == 0  # finished: make has nothing left to do
+
+
+def test_variables_are_data_never_shell(tmp_path):
+    """Labels, folders and overrides with spaces, quotes, `;` and `&` arrive as written, and nothing in them runs."""
+    music, run, canary = tmp_path / "my music", tmp_path / "run", tmp_path / "pwned"
+    for i in range(2):
+        write_audio(music / f"t{i}.wav", synth_music(3.0, 22050, seed=i), 22050)
+    genre, artist = f"deep; touch {canary}; echo", "drum & bass $(touch x) `touch y`"
+    overrides = "data.separation.backend=none data.workers=1 data.min_seconds=2 data.separation.spleeter_command='/my tools/spleeter'"
+    result = make("data", f"AUDIO={music}", f"GENRE={genre}", f"ARTIST={artist}", f"ARGS={overrides}", f"RUN={run}",
+                  f"CONFIG={ROOT / 'pipelines/demo.yaml'}", f"VENV={fake_venv(tmp_path)}")
+    assert result.returncode == 0, result.stderr
+    assert not canary.exists() and not (ROOT / "x").exists() and not (ROOT / "y").exists()
+    rows = [json.loads(line) for line in (run / "data" / "manifest.jsonl").read_text().splitlines()]
+    assert [row["labels"] for row in rows] == [{"genre": genre, "artist": artist}] * 2
+    assert "spleeter_command: /my tools/spleeter" in (run / "data" / "config.yaml").read_text()
+    bad = make("all", f"RUN={tmp_path / 'other'}", f"SECONDS=1; touch {canary}")
+    assert bad.returncode != 0 and "must be a positive number" in bad.stderr and not canary.exists()

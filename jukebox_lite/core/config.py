@@ -694,7 +694,8 @@ def _refuse_derived_and_moved(keys: list[str], where: str) -> None:
             raise UserError(f"{where} sets '{key}', which is now '{MOVED[key]}'.")
 
 
-def _reads(key: str, reads: tuple[str, ...]) -> bool:
+def reads_key(key: str, reads: tuple[str, ...]) -> bool:
+    """Whether a command that reads the sections or keys `reads` reads the dotted `key`."""
     return any(key == r or key.startswith(r + ".") for r in reads)
 
 
@@ -714,7 +715,7 @@ def load_config(
     for text in overrides:
         key, value = parse_override(text)
         _refuse_derived_and_moved([key], f"Override '{text}'")
-        if reads is not None and not _reads(key, reads):
+        if reads is not None and not reads_key(key, reads):
             used = ", ".join(reads) if reads else "no recipe keys"
             raise UserError(f"Override '{text}' is not used by {command} (it reads {used}); pass it to the command that does.")
         _set_dotted(tree, key, value)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 from pathlib import Path
 
 import torch
 
 from jukebox_lite.core import audio as audio_io
-from jukebox_lite.core.config import AUDIO_EXTENSIONS, RecipeConfig, load_config
+from jukebox_lite.core.config import AUDIO_EXTENSIONS, RecipeConfig, load_config, reads_key
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 
 log = logging.getLogger(__name__)
+
+MAKE_OVERRIDES = "JUKEBOX_LITE_ARGS"  # the Makefile exports its ARGS here
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, reads: tuple[str, ...] | None, positional: bool = True) -> None:
@@ -43,9 +47,22 @@ def add_run_arguments(parser: argparse.ArgumentParser, what: str, computes: bool
         )
 
 
+def make_overrides(reads: tuple[str, ...] | None) -> list[str]:
+    """The Makefile's ARGS (shell-quoted key=value words, in $JUKEBOX_LITE_ARGS) naming keys under
+    `reads`: ARGS serve every stage a make run starts, so each takes its own and leaves the others."""
+    try:
+        words = shlex.split(os.environ.get(MAKE_OVERRIDES, ""))
+    except ValueError as e:
+        raise UserError(f"ARGS cannot be split into key=value words ({e}); check its quotes.") from None
+    return [w for w in words if reads is None or reads_key(w.partition("=")[0].strip(), reads)]
+
+
 def load_recipe(args: argparse.Namespace, reads: tuple[str, ...] | None = None) -> RecipeConfig:
-    """The command's recipe; an override of a key the command does not read is refused, naming it."""
-    return load_config(args.config, args.overrides, reads or args.recipe_reads, f"jukebox-lite {args.stage}")
+    """The command's recipe with the make run's overrides for it and its own key=value arguments; one of
+    those naming a key the command does not read is refused, naming it."""
+    reads = reads or args.recipe_reads
+    overrides = [*make_overrides(reads), *args.overrides]
+    return load_config(args.config, overrides, reads, f"jukebox-lite {args.stage}")
 
 
 def validation_files(run: Run) -> tuple[list[Path], str]:
