@@ -494,8 +494,8 @@ class SampleConfig:
         for level in (2, 1, 0):
             if not 0 < self.hop_fraction(level) <= 1:
                 raise UserError(f"sample.hop_fraction_level{level} is {self.hop_fraction(level)}; it must be in (0, 1].")
-        if self.temperature <= 0 or self.top_k < 0 or not 0 <= self.top_p < 1:
-            raise UserError("sample: temperature must be positive, top_k at least 0 and top_p in [0, 1).")
+        if not 0 < self.temperature < math.inf or self.top_k < 0 or not 0 <= self.top_p < 1:
+            raise UserError("sample: temperature must be positive and finite, top_k at least 0 and top_p in [0, 1).")
         if self.refine_steps is not None and self.refine_steps < 1:
             raise UserError(f"sample.refine_steps is {self.refine_steps}; use at least 1, or null for the refiner's own.")
         if self.refine_strength is not None and not 0 <= self.refine_strength <= 1:
@@ -570,12 +570,45 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+MAX_RECIPE_NODES = 100_000  # a recipe's values once YAML aliases are expanded: far above any real recipe
+
+
+def _preview(value: Any, limit: int = 60) -> str:
+    """A value as an error message shows it: its repr, cut short (a value can be huge)."""
+    text = repr(value) if not isinstance(value, (dict, list)) or _expanded_size(value) < 1000 else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _expanded_size(tree: Any, memo: dict | None = None) -> int:
+    """How many values `tree` holds with YAML aliases expanded, counted without expanding them (shared
+    subtrees are counted once per reference, their size computed once)."""
+    memo = {} if memo is None else memo
+    if not isinstance(tree, (dict, list)):
+        return 1
+    if id(tree) not in memo:
+        memo[id(tree)] = 0  # a self-referencing alias counts as one value, and is refused by type checks
+        children = tree.values() if isinstance(tree, dict) else tree
+        memo[id(tree)] = 1 + sum(_expanded_size(child, memo) for child in children)
+    return memo[id(tree)]
+
+
+def _checked_yaml(text: str, where: str) -> Any:
+    """YAML, refused when its aliases would expand it past MAX_RECIPE_NODES (an "alias bomb")."""
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where} is not valid YAML ({str(e).splitlines()[0]}).") from None
+    if _expanded_size(tree) > MAX_RECIPE_NODES:
+        raise UserError(f"{where} holds over {MAX_RECIPE_NODES} values once its YAML aliases are expanded; refused.")
+    return tree
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, building nested dataclasses; int is accepted as float."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"Config key '{key}' must be a mapping of {tp.__name__} fields, not {value!r}.")
+            raise UserError(f"Config key '{key}' must be a mapping of {tp.__name__} fields, not {_preview(value)}.")
         return section_from_dict(tp, value, key + ".")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -588,26 +621,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError:
                 pass
-        raise UserError(f"Config key '{key}' is {value!r}; expected {_type_name(tp)}.")
+        raise UserError(f"Config key '{key}' is {_preview(value)}; expected {_type_name(tp)}.")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"Config key '{key}' must be a list, not {value!r}.")
+            raise UserError(f"Config key '{key}' must be a list, not {_preview(value)}.")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp is float and isinstance(value, str):
         try:
-            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"Config key '{key}' is {value}; it must be a finite number.")
     if tp in (int, float) and isinstance(value, bool):
-        raise UserError(f"Config key '{key}' is {value!r}; expected {tp.__name__}.")
+        raise UserError(f"Config key '{key}' is {_preview(value)}; expected {tp.__name__}.")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise UserError(f"Config key '{key}' is {value!r}; expected {tp.__name__}.")
+        raise UserError(f"Config key '{key}' is {_preview(value)}; expected {tp.__name__}.")
     return value
 
 
@@ -645,9 +680,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UserError(f"Override '{text}' is not of the form key=value (e.g. data.workers=4).")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = _checked_yaml(raw, f"Override '{_preview(text)}'") if raw.strip() else ""
+    except UserError as e:
+        if "aliases" in str(e):
+            raise
+        value = raw  # not YAML: the text itself
     return key.strip(), value
 
 
@@ -658,9 +695,10 @@ def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in chain:
         raise UserError(f"Recipe '{path}' extends itself (through {' → '.join(p.name for p in chain)}).")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"Recipe '{path}' is not valid YAML ({str(e).splitlines()[0]}).") from None
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"Recipe '{path}' is not a text file; a recipe is YAML (see pipelines/).") from None
+    tree = _checked_yaml(text, f"Recipe '{path}'") or {}
     if not isinstance(tree, dict):
         raise UserError(f"Recipe '{path}' must be a YAML mapping of sections.")
     base = tree.pop("extends", None)

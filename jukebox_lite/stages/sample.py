@@ -112,8 +112,8 @@ def _write_wav(path: Path, audio: torch.Tensor, sr: int) -> None:
 
 def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> list[SampleFolder]:
     """Generate `request.n` tracks and write RUN/samples/<name>_<k>/; returns the folders."""
-    if request.seconds <= 0 or request.n < 1:
-        raise UserError(f"Asked for {request.n} samples of {request.seconds} s; both must be positive (SECONDS, N).")
+    if not 0 < request.seconds < math.inf or request.n < 1:
+        raise UserError(f"Asked for {request.n} samples of {request.seconds} s; both must be positive and finite (SECONDS, N).")
     settings = request.settings(recipe.sample)
     device = resolve_device(request.device)
     vqvae = run.load_vqvae(device)

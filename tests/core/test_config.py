@@ -115,3 +115,26 @@ def test_an_override_the_command_does_not_read_is_refused_naming_it():
         load_config(None, ["data.workers=2"], reads=separation)
     with pytest.raises(UserError, match="it reads no recipe keys"):
         load_config(None, ["seed=1"], reads=())
+
+
+@pytest.mark.parametrize("override", ["vqvae.train.lr=nan", "data.loudness_lufs=-inf", "prior_level2.m_attn=.inf", "data.min_seconds=NaN"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(UserError, match=r"it must be a finite number"):
+        load_config(None, [override])
+
+
+def test_alias_bombs_and_binary_recipes_are_refused_in_one_short_sentence(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcdefg", "bcdefgh")
+    ) + "data:\n  extensions: *h\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)  # 10^8 values once expanded, in 400 bytes
+    with pytest.raises(UserError, match="once its YAML aliases are expanded; refused") as error:
+        load_config(tmp_path / "bomb.yaml")
+    assert len(str(error.value)) < 300
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    with pytest.raises(UserError, match="is not a text file"):
+        load_config(tmp_path / "binary.yaml")
+    (tmp_path / "wide.yaml").write_text("data:\n  workers: [" + ", ".join(["1"] * 5000) + "]\n")
+    with pytest.raises(UserError) as error:
+        load_config(tmp_path / "wide.yaml")
+    assert len(str(error.value)) < 300  # the value is not printed whole

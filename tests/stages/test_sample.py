@@ -121,8 +121,12 @@ def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
     assert "No best.pt in" in capsys.readouterr().err
     assert sample(run, "sample.refine_chunk_length=64") == 2
     assert "sample.refine_chunk_length is 64; each chunk discards one receptive field" in capsys.readouterr().err
-    assert sample(run, "--temperature", "0") == 2
-    assert "temperature must be positive" in capsys.readouterr().err
+    for bad in (["--temperature", "0"], ["--temperature", "nan"]):
+        assert sample(run, *bad) == 2
+        assert "temperature must be positive and finite" in capsys.readouterr().err
+    for seconds in ("nan", "inf"):
+        assert sample(run, "--seconds", seconds) == 2
+        assert "both must be positive and finite" in capsys.readouterr().err
     assert not (run / "samples").exists()
     shutil.rmtree(run / "prior_level0")
     assert sample(run) == 2
