@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -67,6 +68,9 @@ def fetch(cache: Path) -> Path:
 
 def run_stages(run: Path, music: Path, log: Path) -> dict[str, float]:
     """Every stage as the CLI runs it (a finished stage is a quick no-op); wall seconds per stage."""
+    # one torch thread: on a 2-core machine with anything else running, two OpenMP threads that spin at
+    # every barrier made a VQ-VAE step 10× slower (6.5 s instead of 0.6 s, measured here)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     seconds = {}
     for name, arguments in STAGES:
         argv = [sys.executable, "-m", "jukebox_lite", *arguments, "--run", str(run)]
@@ -75,7 +79,7 @@ def run_stages(run: Path, music: Path, log: Path) -> dict[str, float]:
         print(f"== {name}", flush=True)
         start = time.perf_counter()
         with open(log, "a") as out:
-            subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT)
+            subprocess.run(argv, check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
         seconds[name] = time.perf_counter() - start
     return seconds
 
