@@ -547,14 +547,16 @@ def train(
             f"({env.world_size})."
         )
     state = load_checkpoint(path, task.kind) if path.exists() else None
+    start_from = None  # the checkpoint a fine-tune starts from, once loaded
     if state is not None and is_training_run(state):
         if init is not None:
             log.warning("%s holds a training run; resuming it and ignoring %s", path, init)
         init = None
     elif state is not None:
-        init, state = path, None
+        init, start_from, state = path, state, None
     if init is not None:
-        check_compatible(task, state or load_checkpoint(init, task.kind), init)
+        check_compatible(task, start_from or load_checkpoint(init, task.kind), init)
+        del start_from
         log.info("%s: fine-tuning the weights in %s", task.section, init)
     elif state is not None:
         check_compatible(task, state, path)

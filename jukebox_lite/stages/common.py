@@ -125,6 +125,12 @@ def load_clips(
     return clips
 
 
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned columns for the log: the evaluation commands' tables."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
+
+
 def add_segment_arguments(parser: argparse.ArgumentParser, segment_seconds: float, max_segments: int, batch_help: str) -> None:
     """What both evaluation commands are evaluated on and how it is cut: --audio and the segment options."""
     parser.add_argument("--audio", type=Path, help="evaluate on this folder of audio instead of the validation split")

@@ -36,7 +36,7 @@ from jukebox_lite.core.precision import autocast
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.stages.common import add_run_arguments, add_segment_arguments, check_segment_arguments, folder_files, load_clips, validation_files
+from jukebox_lite.stages.common import add_run_arguments, add_segment_arguments, text_table, check_segment_arguments, folder_files, load_clips, validation_files
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.models.vqvae import VQVAE
@@ -119,8 +119,7 @@ def format_table(report: dict) -> str:
     ]
     rows.append(["high_band_error_db (signed)", f"{report['decoded']['high_band_error_db']:.4g}",
                  f"{report['refined']['high_band_error_db']:.4g}", "", ""])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
+    return text_table(header, rows)
 
 
 def evaluate_run(

@@ -30,6 +30,7 @@ from jukebox_lite.stages.common import (
     check_segment_arguments,
     folder_files,
     load_clips,
+    text_table,
     validation_files,
 )
 from jukebox_lite.core.precision import autocast
@@ -86,8 +87,7 @@ def format_table(results: list[dict]) -> str:
         ]
         for r in results
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header, *rows])
+    return text_table(header, rows)
 
 
 def evaluate_run(
