@@ -148,7 +148,7 @@ refiner: $(RUN)/refiner/.done
 $(RUN)/refiner/.done: $(RUN)/vqvae/.done
 	@$(CHECK_ARGS)
 	$(LAUNCH) $(JL) train-refiner $(RECIPE)
-	$(JL) eval-refiner --run "$$JL_RUN"
+	$(JL) eval-refiner $(RECIPE)
 	touch "$$JL_RUN/refiner/.done"
 
 # `make sample` always makes new tracks; `make all` makes them once.

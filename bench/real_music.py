@@ -50,7 +50,7 @@ STAGES = [  # (name, jukebox-lite arguments after the run folder)
     ("eval-vqvae", ["eval-vqvae"]),
     ("train-prior", ["train-prior", "--level", "2", "--config", str(RECIPE)]),
     ("train-refiner", ["train-refiner", "--config", str(RECIPE)]),
-    ("eval-refiner", ["eval-refiner"]),
+    ("eval-refiner", ["eval-refiner", "--config", str(RECIPE)]),
 ]
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import csv
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -29,7 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from jukebox_lite.core import audio
-from jukebox_lite.core.atomic import append_line, read_jsonl, remove_stale_temporaries
+from jukebox_lite.core.atomic import append_line, file_sha256, read_jsonl, remove_stale_temporaries
 from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, make_overrides
 from jukebox_lite.core.config import DataConfig, load_config, save_config
 from jukebox_lite.core.errors import UserError
@@ -86,14 +85,6 @@ def folder_labels(rel: str) -> dict:
     """AUDIO/<genre>/<artist>/<file> (or AUDIO/<genre>/<file>) → labels from the folder names."""
     parts = rel.split("/")[:-1]
     return dict(zip(LABEL_KEYS, parts[:2]))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def split_for(sha256: str, valid_fraction: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -74,3 +75,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         with open(path, "r+b") as f:
             f.truncate(len(raw))
     return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (memory stays flat for any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -486,6 +486,9 @@ class SampleConfig:
     refine_strength: float | None = None  # 1 from noise, below 1 from the decoded audio (null: refiner.strength)
     refine_chunk_length: int | None = None  # samples per refiner call (null: refiner.chunk_length)
     checkpoint: str = "last"  # the priors' and refiner's weights: "last" (last.pt) or "best" (best validation loss)
+    # auto: refine unless eval-refiner judged these very weights unhelpful; always; never. The decoded
+    # level's own wav is written either way, so a refined track is always heard beside its source
+    refine: str = "auto"
 
     def hop_fraction(self, level: int) -> float:
         return getattr(self, f"hop_fraction_level{level}")
@@ -502,6 +505,8 @@ class SampleConfig:
             raise UserError(f"sample.refine_strength is {self.refine_strength}; use a value in [0, 1], or null.")
         if self.checkpoint not in ("last", "best"):
             raise UserError(f"sample.checkpoint is '{self.checkpoint}'; use last or best.")
+        if self.refine not in ("auto", "always", "never"):
+            raise UserError(f"sample.refine is '{self.refine}'; use auto, always or never.")
         if self.refine_chunk_length is not None and self.refine_chunk_length < 1:
             raise UserError(f"sample.refine_chunk_length is {self.refine_chunk_length}; use at least 1, or null.")
 

@@ -1,11 +1,16 @@
 """eval-refiner: does the refiner bring the VQ-VAE's decoded audio closer to the original?
 
-    RUN/refiner/last.pt + RUN/vqvae/last.pt + RUN/data (valid split; train if none) or --audio DIR
-        → --json OUT (default RUN/refiner/eval.json) and a table in the log
+    RUN/refiner/{last,best}.pt + RUN/vqvae/last.pt + RUN/data (valid split; train if none) or --audio DIR
+        → OUT/eval.json (default RUN/refiner/eval.json) and a table in the log
+
+It judges what `sample` would do: the weights the recipe's `sample.checkpoint` names, refined with
+`sample.refine_steps`/`refine_strength` (the refiner's own settings where those are null; --steps and
+--strength override both). The report records the weights' SHA-256, so `sample` knows whether the
+verdict is about the weights it loads: with `sample.refine: auto` it skips a refiner judged unhelpful.
 
 Held-out files are cut into segments (as eval-vqvae cuts them); each is encoded and decoded by the
 VQ-VAE at the refiner's `cond_level` (the "decoded" audio, what the refiner was trained to clean),
-then refined with the refiner's EMA weights and sampling settings (or --steps/--strength/--seed).
+then refined with those weights and settings (the noise from --seed).
 Both are compared with the original on eval-vqvae's metrics, averaged over segments: multi-resolution
 STFT distance, log-mel distance, high-band energy error, spectral convergence and SI-SDR. The
 high-band error is signed (negative = lost treble); "closer" compares its mean absolute value.
@@ -31,12 +36,12 @@ import torch
 from tqdm import tqdm
 
 from jukebox_lite.algorithms import metrics
-from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.core.atomic import atomic_path, file_sha256
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.stages.common import add_run_arguments, add_segment_arguments, text_table, check_segment_arguments, folder_files, load_clips, validation_files
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe, add_segment_arguments, text_table, check_segment_arguments, folder_files, load_clips, validation_files
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.models.vqvae import VQVAE
@@ -133,14 +138,17 @@ def evaluate_run(
     strength: float | None = None,
     seed: int = 0,
     device: str = "auto",
+    checkpoint: str = "last",
 ) -> dict:
-    """The report, also written to OUT_DIR (default RUN/refiner)/eval.json."""
+    """The report on the refiner's `checkpoint` weights (last or best), also written to OUT_DIR
+    (default RUN/refiner)/eval.json."""
     device = resolve_device(device)
     run = Run(run_dir)
     out = run.refiner.eval_report if out_dir is None else Path(out_dir) / run.refiner.eval_report.name
     vqvae = run.load_vqvae(device)
     fingerprint = vqvae.fingerprint()
-    refiner = run.load_refiner(device, fingerprint)
+    refiner = run.load_refiner(device, fingerprint, checkpoint)
+    weights = run.refiner.weights(checkpoint)
     cfg = refiner.config
     paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run)
     hop = vqvae.hop_lengths[cfg.cond_level]
@@ -155,7 +163,8 @@ def evaluate_run(
     )
     values = evaluate(refiner, vqvae, clips, batch_size, steps, strength, seed)
     report = {
-        "refiner": str(run.refiner.checkpoint),
+        "refiner": str(weights),
+        "refiner_sha256": file_sha256(weights),
         "vqvae_fingerprint": fingerprint,
         "source": source,
         "files": len(paths),
@@ -179,11 +188,13 @@ def evaluate_run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser, reads=("sample",))
     add_run_arguments(parser, "reads RUN/refiner, RUN/vqvae (and RUN/data's validation split)")
     parser.add_argument("--out", type=Path, help="folder the report eval.json goes to (default RUN/refiner)")
     add_segment_arguments(parser, segment_seconds=3.0, max_segments=4, batch_help="segments refined together")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the refiner's refiner.steps)")
-    parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the decoded audio")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: sample.refine_steps, else the refiner's)")
+    parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the decoded audio "
+                        "(default: sample.refine_strength, else the refiner's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
 
 
@@ -193,8 +204,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps is {args.steps}; use at least 1.")
     if args.strength is not None and not 0.0 <= args.strength <= 1.0:
         raise UserError(f"--strength is {args.strength}; use a value from 0 to 1.")
+    sample = load_recipe(args).sample  # judge what sample would do
     evaluate_run(
-        args.run, args.out, args.audio, args.segment_seconds, args.max_segments, args.batch_size, args.steps,
-        args.strength, args.seed, args.device,
+        args.run, args.out, args.audio, args.segment_seconds, args.max_segments, args.batch_size,
+        sample.refine_steps if args.steps is None else args.steps,
+        sample.refine_strength if args.strength is None else args.strength,
+        args.seed, args.device, sample.checkpoint,
     )
     return 0

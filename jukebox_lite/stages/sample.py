@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from jukebox_lite.core.atomic import atomic_path
+from jukebox_lite.core.atomic import atomic_path, file_sha256
 from jukebox_lite.core.audio import AudioError, load_audio, resample, to_mono
 from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
 from jukebox_lite.core.config import RecipeConfig, SampleConfig
@@ -110,6 +110,39 @@ def _write_wav(path: Path, audio: torch.Tensor, sr: int) -> None:
         sf.write(tmp, audio.clamp(-1, 1).numpy(), sr, subtype="PCM_16", format="WAV")
 
 
+def refine_decision(run: Run, settings: SampleConfig) -> tuple[bool, str]:
+    """Whether the samples are refined, and a sentence saying why (kept in meta.json; logged here, as a
+    warning where the user may not expect it).
+
+    `sample.refine: auto` follows eval-refiner's verdict when that report judged the very weights
+    sample loads (same SHA-256): a refiner that made held-out audio worse is not applied. Unjudged
+    weights are applied with a warning; the decoded level's wav is written beside refined.wav always.
+    """
+    def decided(applied: bool, why: str, warn: bool = False) -> tuple[bool, str]:
+        (log.warning if warn else log.info)("%s", why)
+        return applied, why
+
+    if not run.refiner.has_checkpoint():
+        return decided(False, f"no refiner in {run.refiner.path}: the samples get no refined.wav (train one with make refiner)", True)
+    if settings.refine == "never":
+        return decided(False, "sample.refine is never: the samples get no refined.wav")
+    if settings.refine == "always":
+        return decided(True, "sample.refine is always: refining whatever eval-refiner said")
+    weights = run.refiner.weights(settings.checkpoint)
+    report = json.loads(run.refiner.eval_report.read_text()) if run.refiner.eval_report.is_file() else {}
+    if not weights.is_file() or report.get("refiner_sha256") != file_sha256(weights):
+        why = f"eval-refiner has not judged {weights.name} (make refiner runs it); refining, with the unrefined track beside it"
+        return decided(True, why, True)
+    scores = ", ".join(f"{m} {report['decoded'][m]:.3g} → {report['refined'][m]:.3g}" for m in report["verdict_metrics"])
+    if report["helpful"]:
+        return decided(True, f"eval-refiner found the refiner helps ({scores}); refining")
+    why = (
+        f"eval-refiner found the refiner makes held-out audio worse ({scores}, {run.refiner.eval_report}); "
+        "the samples get no refined.wav (sample.refine=always applies it anyway)"
+    )
+    return decided(False, why, True)
+
+
 def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> list[SampleFolder]:
     """Generate `request.n` tracks and write RUN/samples/<name>_<k>/; returns the folders."""
     if not 0 < request.seconds < math.inf or request.n < 1:
@@ -128,7 +161,8 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             raise UserError(f"No level-{level} upsampler in '{run.prior(level).path}'; train it (make upsamplers){hint}.")
         upsamplers[level] = run.load_prior(level, device, fingerprint, settings.checkpoint)
     refiner = None
-    if run.refiner.has_checkpoint():
+    applied, why = refine_decision(run, settings)
+    if applied:
         refiner = run.load_refiner(device, fingerprint, settings.checkpoint)
         if settings.refine_chunk_length is not None:
             refiner.check_chunk(settings.refine_chunk_length, "sample.refine_chunk_length")
@@ -136,8 +170,6 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             raise UserError(
                 f"The refiner refines level-{refiner.config.cond_level} audio, which --fast does not make; drop --fast."
             )
-    else:
-        log.warning("no refiner in %s: the samples get no refined.wav (train one with make refiner)", run.refiner.path)
     if top.prior.cfg.labels and top.vocab.genres:  # unknown names fail before any work
         for genre in filter(None, (request.genre, request.morph_to)):
             top.vocab.genre_id(genre)
@@ -208,6 +240,7 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             "morph_to": request.morph_to,
             "prime": None if request.prime is None else str(request.prime),
             "fast": request.fast,
+            "refined": why,
             "settings": dataclasses.asdict(settings),
             "checkpoints": {
                 "vqvae": str(run.vqvae.checkpoint),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jukebox_lite import cli
+from jukebox_lite.core.atomic import file_sha256
 from jukebox_lite.stages.eval_refiner import CLOSER_IS_HIGHER, VERDICT_METRICS, evaluate_run, verdict
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.checkpoints import load_vqvae, save_refiner
@@ -40,6 +41,7 @@ def test_report_has_every_metric_and_a_verdict_that_follows_the_numbers(run, tmp
     report = json.loads((tmp_path / "reports" / "eval.json").read_text())
     assert report["source"] == "valid" and report["files"] == 1 and report["segments"] == 3
     assert report["cond_level"] == 0 and report["steps"] == 2 and report["strength"] == 1.0
+    assert report["refiner_sha256"] == file_sha256(run / "refiner" / "last.pt")  # which weights were judged
     for name in ("decoded", "refined"):
         assert set(report[name]) == set(METRICS)
     for metric, higher in CLOSER_IS_HIGHER.items():
@@ -95,6 +97,8 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     add_refiner(tmp_path, run, vqvae=tiny_model(seed=9))
     assert "another VQ-VAE's audio" in stage()
     assert "--strength is 2.0" in stage("--strength", "2")
+    assert "No best.pt in" in stage("sample.checkpoint=best")  # it judges the weights sample would load
+    assert "sample.refine is 'sometimes'" in stage("sample.refine=sometimes")
     (run / "vqvae" / "last.pt").unlink()
     assert "No VQ-VAE at" in stage()
     assert not out.exists()

@@ -15,7 +15,11 @@ from jukebox_lite.cli import main
 from jukebox_lite.core.config import PriorConfig
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.core.atomic import file_sha256
+from jukebox_lite.core.config import SampleConfig
 from jukebox_lite.models.checkpoints import load_vqvae, save_refiner
+from jukebox_lite.runs import Run
+from jukebox_lite.stages.sample import refine_decision
 from tests.helpers import PRIOR_SHAPE, TINY_SR, synth_music, tiny_model, tiny_refiner_config, write_audio
 
 
@@ -137,3 +141,44 @@ def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
     assert sample(run, "--fast") == 0
     assert sample(run, "--fast") == 2  # the same name again: nothing is overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+def judge(run, helpful: bool, weights: str = "last.pt") -> None:
+    """An eval-refiner report on `weights` (as eval-refiner writes it) with the given verdict."""
+    scores = {"mr_stft_distance": 1.0, "log_mel_distance": 0.4, "high_band_abs_error_db": 1.1}
+    worse = {m: v * (0.5 if helpful else 2) for m, v in scores.items()}
+    report = {"refiner_sha256": file_sha256(run / "refiner" / weights), "decoded": scores, "refined": worse,
+              "verdict_metrics": list(scores), "helpful": helpful}
+    (run / "refiner" / "eval.json").write_text(json.dumps(report))
+
+
+def test_a_refiner_judged_unhelpful_is_not_applied_unless_asked(sampled_run, caplog):
+    run = sampled_run
+    judge(run, helpful=False)
+    assert sample(run, "--refine-steps", "1") == 0
+    meta = json.loads((run / "samples/t_0/meta.json").read_text())
+    assert not (run / "samples/t_0/refined.wav").exists() and (run / "samples/t_0/level0.wav").is_file()
+    assert "makes held-out audio worse (mr_stft_distance 1 → 2" in meta["refined"] and "refine" not in meta["seconds_per_stage"]
+    assert "sample.refine=always applies it anyway" in caplog.text
+    assert sample(run, "--refine-steps", "1", "--name", "forced", "sample.refine=always") == 0
+    assert (run / "samples/forced_0/refined.wav").is_file() and (run / "samples/forced_0/level0.wav").is_file()
+
+
+def test_refine_decision_follows_the_verdict_on_the_very_weights_loaded(sampled_run):
+    run, auto = Run(sampled_run), SampleConfig()
+    assert refine_decision(run, auto)[0] and "has not judged last.pt" in refine_decision(run, auto)[1]
+    judge(sampled_run, helpful=True)
+    assert refine_decision(run, auto) == (True, "eval-refiner found the refiner helps (mr_stft_distance 1 → 0.5, "
+                                                "log_mel_distance 0.4 → 0.2, high_band_abs_error_db 1.1 → 0.55); refining")
+    assert refine_decision(run, SampleConfig(refine="never"))[0] is False
+    judge(sampled_run, helpful=False)
+    assert refine_decision(run, auto)[0] is False and refine_decision(run, SampleConfig(refine="always"))[0]
+    shutil.copy(sampled_run / "refiner" / "last.pt", sampled_run / "refiner" / "best.pt")
+    with open(sampled_run / "refiner" / "best.pt", "ab") as f:
+        f.write(b"other weights")  # another file: the verdict on last.pt says nothing about it
+    assert refine_decision(run, SampleConfig(checkpoint="best"))[0]
+    assert "has not judged best.pt" in refine_decision(run, SampleConfig(checkpoint="best"))[1]
+    (sampled_run / "refiner" / "last.pt").unlink()
+    (sampled_run / "refiner" / "best.pt").unlink()
+    assert refine_decision(run, auto) == (False, f"no refiner in {run.refiner.path}: the samples get no refined.wav "
+                                                 "(train one with make refiner)")
