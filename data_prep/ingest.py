@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def process(source: Source, cfg: DataConfig, out_path: Path) -> dict:
     """Decode, separate, downmix, resample, trim, normalise, write. Returns a manifest entry or a rejection."""
     global _separator
     try:
-        wav, sr = audio.load_audio(source.path)
+        wav, sr = audio.load_audio(source.path, cfg.max_seconds)
         if audio.nonsilent_span(wav, sr, cfg.silence_dbfs) == (0, 0):
             raise audio.AudioError(f"silent: nothing louder than {cfg.silence_dbfs:.0f} dBFS")
         if cfg.separation.backend != "none":
@@ -218,6 +219,9 @@ def prepare(
     for path in paths:
         rel = path.relative_to(audio_dir).as_posix()
         try:
+            if not stat.S_ISREG(path.stat().st_mode):  # hashing a FIFO or /dev/zero would never end
+                _reject(rejected_path, rejected_before, summary, rel, None, "not a regular file (a FIFO, device or socket)")
+                continue
             sha = file_sha256(path)
         except OSError as e:
             _reject(rejected_path, rejected_before, summary, rel, None, f"cannot read file ({e.strerror})")

@@ -1,4 +1,4 @@
-"""Audio I/O and signal helpers: decode, resample, downmix, loudness, trim, write.
+"""Audio I/O and signal helpers: decode, resample, downmix, loudness, trim, write, compress.
 
 No torchaudio (it does not import on CPU machines): soundfile reads wav/flac/ogg/opus/mp3, PyAV
 (FFmpeg inside its wheel) reads whatever soundfile cannot (m4a, odd mp3s), soxr resamples.
@@ -7,9 +7,11 @@ Arrays here are numpy float32 shaped (channels, time).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -42,14 +44,21 @@ def scan(audio_dir: Path, extensions: list[str]) -> list[Path]:
     return sorted(found)
 
 
-def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Decode any supported file to float32 (channels, time) and its sample rate, or raise AudioError."""
+def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode any supported file to float32 (channels, time) and its sample rate, or raise AudioError.
+
+    Only regular files are opened (a FIFO or a device such as /dev/zero, even behind a symlink, would
+    block or never end). With `max_seconds`, a longer file is refused from its header when the header
+    knows its length, else while decoding, so memory stays bounded by that length.
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as e:
         raise AudioError(f"cannot read file ({e.strerror})") from None
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError("not a regular file (a FIFO, device or socket); only regular files are read")
+    if info.st_size == 0:
         raise AudioError("file is empty (0 bytes)")
     if not os.access(path, os.R_OK):
         raise AudioError("cannot read file (permission denied)")
@@ -59,7 +68,7 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             handle = sf.SoundFile(path)
         except Exception:  # a format libsndfile does not know: let FFmpeg try
             pass
-    audio, sr = _read_soundfile(handle) if handle is not None else _load_pyav(path)
+    audio, sr = _read_soundfile(handle, max_seconds) if handle is not None else _load_pyav(path, max_seconds)
     if not MIN_SOURCE_RATE <= sr <= MAX_SOURCE_RATE:
         raise AudioError(f"sample rate {sr} Hz is outside {MIN_SOURCE_RATE}-{MAX_SOURCE_RATE} Hz")
     if audio.shape[1] == 0:
@@ -69,14 +78,23 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return audio, sr
 
 
-def _read_soundfile(handle: sf.SoundFile) -> tuple[np.ndarray, int]:
+def _too_long(seconds: float, max_seconds: float) -> AudioError:
+    return AudioError(f"too long: {seconds:.0f} s or more, over data.max_seconds ({max_seconds:g} s); split it first")
+
+
+def _read_soundfile(handle: sf.SoundFile, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Read an opened file; a read error or fewer frames than the header promises means corrupt/truncated."""
     with handle:
         expected, sr = handle.frames, handle.samplerate
+        limit = None if max_seconds is None or not sr else math.floor(max_seconds * sr)
+        if limit is not None and expected > limit:
+            raise _too_long(expected / sr, max_seconds)
         try:
-            data = handle.read(dtype="float32", always_2d=True)
+            data = handle.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
         except Exception as e:
             raise AudioError(f"corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if limit is not None and data.shape[0] > limit:  # a header that did not know (or lied about) the length
+            raise _too_long(data.shape[0] / sr, max_seconds)
         # libsndfile quietly shortens a WAV/AIFF whose data chunk runs past the end of the file; its log says so.
         torn = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", handle.extra_info, re.MULTILINE)
     if torn and int(torn.group(1)) not in (0, 0xFFFFFFFF):  # 0 / 0xFFFFFFFF: streamed files, size unknown
@@ -90,7 +108,7 @@ def _read_soundfile(handle: sf.SoundFile) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), sr
 
 
-def _load_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _load_pyav(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
     import av  # imported lazily: only files soundfile cannot read need FFmpeg
 
     try:
@@ -99,10 +117,15 @@ def _load_pyav(path: Path) -> tuple[np.ndarray, int]:
                 raise AudioError("file has no audio stream")
             stream = container.streams.audio[0]
             sr = stream.rate
+            if max_seconds is not None and container.duration and container.duration / av.time_base > max_seconds:
+                raise _too_long(container.duration / av.time_base, max_seconds)
             resampler = av.AudioResampler(format="fltp")  # planar float → (channels, samples)
-            chunks = []
+            chunks, decoded = [], 0
             for frame in container.decode(stream):
                 chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+                decoded += frame.samples
+                if max_seconds is not None and sr and decoded > max_seconds * sr:
+                    raise _too_long(decoded / sr, max_seconds)
             chunks += [f.to_ndarray() for f in resampler.resample(None)]
     except AudioError:
         raise
@@ -173,3 +196,29 @@ def write_flac(path: str | os.PathLike, audio: np.ndarray, sr: int) -> None:
     """Write (channels, time) as 24-bit FLAC, atomically (a killed write leaves no file)."""
     with atomic_path(path) as tmp:
         sf.write(tmp, np.clip(audio, -1.0, 1.0).T, sr, subtype="PCM_24", format="FLAC")
+
+
+# codec → (FFmpeg encoder, container, MIME type); what `compress` writes
+COMPRESSED = {"opus": ("libopus", "ogg", "audio/ogg"), "mp3": ("libmp3lame", "mp3", "audio/mpeg")}
+
+
+def compress(audio: np.ndarray, sr: int, codec: str, kbps: int) -> tuple[bytes, str]:
+    """Mono (time,) float audio → (the bytes of an Opus-in-Ogg or MP3 file, its MIME type), via PyAV.
+
+    Opus at 64 kb/s is about 1/11 of 16-bit 44.1 kHz WAV: what lets a page carry many long tracks.
+    """
+    import av
+
+    encoder, container_format, mime = COMPRESSED[codec]
+    rates = av.codec.Codec(encoder, "w").audio_rates  # Opus: 48 kHz and below only; MP3: the MPEG rates
+    rate = sr if not rates or sr in rates else max(rates)
+    samples = np.clip(resample(audio[None], sr, rate), -1, 1).astype(np.float32)  # (1, time)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container_format) as container:
+        stream = container.add_stream(encoder, rate=rate, layout="mono")
+        stream.bit_rate = kbps * 1000
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:  # PyAV cuts the codec's frame sizes
+            container.mux(packet)
+    return buffer.getvalue(), mime

@@ -69,6 +69,9 @@ class DataConfig:
     sample_rate: int = 44100
     extensions: list[str] = field(default_factory=lambda: list(AUDIO_EXTENSIONS))
     min_seconds: float = 12.0  # a file shorter than this (after trimming) cannot fill a training window
+    # a longer source is rejected before it is decoded (header) or as decoding passes this (streams):
+    # one hour of 44.1 kHz stereo is 1.3 GB of float32 per worker. Split longer mixes first
+    max_seconds: float = 3600.0
     loudness_lufs: float = -16.0  # integrated loudness (ITU-R BS.1770) every file is normalised to
     peak_dbfs: float = -1.0  # after loudness normalisation the peak is limited to this level
     silence_dbfs: float = -50.0  # leading/trailing audio quieter than this is trimmed; all of it → "silent"
@@ -86,6 +89,8 @@ class DataConfig:
             )
         if self.min_seconds <= 0:
             raise UserError("data.min_seconds must be positive.")
+        if not self.min_seconds <= self.max_seconds < math.inf:
+            raise UserError(f"data.max_seconds is {self.max_seconds:g}; it must be finite and at least data.min_seconds.")
         if not 0 <= self.valid_fraction < 1:
             raise UserError("data.valid_fraction must be in [0, 1).")
         if self.workers < 1:
@@ -511,6 +516,25 @@ class SampleConfig:
             raise UserError(f"sample.refine_chunk_length is {self.refine_chunk_length}; use at least 1, or null.")
 
 
+@dataclass
+class ReviewConfig:
+    """The review page (make review): how its players carry the audio."""
+
+    # opus (in Ogg: the smallest for its quality), mp3 (plays everywhere), or wav (16-bit, lossless, and
+    # about 15x the bytes of 48 kb/s: a 4 x 90 s run at 44.1 kHz would make a page of ~170 MB)
+    audio_codec: str = "opus"
+    bitrate_kbps: int = 48  # per (mono) player: 4 tracks x 90 s x 4 stages of recorded music make a page of ~20 MB
+
+    def validate(self) -> None:
+        if self.audio_codec not in AUDIO_CODECS:
+            raise UserError(f"review.audio_codec is '{self.audio_codec}'; use {', '.join(AUDIO_CODECS)}.")
+        if not 8 <= self.bitrate_kbps <= 320:
+            raise UserError(f"review.bitrate_kbps is {self.bitrate_kbps}; use 8 to 320.")
+
+
+AUDIO_CODECS = ("opus", "mp3", "wav")
+
+
 PRIOR_SECTIONS = ("prior_level2", "prior_level1", "prior_level0")
 # Keys a recipe does not write: each follows from an earlier stage's section, and RecipeConfig sets it
 # (the models keep them in their own configs, so a checkpoint still describes itself).
@@ -539,6 +563,7 @@ class RecipeConfig:
     copies: CopiesConfig = field(default_factory=CopiesConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def __post_init__(self) -> None:
         # new section objects: a section passed in (e.g. by dataclasses.replace) may be someone else's
@@ -565,6 +590,7 @@ class RecipeConfig:
             prior.validate(f"prior_level{level}")
         self.refiner.validate()
         self.sample.validate()
+        self.review.validate()
 
 
 # ----------------------------------------------------------------------------------------------

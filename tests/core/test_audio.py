@@ -104,3 +104,58 @@ def test_write_flac_round_trips_and_is_atomic(tmp_path):
     y, sr = sf.read(path, dtype="float32", always_2d=True)
     assert sr == 22050 and np.abs(y.T - x).max() < 1e-5  # 24-bit
     assert [p.name for p in path.parent.iterdir()] == ["a.flac"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("codec,mime,sr", [("opus", "audio/ogg", 22050), ("mp3", "audio/mpeg", 16000), ("mp3", "audio/mpeg", 20000)])
+def test_compress_keeps_the_length_and_the_sound(codec, mime, sr):
+    import io
+
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(3 * sr) / sr)).astype(np.float32)
+    data, kind = audio.compress(tone, sr, codec, 32)
+    assert kind == mime and len(data) < tone.size * 2 / 4  # well under 16-bit PCM
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
+        rate = stream.rate
+    assert abs(decoded.size / rate - 3.0) < 0.06  # codec padding trimmed: the same 3 s (MP3 keeps a frame)
+    back = audio.resample(decoded[None].astype(np.float32), rate, sr)[0]
+    spectrum = np.abs(np.fft.rfft(back[sr // 2 : sr // 2 + sr]))  # one second from the middle
+    assert abs(np.argmax(spectrum) - 440) <= 1 and 0.4 < np.abs(back).max() < 0.6  # the tone, at its level
+
+
+def test_special_files_are_refused_without_being_opened(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.wav")  # opening it would block until a writer comes: never, here
+    (tmp_path / "zero.flac").symlink_to("/dev/zero")  # reading it would never end
+    for name in ("pipe.wav", "zero.flac"):
+        with pytest.raises(audio.AudioError, match="not a regular file"):
+            audio.load_audio(tmp_path / name)
+
+
+def test_long_files_are_refused_with_bounded_memory(tmp_path):
+    """A 3-hour silent FLAC is a few hundred KB; decoding it whole would take gigabytes. Refused from the
+    header, or, where a header does not know the length (MP3 without one), while decoding."""
+    import tracemalloc
+
+    sr = 8000
+    with sf.SoundFile(tmp_path / "long.flac", "w", sr, 1, format="FLAC") as f:
+        block = np.zeros(sr * 60, np.float32)
+        for _ in range(180):  # 3 hours
+            f.write(block)
+    assert (tmp_path / "long.flac").stat().st_size < 2e6
+    tracemalloc.start()
+    with pytest.raises(audio.AudioError, match=r"too long: 10800 s or more, over data.max_seconds \(3600 s\)"):
+        audio.load_audio(tmp_path / "long.flac", max_seconds=3600)
+    assert tracemalloc.get_traced_memory()[1] < 50e6  # never decoded: nothing near the 345 MB it holds
+    tracemalloc.stop()
+    x = synth_music(3.0, 16000, channels=1)
+    sf.write(tmp_path / "tune.wav", x[0], 16000)
+    with pytest.raises(audio.AudioError, match="too long: 3 s or more"):
+        audio.load_audio(tmp_path / "tune.wav", max_seconds=2.5)
+    assert audio.load_audio(tmp_path / "tune.wav", max_seconds=3.0)[0].shape == (1, 48000)
+    data, _ = audio.compress(x[0], 16000, "mp3", 64)  # PyAV's path: counted frame by frame as it decodes
+    (tmp_path / "tune.mp3").write_bytes(data)
+    with pytest.raises(audio.AudioError, match="too long"):
+        audio.load_audio(tmp_path / "tune.mp3", max_seconds=1.0)
+    assert audio.load_audio(tmp_path / "tune.mp3", max_seconds=4.0)[0].shape[1] >= 48000

@@ -1,6 +1,7 @@
 """The data stage on synthesized corpora: good files, every kind of bad file, resume, labels, splits."""
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -13,7 +14,7 @@ from jukebox_lite.cli import main
 from jukebox_lite.core.errors import UserError
 from tests.helpers import synth_music, write_audio
 
-FAST = ["data.separation.backend=none", "data.workers=1", "data.min_seconds=2", "data.sample_rate=22050"]
+FAST = ["data.separation.backend=none", "data.workers=1", "data.min_seconds=2", "data.sample_rate=22050", "data.max_seconds=10"]
 
 
 def read(path):
@@ -47,6 +48,10 @@ def corpus(tmp_path):
     quiet_edges = np.concatenate([np.zeros((2, 44100)), synth_music(1.0, 44100, seed=6), np.zeros((2, 44100))], 1)
     write_audio(bad / "short.wav", quiet_edges.astype(np.float32), 44100)
     (root / "cover.jpg").write_bytes(b"\xff\xd8 not scanned")
+    os.mkfifo(bad / "pipe.wav")  # prepare once hung forever on these two
+    (bad / "endless.flac").symlink_to("/dev/zero")
+    with sf.SoundFile(bad / "long.flac", "w", 8000, 1, format="FLAC") as f:  # 11 s: over data.max_seconds=10
+        f.write(np.full(8000 * 11, 0.1, np.float32))
     return root
 
 
@@ -67,13 +72,16 @@ def test_good_files_accepted_and_every_bad_file_rejected_with_a_reason(corpus, t
         "rejects/unreadable.flac": pytest.approx(rejected["rejects/unreadable.flac"]),
         "rejects/copy.wav": "duplicate: same content as deep/ann/one.wav",
         "rejects/short.wav": pytest.approx(rejected["rejects/short.wav"]),
+        "rejects/pipe.wav": "not a regular file (a FIFO, device or socket)",
+        "rejects/endless.flac": "not a regular file (a FIFO, device or socket)",
+        "rejects/long.flac": "too long: 11 s or more, over data.max_seconds (10 s); split it first",
     }
     assert rejected["rejects/truncated.wav"].startswith("truncated")
     assert rejected["rejects/corrupt.flac"].startswith("corrupt or truncated")
     assert rejected["rejects/notes.mp3"].startswith("not decodable as audio")
     assert rejected["rejects/unreadable.flac"].startswith("cannot read file")
     assert rejected["rejects/short.wav"].startswith("too short: 1.0 s")
-    assert summary.accepted_new == 3 and summary.rejected_new == 9
+    assert summary.accepted_new == 3 and summary.rejected_new == 12
 
     for row in manifest:
         assert set(row) >= {"id", "source", "sha256", "duration", "sample_rate", "labels", "split"}
