@@ -166,7 +166,7 @@ check-copies: check-vars
 
 # the page is cheap to render, so it is always redone to show the run as it is now
 review: $(INSTALLED)
-	$(JL) review --run "$$JL_RUN"
+	$(JL) review $(RECIPE)
 
 recipe: $(INSTALLED)
 	$(JL) recipe --config "$$JL_CONFIG"

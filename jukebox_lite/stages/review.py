@@ -2,44 +2,73 @@
 
 `notebooks/listening_review.ipynb` stays short: it calls the functions here, which are tested like
 the rest of the library. `jukebox-lite review --run RUN` executes the notebook headlessly (nbclient)
-on that run folder and writes `RUN/review.html`, self-contained: audio and images are embedded, so
-the page plays offline and can be mailed around. Opened live in Jupyter, the notebook also offers
-`rate(...)`, which appends a listener's rating to `RUN/ratings.csv`.
+on that run folder and writes `RUN/review.html`, self-contained: audio (compressed, the recipe's
+`review` section) and images are embedded, so the page plays offline and can be mailed around.
+`--link-audio` makes the sample players link the run's WAVs instead (a small page that must stay
+where it can reach them). Opened live in Jupyter, the notebook also offers `rate(...)`, which appends
+a listener's rating to `RUN/ratings.csv`.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import html
 import csv
+import dataclasses
 import datetime
+import html
 import io
 import json
 import logging
 import os
+import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from jukebox_lite.core.atomic import atomic_path, read_jsonl
-from jukebox_lite.core.audio import AudioError, load_audio, resample, to_mono
+from jukebox_lite.core.audio import AudioError, compress, load_audio, resample, to_mono
+from jukebox_lite.core.config import ReviewConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.stages.common import add_run_arguments
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "listening_review.ipynb"
 RUN_ENV = "JUKEBOX_LITE_RUN"  # how the stage tells the notebook which run folder to show
-CLIP_SECONDS = 10.0  # excerpts keep the page small: a minute of 22 kHz audio is ~3 MB of base64
+OPTIONS_ENV = "JUKEBOX_LITE_REVIEW"  # ... and how the page carries audio (PageOptions as JSON)
+CLIP_SECONDS = 20.0  # vocal-removal excerpts: the loudest stretch of each source song
 RATING_FIELDS = ("time", "sample", "listener", "score", "note")
+
+
+@dataclass
+class PageOptions:
+    """How the page carries audio: the recipe's review section, and, when the sample players link the
+    run's WAVs instead of embedding them, the folder the page is written to (links are relative to it)."""
+
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    link_from: Path | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"review": dataclasses.asdict(self.review), "link_from": self.link_from and str(self.link_from)})
+
+    @classmethod
+    def from_json(cls, text: str) -> PageOptions:
+        fields = json.loads(text)
+        return cls(ReviewConfig(**fields["review"]), fields["link_from"] and Path(fields["link_from"]))
 
 
 def run_folder() -> Run:
     """The run the notebook reviews: $JUKEBOX_LITE_RUN, or runs/demo when opened by hand."""
     return Run(os.environ.get(RUN_ENV, Path(__file__).resolve().parents[2] / "runs" / "demo"))
+
+
+def page_options() -> PageOptions:
+    """What the review stage asked for ($JUKEBOX_LITE_REVIEW); embedded Opus when opened by hand."""
+    return PageOptions.from_json(os.environ[OPTIONS_ENV]) if OPTIONS_ENV in os.environ else PageOptions()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,12 +210,23 @@ def html_table(rows: list[dict]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def audio_html(audio: np.ndarray, sr: int) -> str:
-    """An <audio> player with the clip embedded as a 16-bit WAV data URI (no external file)."""
-    buffer = io.BytesIO()
-    sf.write(buffer, np.clip(audio, -1, 1), sr, format="WAV", subtype="PCM_16")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
+def audio_html(audio: np.ndarray, sr: int, options: PageOptions) -> str:
+    """An <audio> player with (time,) audio embedded as a data URI in the recipe's codec (no external file)."""
+    if options.review.audio_codec == "wav":
+        buffer = io.BytesIO()
+        sf.write(buffer, np.clip(audio, -1, 1), sr, format="WAV", subtype="PCM_16")
+        data, mime = buffer.getvalue(), "audio/wav"
+    else:
+        data, mime = compress(audio, sr, options.review.audio_codec, options.review.bitrate_kbps)
+    return f'<audio controls preload="none" src="data:{mime};base64,{base64.b64encode(data).decode("ascii")}"></audio>'
+
+
+def file_player_html(path: Path, audio: np.ndarray, sr: int, options: PageOptions) -> str:
+    """The player of a run's WAV: a link relative to the page with --link-audio, else embedded."""
+    if options.link_from is None:
+        return audio_html(audio, sr, options)
+    link = Path(os.path.relpath(path.resolve(), options.link_from.resolve())).as_posix()
+    return f'<audio controls preload="none" src="{text(urllib.parse.quote(link))}"></audio>'
 
 
 def spectrogram_figure(tracks: dict[str, tuple[np.ndarray, int]]):
@@ -195,12 +235,71 @@ def spectrogram_figure(tracks: dict[str, tuple[np.ndarray, int]]):
 
     fig, axes = plt.subplots(1, len(tracks), figsize=(4.5 * len(tracks), 3), squeeze=False)
     for ax, (name, (audio, sr)) in zip(axes[0], tracks.items()):
-        ax.specgram(audio, NFFT=1024, Fs=sr, noverlap=768, cmap="magma", vmin=-120)
-        ax.set_title(name)
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("Hz")
+        _draw_spectrogram(ax, audio, sr, name)
     fig.tight_layout()
     return fig
+
+
+def _draw_spectrogram(ax, audio: np.ndarray, sr: int, title: str, n_fft: int = 1024) -> None:
+    """A Hann-windowed STFT of (time,) audio in dB, 100 dB of range below its peak. The hop gives about
+    1000 columns whatever the length (a figure is ~400 px wide), so a 90 s track draws in a blink."""
+    audio = np.pad(audio, (0, max(0, n_fft - audio.size)))
+    hop = max(n_fft // 4, audio.size // 1000)
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)  # (frames, n_fft)
+    power_db = 10 * np.log10(np.abs(np.fft.rfft(frames)) ** 2 + 1e-20)  # (frames, n_fft // 2 + 1)
+    top = float(power_db.max())
+    ax.imshow(power_db.T, origin="lower", aspect="auto", cmap="magma", vmin=top - 100, vmax=top,
+              extent=(0, audio.size / sr, 0, sr / 2), interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("Hz")
+
+
+def spectrogram_img(audio: np.ndarray, sr: int, title: str) -> str:
+    """One track's spectrogram as an embedded PNG <img> (a figure per stage, so stages sit in a row)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 2.6), dpi=80)
+    ax = fig.add_subplot()
+    _draw_spectrogram(ax, audio, sr, title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return f'<img style="width:100%" alt="spectrogram of {text(title)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode("ascii")}">'
+
+
+def meta_rows(meta: dict) -> list[dict]:
+    """The sample's meta.json as a small table: what was asked, with which weights, and how long it took."""
+    settings, checkpoints = meta.get("settings", {}), meta.get("checkpoints", {})
+    steps = {k.removeprefix("prior_"): v["step"] for k, v in checkpoints.items() if isinstance(v, dict) and "step" in v}
+    rows = {
+        "genre": meta.get("genre") if not meta.get("morph_to") else f"{meta.get('genre')} → {meta['morph_to']}",
+        "artist": meta.get("artist"),
+        "seconds": meta.get("seconds"),
+        "seed": meta.get("seed"),
+        "temperature": settings.get("temperature"),
+        "weights": settings.get("checkpoint"),
+        "prior steps": ", ".join(f"{level} {step}" for level, step in steps.items()),
+        "prime": meta.get("prime"),
+        "refined": meta.get("refined"),
+        "seconds per stage": ", ".join(f"{k} {v}" for k, v in meta.get("seconds_per_stage", {}).items()),
+    }
+    return [{"": k, "value": v} for k, v in rows.items() if v not in (None, "")]
+
+
+def sample_html(sample: dict, options: PageOptions) -> str:
+    """One generated track: its name, metadata table and copy verdict, then every stage in one row
+    (a player above its spectrogram), in pipeline order, so the stages are heard and seen side by side."""
+    cells = []
+    for stage, path in sample["stages"].items():
+        audio, sr = sf.read(path, dtype="float32")  # (time,) mono
+        player = file_player_html(path, audio, sr, options).replace("<audio ", '<audio style="width:100%" ', 1)
+        cells.append(
+            f'<figure style="flex:1 1 0;min-width:200px;margin:0 8px 8px 0"><figcaption><b>{text(stage)}</b></figcaption>'
+            f"{player}{spectrogram_img(audio, sr, stage)}</figure>"
+        )
+    row = '<div style="display:flex;flex-wrap:wrap">' + "".join(cells) + "</div>"  # one row on a laptop screen
+    return f"<h4>{text(sample['id'])}</h4>" + html_table(meta_rows(sample["meta"])) + copies_html(sample["copies"]) + row
 
 
 def rate(run: Run, sample: str, score: int, listener: str = "", note: str = "") -> None:
@@ -229,8 +328,9 @@ OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
-def render(run: Run, out: Path, timeout: int = 600) -> Path:
-    """Execute the notebook on `run` and export it, inputs hidden, to one self-contained HTML file."""
+def render(run: Run, out: Path, options: PageOptions | None = None, timeout: int = 600) -> Path:
+    """Execute the notebook on `run` and export it, inputs hidden, to one HTML file (self-contained
+    unless `options` link the samples' audio)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -240,6 +340,7 @@ def render(run: Run, out: Path, timeout: int = 600) -> Path:
         raise UserError(f"'{run}' has no data stage output yet; run make data (or make demo) first.")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     os.environ[RUN_ENV] = str(run.path.resolve())
+    os.environ[OPTIONS_ENV] = (options or PageOptions()).to_json()
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(run.path)}})
     try:
         client.execute()
@@ -255,11 +356,18 @@ def render(run: Run, out: Path, timeout: int = 600) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser, reads=("review",))
     add_run_arguments(parser, "reads RUN/samples and the training folders' reports", computes=False)
     parser.add_argument("--out", type=Path, help="folder the page review.html goes to (default RUN)")
+    parser.add_argument(
+        "--link-audio", action="store_true",
+        help="the sample players link the run's WAVs (relative to the page) instead of embedding compressed audio",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     run = Run(args.run)
-    render(run, run.review_page if args.out is None else args.out / run.review_page.name)
+    out = run.review_page if args.out is None else args.out / run.review_page.name
+    options = PageOptions(load_recipe(args).review, out.parent if args.link_audio else None)
+    render(run, out, options)
     return 0

@@ -1,9 +1,16 @@
 """The listening-review page: executed headlessly, self-contained, showing what the run holds."""
 
+import base64
 import csv
+import io
 import json
 import re
+import urllib.parse
 from html import escape as html_escape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import av
 
 import numpy as np
 import pytest
@@ -14,6 +21,7 @@ from data_prep import ingest
 from jukebox_lite.runs import Run
 from jukebox_lite.stages import review
 from jukebox_lite.cli import main
+from jukebox_lite.core.config import ReviewConfig
 from jukebox_lite.core.errors import UserError
 from tests.helpers import synth_music, write_audio
 
@@ -28,6 +36,41 @@ def run(tmp_path):
     write_audio(music / "silent.wav", np.zeros((1, 44100), np.float32), 44100)
     ingest.prepare(None, FAST, music, tmp_path / "run", labels_from_folders=True)
     return tmp_path / "run"
+
+
+class Players(HTMLParser):
+    """The src of every <audio> element of a page, as the browser's parser sees them."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.sources: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "audio":
+            self.sources.append(dict(attrs)["src"])
+
+
+def decoded_seconds(src: str, page_folder: Path) -> float:
+    """Decode one player's source with FFmpeg (a data URI's bytes, or the file a relative link names)."""
+    if src.startswith("data:"):
+        header, _, data = src.partition(",")
+        assert header.endswith(";base64")
+        source = io.BytesIO(base64.b64decode(data, validate=True))
+    else:
+        source = str(page_folder / urllib.parse.unquote(src))
+    with av.open(source) as container:
+        stream = container.streams.audio[0]
+        return sum(frame.samples for frame in container.decode(stream)) / stream.rate
+
+
+def add_sample(run: Path, name: str, seconds: float, sr: int, stages=("level2", "refined"), meta=None) -> Path:
+    sample = run / "samples" / name
+    sample.mkdir(parents=True)
+    for k, stage in enumerate(stages):
+        sf.write(sample / f"{stage}.wav", synth_music(seconds, sr, seed=k, channels=1)[0], sr)
+    (sample / "meta.json").write_text(json.dumps(meta or {"seed": 7}))
+    return sample
 
 
 def test_page_is_self_contained_and_shows_corpus_samples_and_curves(run):
@@ -45,13 +88,13 @@ def test_page_is_self_contained_and_shows_corpus_samples_and_curves(run):
     assert main(["review", "--run", str(run)]) == 0
     html = (run / "review.html").read_text()
     assert not re.search(r'(src|href)="https?:', html), "the page must not load anything from the network"
-    players = re.findall(r'<audio controls="" preload="none" src="data:audio/wav;base64,UklGR', html)  # RIFF
+    players = re.findall(r'<audio controls="" preload="none" src="data:audio/ogg;base64,T2dnUw', html)  # OggS: Opus
     assert len(players) == 2 + 2 * 2  # two samples' stages + two vocal-removal pairs
     assert "deep" in html and "tech" in html and "silent: nothing louder than" in html
     assert "s001" in html and "No samples in this run yet" not in html
     assert "<b>FLAGGED</b>" in html and "deep/x/t0.wav" in html
     assert "vqvae: loss/total" not in html  # titles are drawn into the PNG, not HTML...
-    assert html.count("data:image/png;base64,") >= 4  # ...so count the figures: 2 pairs, 1 sample, 1 curve set
+    assert html.count("data:image/png;base64,") >= 5  # ...so count the figures: 2 pairs, 2 sample stages, 1 curve set
 
 
 def test_training_curves_and_samples_readers(run):
@@ -109,6 +152,10 @@ def test_clip_picks_the_loudest_stretch():
 def test_review_before_the_data_stage_is_one_clear_error(tmp_path, capsys):
     assert main(["review", "--run", str(tmp_path)]) == 2
     assert "run make data" in capsys.readouterr().err
+    assert main(["review", "--run", str(tmp_path), "review.audio_codec=flac"]) == 2
+    assert "review.audio_codec is 'flac'; use opus, mp3, wav." in capsys.readouterr().err
+    assert main(["review", "--run", str(tmp_path), "review.bitrate_kbps=1000"]) == 2
+    assert "review.bitrate_kbps is 1000; use 8 to 320." in capsys.readouterr().err
 
 
 HOSTILE = {
@@ -122,8 +169,6 @@ HOSTILE = {
 def test_names_from_the_corpus_and_the_run_never_become_markup(tmp_path):
     """File names, labels and sample names are data: the page shows them as text, and no element,
     script or event handler of the parsed page carries them."""
-    from html.parser import HTMLParser
-
     music = tmp_path / "music"
     write_audio(music / f"{HOSTILE['file']}.wav", synth_music(4.0, 44100, seed=1), 44100)
     with open(music / "labels.csv", "w", newline="") as f:
@@ -167,3 +212,54 @@ def test_names_from_the_corpus_and_the_run_never_become_markup(tmp_path):
         assert value not in page  # never raw...
     for value in (HOSTILE["genre"], HOSTILE["sample"]):
         assert html_escape(value) in page  # ...but shown, as text
+
+
+def test_every_player_decodes_and_metadata_is_a_table(run):
+    meta = {"genre": "deep", "morph_to": "tech", "seconds": 6.0, "seed": 7, "settings": {"temperature": 0.98, "checkpoint": "best"},
+            "checkpoints": {"vqvae": "v.pt", "prior_level2": {"path": "p", "step": 1250}, "refiner": None},
+            "refined": "eval-refiner found the refiner helps", "seconds_per_stage": {"level2": 1.5, "decode": 0.2}}
+    add_sample(run, "s001", 6.0, 22050, meta=meta)  # longer than the 4 s corpus files
+    assert main(["review", "--run", str(run), "--out", str(run / "mp3"), "review.audio_codec=mp3"]) == 0
+    page = (run / "mp3" / "review.html").read_text()
+    sources = Players(page).sources
+    assert len(sources) == 2 + 2 * 2 and all(src.startswith("data:audio/mpeg;base64,") for src in sources)
+    seconds = sorted(decoded_seconds(src, run) for src in sources)
+    assert seconds[-2:] == pytest.approx([6.0, 6.0], abs=0.06)  # the two sample stages, whole (MP3: a frame more)
+    assert all(s > 1 for s in seconds)  # and the vocal-removal excerpts
+    wav = review.audio_html(np.zeros(22050, np.float32), 22050, review.PageOptions(ReviewConfig(audio_codec="wav")))
+    assert decoded_seconds(Players(wav).sources[0], run) == 1.0 and "data:audio/wav;base64,UklGR" in wav  # RIFF
+    for cell in ("deep → tech", "0.98", "level2 1250", "level2 1.5, decode 0.2", "eval-refiner found the refiner helps"):
+        assert f"<td>{html_escape(cell)}</td>" in page
+
+
+def test_link_audio_points_at_the_runs_wavs_from_wherever_the_page_is(run, tmp_path):
+    add_sample(run, "odd name #1 'q'", 2.0, 22050)
+    for out in (None, tmp_path / "pages"):
+        args = ["review", "--run", str(run), "--link-audio"] + ([] if out is None else ["--out", str(out)])
+        assert main(args) == 0
+        folder = out or run
+        sources = Players((folder / "review.html").read_text()).sources
+        linked = [src for src in sources if not src.startswith("data:")]
+        assert len(linked) == 2 and len(sources) == 2 + 2 * 2  # vocal-removal excerpts stay embedded
+        for src in linked:
+            assert (folder / urllib.parse.unquote(src)).resolve().parent == (run / "samples" / "odd name #1 'q'").resolve()
+            assert decoded_seconds(src, folder) == 2.0
+
+
+def test_a_page_of_four_90_second_tracks_at_44k_stays_under_25_mb(run):
+    """The issue's real size: 4 tracks x 90 s x 4 stages at 44.1 kHz, as make sample SECONDS=90 N=4 writes
+    them (16-bit WAV: 127 MB of audio), in a page every player of which decodes to its whole track."""
+    sr, stages = 44100, ("level2", "level1", "level0", "refined")
+    track = synth_music(90.0, sr, seed=0, channels=1)[0]
+    for k in range(4):
+        sample = run / "samples" / f"long_{k}"
+        sample.mkdir(parents=True)
+        for stage in stages:
+            sf.write(sample / f"{stage}.wav", np.roll(track, 1000 * k), sr, subtype="PCM_16")
+        (sample / "meta.json").write_text(json.dumps({"seconds": 90.0}))
+    assert main(["review", "--run", str(run)]) == 0
+    page = (run / "review.html").read_text()
+    assert len(page.encode()) < 25e6
+    sources = Players(page).sources
+    assert len(sources) == 16 + 2 * 2
+    assert sorted(decoded_seconds(src, run) for src in sources)[-16:] == [90.0] * 16
