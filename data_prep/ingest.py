@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from jukebox_lite.core.atomic import append_line, file_sha256, read_jsonl, remov
 from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, make_overrides
 from jukebox_lite.core.config import DataConfig, load_config, save_config
 from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.processes import die_with_parent, stop_by_interrupt
 from jukebox_lite.runs import Run, StageFolder
 
 log = logging.getLogger(__name__)
@@ -99,9 +101,11 @@ def split_for(sha256: str, valid_fraction: float) -> str:
 _separator = None  # one separator per worker process, built on first use
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int) -> None:
     import torch
 
+    die_with_parent(parent)
+    signal.signal(signal.SIGTERM, stop_by_interrupt)  # a stopped worker discards its file (atomic_path)
     torch.set_num_threads(threads)
 
 
@@ -279,8 +283,11 @@ def _run_jobs(jobs: list[tuple], workers: int):
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
-    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+    pool = futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads, os.getpid()))
+    try:
         yield from pool.map(process, *zip(*jobs))
+    finally:  # on an interrupt: no queued file starts; the files in progress end (or are discarded by their workers)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------

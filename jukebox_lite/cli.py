@@ -7,11 +7,15 @@ sets up logging, and turns a `UserError` into one clear line on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
 
 from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.locks import folder_lock, launch_rank
+from jukebox_lite.core.processes import stop_by_interrupt
 
 # subcommand → (module, one-line help). Modules are imported only when their stage runs.
 STAGES = {
@@ -52,6 +56,16 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _lock_written_folder(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The lock on the run folder this command writes (rank 0 of a launch takes it for every rank)."""
+    from jukebox_lite.runs import Run
+
+    folder = Run(args.run).folder_written_by(args.stage, getattr(args, "level", 2)) if getattr(args, "run", None) else None
+    if folder is None or launch_rank() != 0:
+        return contextlib.nullcontext()
+    return folder_lock(folder, f"jukebox-lite {args.stage}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     stage = next((a for a in argv if not a.startswith("-")), None)
@@ -61,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]  # key=value after options that follow positional audio
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    signal.signal(signal.SIGTERM, stop_by_interrupt)  # a stop (kill, a scheduler) ends as Ctrl-C does
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -71,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             from jukebox_lite.core.distributed import resolve_device
 
             resolve_device(args.device)
-        return int(args.stage_main(args) or 0)
+        with _lock_written_folder(args):
+            return int(args.stage_main(args) or 0)
     except UserError as e:
         print(f"jukebox-lite {args.stage}: error: {e}", file=sys.stderr)
         return 2

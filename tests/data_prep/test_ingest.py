@@ -2,7 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +210,66 @@ def test_changed_settings_on_an_existing_run_are_refused(corpus, tmp_path):
     with pytest.raises(UserError, match="sample_rate"):
         ingest.prepare(None, [*FAST, "data.sample_rate=16000"], corpus, run)
     assert (run / "data/manifest.jsonl").read_text() == before
+
+
+def _workers(pid: int) -> set[int]:
+    """The pool's worker processes of `pid` (its spawned children running multiprocessing's spawn_main)."""
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children |= {int(c) for c in (task / "children").read_text().split()}
+    return {c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_stopped_or_killed_prepare_takes_its_workers_along_and_resumes_cleanly(tmp_path):
+    """SIGTERM ends prepare as Ctrl-C does (one line, status 130, no half-written file); SIGKILL of
+    prepare kills its workers at once (they once wrote files for minutes after); a rerun completes."""
+    music, run = tmp_path / "music", tmp_path / "run"
+    t = np.arange(30 * 22050) / 22050
+    music.mkdir()
+    for k in range(6):  # Spleeter takes seconds per file: stops land while workers are busy
+        tone = 0.3 * np.sin(2 * np.pi * (110 + 30 * k) * t) + 0.05 * np.random.default_rng(k).standard_normal(t.size)
+        sf.write(music / f"t{k}.wav", tone.astype(np.float32), 22050)
+    command = [sys.executable, "-m", "jukebox_lite", "prepare", "--audio", str(music), "--run", str(run),
+               "data.workers=2", "data.min_seconds=2", "data.sample_rate=16000"]
+    manifest = run / "data" / "manifest.jsonl"
+
+    def start_and_wait_for_a_file() -> tuple[subprocess.Popen, set[int]]:
+        before = len(read(manifest)) if manifest.exists() else 0
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 240
+        while not (manifest.exists() and len(read(manifest)) > before):  # a file done: the next ones are under way
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() is not None else "timeout"
+            time.sleep(0.1)
+        return process, _workers(process.pid)
+
+    process, workers = start_and_wait_for_a_file()
+    assert workers
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and output.strip().splitlines()[-1] == (
+        "jukebox-lite prepare: interrupted; finished work is kept, rerun to resume.")
+    assert not any(_alive(w) for w in workers)
+    assert not list((run / "data").rglob(".*.tmp*"))  # nothing half-written
+    done = read(manifest)
+    assert all((run / "data" / row["path"]).is_file() for row in done) and len(done) < 6
+
+    process, workers = start_and_wait_for_a_file()
+    process.kill()  # SIGKILL: no handler runs in prepare; the kernel kills its workers with it
+    process.wait()
+    deadline = time.monotonic() + 2
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers)
+
+    assert subprocess.run(command, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode == 0
+    rows = read(manifest)
+    assert sorted(row["source"] for row in rows) == [f"t{k}.wav" for k in range(6)]  # each once
+    assert not list((run / "data").rglob(".*.tmp*"))
