@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -10,6 +11,8 @@ import os
 import re
 from pathlib import Path
 from typing import Iterator
+
+from jukebox_lite.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +23,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the same folder (same filesystem, so the rename is atomic) and keeps
     the suffix, so writers that pick a format from the extension still work. On any error it is
-    removed and whatever was at `path` before is untouched.
+    removed and whatever was at `path` before is untouched; a full disk becomes one UserError, whoever
+    the writer was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,9 +34,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # libsndfile's errors and torch's zip writer's are RuntimeErrors
+        if _disk_is_full(tmp, e):
+            raise UserError(
+                f"The disk is full: '{path}' could not be written (what was there before is intact); free some space and rerun."
+            ) from None
+        raise
     finally:
-        if tmp.exists():
+        if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+def _disk_is_full(tmp: Path, error: BaseException) -> bool:
+    """Did a write fail for lack of space? An OSError says so in its errno; libsndfile ("System error")
+    and torch's zip writer do not, so the disk is asked: does it take 64 KiB more in that file?"""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        with open(tmp, "ab") as f:  # the temporary, deleted right after
+            f.write(bytes(1 << 16))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as probe:
+        return probe.errno in (errno.ENOSPC, errno.EDQUOT)
+    return False
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:

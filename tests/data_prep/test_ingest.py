@@ -273,3 +273,24 @@ def test_stopped_or_killed_prepare_takes_its_workers_along_and_resumes_cleanly(t
     rows = read(manifest)
     assert sorted(row["source"] for row in rows) == [f"t{k}.wav" for k in range(6)]  # each once
     assert not list((run / "data").rglob(".*.tmp*"))
+
+
+def test_a_full_disk_stops_prepare_in_one_sentence_and_keeps_the_corpus(corpus, tmp_path):
+    """libsndfile reports a full disk as "System error"; in a worker that was a traceback. The file's
+    temporary is made a link to /dev/full (ENOSPC on every write, as a full disk)."""
+    import pickle
+
+    from jukebox_lite.core.atomic import file_sha256
+
+    run = tmp_path / "run"
+    ingest.prepare(None, FAST, corpus, run)  # three files prepared
+    manifest = (run / "data/manifest.jsonl").read_text()
+    new = write_audio(corpus / "deep/ann/four.wav", synth_music(3.0, 44100, seed=8), 44100)
+    source = ingest.Source(new, "deep/ann/four.wav", file_sha256(new))
+    (run / "data/audio" / f".{source.id}.tmp{os.getpid()}.flac").symlink_to("/dev/full")
+    with pytest.raises(UserError, match=r"^The disk is full: '.*four.*\.flac' could not be written") as error:
+        ingest.prepare(None, FAST, corpus, run)
+    assert str(pickle.loads(pickle.dumps(error.value))) == str(error.value)  # it crosses from a worker intact
+    assert (run / "data/manifest.jsonl").read_text() == manifest
+    assert not list((run / "data").rglob(".*.tmp*"))
+    assert ingest.prepare(None, FAST, corpus, run).accepted_new == 1  # space again: it goes on
