@@ -30,7 +30,7 @@ import yaml
 from tqdm import tqdm
 
 from jukebox_lite.core import audio
-from jukebox_lite.core.atomic import append_line, file_sha256, read_jsonl, remove_stale_temporaries
+from jukebox_lite.core.atomic import append_line, atomic_path, file_sha256, read_jsonl, remove_stale_temporaries
 from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, make_overrides
 from jukebox_lite.core.config import DataConfig, load_config, save_config
 from jukebox_lite.core.errors import UserError
@@ -62,6 +62,9 @@ class Source:
 # Scanning and labels
 
 
+MAX_LABEL_CHARS = 200  # a genre or artist name; longer is a damaged or hostile label file
+
+
 def read_sidecar(path: Path) -> dict[str, dict]:
     """labels.csv (columns path, genre, artist) or labels.json ({path: {genre, artist}}) → {rel: labels}."""
     try:
@@ -75,12 +78,25 @@ def read_sidecar(path: Path) -> dict[str, dict]:
                 rows = list(csv.DictReader(f))
             if rows and "path" not in rows[0]:
                 raise ValueError("the first row must name the columns: path, genre, artist")
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"Label file '{path}' cannot be read ({e}); fix it or remove it.") from None
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"Label file '{path}' cannot be read ({str(e)[:200]}); fix it or remove it.") from None
     table = {}
     for row in rows:
-        labels = {k: str(row[k]).strip() for k in LABEL_KEYS if row.get(k) not in (None, "")}
-        table[str(row["path"]).replace("\\", "/").strip()] = labels
+        labels = {}
+        for key in LABEL_KEYS:
+            value = row.get(key)
+            if value in (None, ""):
+                continue
+            if not isinstance(value, str) or not 0 < len(value.strip()) <= MAX_LABEL_CHARS:
+                shown = repr(value)[:60]
+                raise UserError(
+                    f"Label file '{path}': the {key} of '{str(row.get('path'))[:200]}' is {shown}; a label is text "
+                    f"of 1 to {MAX_LABEL_CHARS} characters."
+                )
+            labels[key] = value.strip()
+        written = str(row["path"]).strip()
+        table[written] = labels
+        table.setdefault(written.replace("\\", "/"), labels)  # Windows separators, unless a name holds a real backslash
     return table
 
 
@@ -209,7 +225,7 @@ def prepare(
     remove_stale_temporaries(run.audio)
     save_config(recipe, run.data.config)
     manifest_path, rejected_path = run.manifest, run.rejected
-    manifest = read_jsonl(manifest_path)
+    manifest = run.manifest_rows()
     done_hashes = {row["sha256"]: row["source"] for row in manifest}
     rejected_before = {(row["source"], row.get("sha256")) for row in read_jsonl(rejected_path)}
 
@@ -218,7 +234,8 @@ def prepare(
     sidecar = read_sidecar(labels_file) if labels_file else {}
 
     summary = Summary(accepted_before=len(manifest))
-    todo: list[Source] = []
+    todo: dict[str, Source] = {}  # hash → the file to prepare
+    given: dict[str, dict] = {}  # hash → the labels this run's sources give it (they win over earlier ones)
     seen: dict[str, str] = dict(done_hashes)  # hash → source that holds that content
     for path in paths:
         rel = path.relative_to(audio_dir).as_posix()
@@ -230,23 +247,29 @@ def prepare(
         except OSError as e:
             _reject(rejected_path, rejected_before, summary, rel, None, f"cannot read file ({e.strerror})")
             continue
+        labels = folder_labels(rel) if labels_from_folders else {}
+        labels.update(sidecar.get(rel, {}))
+        labels.update({k: v for k, v in (cli_labels or {}).items() if v})
         if sha in seen:
             if seen[sha] != rel:
                 _reject(rejected_path, rejected_before, summary, rel, sha, f"duplicate: same content as {seen[sha]}")
+            # the kept twin takes the labels it lacks from this one (a labelled copy beside an unlabelled one)
+            given[sha] = {**labels, **given.get(sha, {})} if seen[sha] != rel else {**given.get(sha, {}), **labels}
             continue
         seen[sha] = rel
         if (rel, sha) in rejected_before:
             continue
-        labels = folder_labels(rel) if labels_from_folders else {}
-        labels.update(sidecar.get(rel, {}))
-        labels.update({k: v for k, v in (cli_labels or {}).items() if v})
-        todo.append(Source(path, rel, sha, labels))
+        given[sha] = labels
+        todo[sha] = Source(path, rel, sha)
+    for sha, source in todo.items():
+        source.labels = given[sha]
+    _relabel(run, manifest, given)
 
     log.info(
         "%d audio files in %s: %d already prepared, %d to process",
         len(paths), audio_dir, len(done_hashes), len(todo),
     )
-    jobs = [(s, cfg, run.audio / f"{s.id}.flac") for s in todo]
+    jobs = [(s, cfg, run.audio / f"{s.id}.flac") for s in todo.values()]
     for result in tqdm(_run_jobs(jobs, cfg.workers), total=len(jobs), desc="prepare", unit="file"):
         if "reason" in result:
             _reject(rejected_path, rejected_before, summary, result["source"], result["sha256"], result["reason"])
@@ -265,6 +288,20 @@ def prepare(
     if summary.accepted == 0:
         raise UserError(f"No usable audio in '{audio_dir}': every file was rejected (reasons in {rejected_path}).")
     return summary
+
+
+def _relabel(run: Run, manifest: list[dict], given: dict[str, dict]) -> None:
+    """Prepared files whose labels this run changes (--genre, a label file, folders) get them: labels
+    are cheap to rewrite, audio is not redone. The manifest is rewritten atomically."""
+    changed = 0
+    for row in manifest:
+        labels = {**row["labels"], **given.get(row["sha256"], {})}
+        if labels != row["labels"]:
+            row["labels"], changed = labels, changed + 1
+    if changed:
+        with atomic_path(run.manifest) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in manifest), encoding="utf-8")
+        log.warning("relabelled %d prepared file(s); rerun the codes stage and the priors to train on the new labels", changed)
 
 
 def _reject(path: Path, before: set, summary: Summary, source: str, sha: str | None, reason: str) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from jukebox_lite.algorithms.codes import CodesCorpus
 from jukebox_lite.algorithms.vocabulary import PriorVocabulary
-from jukebox_lite.core.atomic import read_jsonl
+from jukebox_lite.algorithms.datasets import read_manifest
 from jukebox_lite.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import Prior
@@ -199,8 +199,7 @@ class Run:
 
     def manifest_rows(self, split: str | None = None) -> list[dict]:
         """The data stage's manifest rows (all, or one split's); [] before the data stage ran."""
-        rows = read_jsonl(self.manifest)
-        return rows if split is None else [r for r in rows if r.get("split", "train") == split]
+        return read_manifest(self.manifest, split) if self.manifest.exists() else []
 
     def require_manifest(self) -> list[dict]:
         rows = self.manifest_rows()

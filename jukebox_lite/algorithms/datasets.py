@@ -29,12 +29,25 @@ log = logging.getLogger(__name__)
 TRAIN_STREAM, BANDWIDTH_STREAM, MEDIA_STREAM, RESIDUAL_STREAM, EVAL_STREAM = 0, 1, 2, 3, 4
 
 
-def read_manifest(manifest: Path, split: str) -> list[dict]:
-    """The manifest rows of one split ("train" / "valid"); a missing manifest is a UserError."""
+# what every line of RUN/data/manifest.jsonl holds (the data stage writes more), and its types
+MANIFEST_FIELDS = {"id": str, "path": str, "source": str, "sha256": str, "duration": (int, float), "labels": dict, "split": str}
+
+
+def read_manifest(manifest: Path, split: str | None = None) -> list[dict]:
+    """The manifest rows (of one split, "train" / "valid", or all), each checked to hold MANIFEST_FIELDS;
+    a missing manifest or a damaged line is a UserError naming it."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise UserError(f"'{manifest}' does not exist; run the data stage first (jukebox-lite prepare --run RUN ...).")
-    return [row for row in read_jsonl(manifest) if row.get("split") == split]
+    rows = read_jsonl(manifest)
+    for number, row in enumerate(rows, start=1):
+        wrong = [k for k, kind in MANIFEST_FIELDS.items() if not isinstance(row.get(k), kind)]
+        if wrong:
+            raise UserError(
+                f"'{manifest}' entry {number} lacks a valid {', '.join(wrong)}; restore the file, or delete that "
+                "line and rerun the data stage to redo its file."
+            )
+    return rows if split is None else [row for row in rows if row["split"] == split]
 
 
 class AudioWindows(Dataset):

@@ -90,6 +90,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a file written by `append_line`, cutting off a last line torn by a killed run.
 
     Without the cut, the next appended line would be glued onto the torn one and both would be lost.
+    Any other line that is not a JSON object (a damaged disk, a hand edit) is refused, naming its line.
     """
     path = Path(path)
     if not path.exists():
@@ -99,7 +100,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         raw = raw[: raw.rfind(b"\n") + 1]
         with open(path, "r+b") as f:
             f.truncate(len(raw))
-    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            reason = e.reason if isinstance(e, UnicodeDecodeError) else e.msg
+            raise UserError(f"'{path}' line {number} is damaged ({reason}); restore the file or delete that line.") from None
+        if not isinstance(row, dict):
+            raise UserError(f"'{path}' line {number} is not a JSON object; restore the file or delete that line.")
+        rows.append(row)
+    return rows
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -24,6 +24,8 @@ from jukebox_lite.core.atomic import atomic_path
 
 MIN_SOURCE_RATE = 4000  # below this a file is not music we can use
 MAX_SOURCE_RATE = 768000
+MAX_CHANNELS = 16  # more is not a music file (a damaged header would otherwise be averaged into "silence")
+MAX_PEAK = 1000.0  # +60 dBFS: float files may pass 1.0 a little, never by this much
 FFMPEG_SUFFIXES = {".mp3", ".m4a"}  # FFmpeg decodes these gaplessly; libsndfile cannot read m4a at all
 
 
@@ -75,6 +77,9 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tup
         raise AudioError("file holds no audio samples")
     if not np.isfinite(audio).all():
         raise AudioError("audio contains NaN or infinite samples")
+    peak = float(np.abs(audio).max())
+    if peak > MAX_PEAK:
+        raise AudioError(f"samples reach {peak:.3g}, far outside [-1, 1]: a damaged or mis-scaled float file")
     return audio, sr
 
 
@@ -86,6 +91,8 @@ def _read_soundfile(handle: sf.SoundFile, max_seconds: float | None) -> tuple[np
     """Read an opened file; a read error or fewer frames than the header promises means corrupt/truncated."""
     with handle:
         expected, sr = handle.frames, handle.samplerate
+        if handle.channels > MAX_CHANNELS:
+            raise AudioError(f"the header claims {handle.channels} channels; music has 1 to {MAX_CHANNELS}")
         limit = None if max_seconds is None or not sr else math.floor(max_seconds * sr)
         if limit is not None and expected > limit:
             raise _too_long(expected / sr, max_seconds)
@@ -117,6 +124,8 @@ def _load_pyav(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
                 raise AudioError("file has no audio stream")
             stream = container.streams.audio[0]
             sr = stream.rate
+            if stream.channels > MAX_CHANNELS:
+                raise AudioError(f"the header claims {stream.channels} channels; music has 1 to {MAX_CHANNELS}")
             if max_seconds is not None and container.duration and container.duration / av.time_base > max_seconds:
                 raise _too_long(container.duration / av.time_base, max_seconds)
             resampler = av.AudioResampler(format="fltp")  # planar float → (channels, samples)

@@ -20,6 +20,17 @@ from jukebox_lite.runs import Run
 log = logging.getLogger(__name__)
 
 
+def _sample_codes(path: Path, bins: int) -> np.ndarray:
+    """A sample's top-level codes (T,), or a UserError naming the file when it is not what sample wrote."""
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"'{path}' is not a codes file ({str(e)[:120]}); delete that sample or sample it again.") from None
+    if codes.dtype.kind not in "iu" or codes.ndim != 1 or codes.size == 0 or codes.min() < 0 or codes.max() >= bins:
+        raise UserError(f"'{path}' does not hold top-level codes (integers in [0, {bins})); delete that sample or sample it again.")
+    return codes.astype(np.int64)
+
+
 def check_run(run_dir: str | Path, cfg: CopiesConfig) -> dict[str, dict]:
     """Check every sample in RUN/samples against RUN/codes; write each sample's copies.json."""
     run = Run(run_dir)
@@ -30,7 +41,7 @@ def check_run(run_dir: str | Path, cfg: CopiesConfig) -> dict[str, dict]:
     index = CorpusIndex(corpus, cfg)
     report = {}
     for folder in folders:
-        generated = np.load(folder.codes).astype(np.int64).reshape(-1)
+        generated = _sample_codes(folder.codes, corpus.bins)
         found = index.matches(generated)
         longest = found[0].seconds if found else 0.0
         name = folder.path.name

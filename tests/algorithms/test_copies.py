@@ -110,3 +110,18 @@ def test_no_samples_is_a_clear_error(corpus, tmp_path):
     (tmp_path / "codes").symlink_to(run / "codes")
     with pytest.raises(UserError, match="make sample"):
         check_run(tmp_path, SETTINGS)
+
+
+def test_a_damaged_sample_codes_file_is_named_in_one_line(corpus, capsys):
+    run, codes = corpus
+    folder = Run(run).sample("broken")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    for content, reason in ((b"\x93NUMPY garbage", "is not a codes file"),
+                            (None, f"does not hold top-level codes (integers in [0, {codes.bins}))")):
+        if content is None:
+            np.save(folder.codes, np.array([0.5, 1e9]))  # floats, out of range: not what sample writes
+        else:
+            folder.codes.write_bytes(content)
+        assert main(["check-copies", "--run", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err and "broken" in err, err

@@ -294,3 +294,74 @@ def test_a_full_disk_stops_prepare_in_one_sentence_and_keeps_the_corpus(corpus, 
     assert (run / "data/manifest.jsonl").read_text() == manifest
     assert not list((run / "data").rglob(".*.tmp*"))
     assert ingest.prepare(None, FAST, corpus, run).accepted_new == 1  # space again: it goes on
+
+
+def test_damaged_label_files_and_labels_that_are_not_text_are_refused_in_one_line(tmp_path, capsys):
+    root = tmp_path / "music"
+    write_audio(root / "a.wav", synth_music(3.0, 22050, seed=1), 22050)
+    cases = {
+        "labels.csv": ("path,genre\na.wav," + "x" * 200_000 + "\n", "field larger than field limit"),
+        "labels.json": (json.dumps({"a.wav": {"genre": ["a", {"b": 1}]}}), "the genre of 'a.wav' is ['a', {'b': 1}]; a label is text"),
+    }
+    for name, (content, reason) in cases.items():
+        (root / name).write_text(content)
+        assert main(["prepare", "--audio", str(root), "--run", str(tmp_path / "run"), *FAST]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err and len(err) < 400, err
+        (root / name).unlink()
+
+
+def test_labels_follow_the_files_they_belong_to(tmp_path):
+    """--genre on a prepared corpus relabels it (audio not redone); a labelled duplicate gives its labels to
+    the twin that is kept; a file name holding a backslash keeps its label-file entry."""
+    root, run = tmp_path / "music", tmp_path / "run"
+    write_audio(root / "a.wav", synth_music(3.0, 22050, seed=1), 22050)
+    (root / "z").mkdir()
+    (root / "z" / "copy of a.wav").write_bytes((root / "a.wav").read_bytes())
+    write_audio(root / "back\\slash.wav", synth_music(3.0, 22050, seed=2), 22050)
+    (root / "labels.json").write_text(json.dumps({"z/copy of a.wav": {"artist": "kim"}, "back\\slash.wav": {"genre": "dub"}}))
+    ingest.prepare(None, FAST, root, run)
+    labels = {row["source"]: row["labels"] for row in read(run / "data/manifest.jsonl")}
+    assert labels == {"a.wav": {"artist": "kim"}, "back\\slash.wav": {"genre": "dub"}}
+    audio_before = {p.name: p.stat().st_mtime_ns for p in (run / "data/audio").iterdir()}
+
+    summary = ingest.prepare(None, FAST, root, run, cli_labels={"genre": "deep_house"})
+    labels = {row["source"]: row["labels"] for row in read(run / "data/manifest.jsonl")}
+    assert labels == {"a.wav": {"artist": "kim", "genre": "deep_house"}, "back\\slash.wav": {"genre": "deep_house"}}
+    assert summary.accepted_new == 0 and {p.name: p.stat().st_mtime_ns for p in (run / "data/audio").iterdir()} == audio_before
+    (root / "labels.json").unlink()
+    ingest.prepare(None, FAST, root, run)  # no label source given: the labels stay
+    assert {row["source"]: row["labels"] for row in read(run / "data/manifest.jsonl")} == labels
+
+
+def test_a_damaged_manifest_line_is_named(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    ingest.prepare(None, FAST, corpus, run)
+    capsys.readouterr()  # its progress bar
+    manifest = run / "data/manifest.jsonl"
+    good = manifest.read_bytes()
+    lines = good.splitlines(keepends=True)
+    for damaged, reason in ((b'{"id": "x", \xff\xfe\n', "line 2 is damaged (invalid start byte)"),
+                            (b'{"id": "x", "path"\n', "line 2 is damaged (Expecting ':' delimiter)"),
+                            (b'{"id": "x"}\n', "entry 2 lacks a valid path, source, sha256, duration, labels, split")):
+        manifest.write_bytes(lines[0] + damaged + b"".join(lines[2:]))
+        assert main(["prepare", "--audio", str(corpus), "--run", str(run), *FAST]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err, err
+    manifest.write_bytes(good)
+
+
+def test_reject_reasons_say_what_is_wrong(tmp_path):
+    import struct
+
+    x = np.random.default_rng(0).standard_normal((8000 * 3, 1)).astype(np.float32) * 0.1
+    sf.write(tmp_path / "loud.wav", x * 1e31, 8000, subtype="FLOAT")  # peak ~4e30: was called "vocals only"
+    sf.write(tmp_path / "many.wav", x, 8000, subtype="PCM_16")
+    header = bytearray((tmp_path / "many.wav").read_bytes())
+    fmt = header.find(b"fmt ") + 8
+    header[fmt + 2 : fmt + 14] = struct.pack("<HIIH", 1000, 8000, 8000 * 2000, 2000)  # 1000 channels, consistently
+    (tmp_path / "many.wav").write_bytes(header)  # was called "silent"
+    with pytest.raises(audio.AudioError, match=r"samples reach [0-9.]+e\+30, far outside \[-1, 1\]"):
+        audio.load_audio(tmp_path / "loud.wav")
+    with pytest.raises(audio.AudioError, match="the header claims 1000 channels; music has 1 to 16"):
+        audio.load_audio(tmp_path / "many.wav")
