@@ -163,10 +163,15 @@ def load_openai_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, tor
         raise UserError(f"'{path}' is not an OpenAI Jukebox checkpoint: it has no 'model' state dict.")
     state = {}
     for key, value in obj["model"].items():
+        shown = str(key)[:80]
         if not isinstance(value, torch.Tensor):
-            raise UserError(f"'{path}' is not an OpenAI Jukebox checkpoint: 'model' entry '{key}' is not a tensor.")
-        state[key.removeprefix("module.")] = value
+            raise UserError(f"'{path}' is not an OpenAI Jukebox checkpoint: 'model' entry '{shown}' is not a tensor.")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"'{path}' weight '{shown}' holds NaN or infinite values; the file is damaged.")
+        state[str(key).removeprefix("module.")] = value
     hps = _plain(obj.get("hps") or {})
+    if not isinstance(hps, dict):
+        raise UserError(f"'{path}' holds hyperparameters that are not a table (a {type(hps).__name__}); the file is damaged.")
     return hps, state
 
 
@@ -241,26 +246,37 @@ def vqvae_config_from_openai(hps: dict, state: dict[str, torch.Tensor], source: 
     for ours, theirs in _VQVAE_HPS.items():
         if hps.get(theirs) is not None:
             values[ours] = hps[theirs]
-    loss_fn = hps.get("loss_fn", "lmix")
-    if loss_fn == "l2":
-        values["l2_weight"], values["linf_weight"] = 1.0, 0.0
-    elif loss_fn == "lmix":
-        values["l2_weight"] = float(hps.get("lmix_l2", values["l2_weight"]))
-        values["linf_weight"] = float(hps.get("lmix_linf", values["linf_weight"]))
-    else:
-        log.warning("%s was trained with loss_fn %r; fine-tuning uses L2 + L-inf instead", source, loss_fn)
-    if not values["sample_length"]:  # OpenAI leaves 0 when sample_length_in_seconds was given
-        values["sample_length"] = VQVAEConfig.sample_length
-    for key in ("downs_t", "strides_t", "multipliers", "stft_n_fft", "stft_hop_length", "stft_window_size"):
-        values[key] = [int(v) for v in values[key]]
-    values["m_conv"] = float(values["m_conv"])
-    top_hop = math.prod(s**d for s, d in zip(values["strides_t"], values["downs_t"]))
-    values["sample_length"] = max(1, int(values["sample_length"]) // top_hop) * top_hop
     try:
+        loss_fn = hps.get("loss_fn", "lmix")
+        if loss_fn == "l2":
+            values["l2_weight"], values["linf_weight"] = 1.0, 0.0
+        elif loss_fn == "lmix":
+            values["l2_weight"] = float(hps.get("lmix_l2", values["l2_weight"]))
+            values["linf_weight"] = float(hps.get("lmix_linf", values["linf_weight"]))
+        else:
+            log.warning("%s was trained with loss_fn %r; fine-tuning uses L2 + L-inf instead", source, str(loss_fn)[:40])
+        if not values["sample_length"]:  # OpenAI leaves 0 when sample_length_in_seconds was given
+            values["sample_length"] = VQVAEConfig.sample_length
+        for key in ("downs_t", "strides_t", "multipliers", "stft_n_fft", "stft_hop_length", "stft_window_size"):
+            values[key] = [int(v) for v in values[key]]
+        values["sample_rate"], values["m_conv"] = int(values["sample_rate"]), float(values["m_conv"])
+        top_hop = math.prod(s**d for s, d in zip(values["strides_t"], values["downs_t"]))
+        values["sample_length"] = max(1, int(values["sample_length"]) // top_hop) * top_hop
         cfg = VQVAEConfig(**values)
         cfg.validate()
-    except (TypeError, UserError) as e:
-        raise UserError(f"'{source}' has VQ-VAE hyperparameters jukebox-lite cannot use ({e}).") from None
+    except (TypeError, ValueError, OverflowError, UserError) as e:
+        raise UserError(f"'{source}' has VQ-VAE hyperparameters jukebox-lite cannot use ({str(e)[:200]}).") from None
+    # the weights fix the architecture: hyperparameters that say otherwise would build another model
+    # (width 10**7 once tried to allocate petabytes) before the shapes were compared
+    def layout(v: dict) -> dict:  # what the weights' shapes fix: width x multiplier is one number per level
+        return {"levels": v["levels"], "l_bins": v["l_bins"], "emb_width": v["emb_width"], "downs_t": list(v["downs_t"]),
+                "strides_t": list(v["strides_t"]), "widths": [v["width"] * m for m in v["multipliers"]],
+                "depths": [v["depth"] * m for m in v["multipliers"]], "m_conv": float(v["m_conv"])}
+
+    said, weights = layout(values), layout(facts)
+    disagree = [f"{k} {said[k]!r} (the weights: {weights[k]!r})" for k in weights if said[k] != weights[k]]
+    if disagree:
+        raise UserError(f"'{source}' has hyperparameters its weights contradict: {'; '.join(disagree)[:300]}.")
     return cfg
 
 
@@ -285,10 +301,13 @@ def load_openai_vqvae(path: str | os.PathLike) -> tuple[VQVAE, dict]:
         raise UserError(f"'{source}' lacks the key '{missing[0]}' that its hyperparameters imply; the file is incomplete.")
     load_state_checked(model, state, source, strict=False)
     bandwidth = hps.get("bandwidth")
-    if isinstance(bandwidth, dict) and all(isinstance(bandwidth.get(k), (int, float)) for k in ("l1", "l2", "spec")):
+    usable = isinstance(bandwidth, dict) and all(
+        isinstance(bandwidth.get(k), (int, float)) and 0 < bandwidth[k] < math.inf for k in ("l1", "l2", "spec")
+    )
+    if usable:
         model.set_bandwidth(bandwidth)
     else:
-        log.warning("%s has no data bandwidth; compute it from your data before fine-tuning", source)
+        log.warning("%s has no usable data bandwidth (positive, finite); compute it from your data before fine-tuning", source)
     for level, block in enumerate(model.bottleneck.level_blocks):
         block.reset_ema(cfg.sample_length // model.hop_lengths[level])
     return model.eval(), hps
@@ -316,7 +335,16 @@ def prior_config_from_openai(hps: dict, sd: dict) -> PriorConfig:
     """
     given = {k: v for k, v in dict(hps or {}).items() if v is not None}
     upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
+    try:
+        return _prior_config(given, sd, upsampler)
+    except (TypeError, ValueError, OverflowError, KeyError) as e:
+        raise UserError(f"This OpenAI prior's hyperparameters cannot be used ({type(e).__name__}: {str(e)[:200]}).") from None
+
+
+def _prior_config(given: dict, sd: dict, upsampler: bool) -> PriorConfig:
     level = int(given.get("level", 1 if upsampler else 2))
+    if level not in _OPENAI_HOPS:
+        raise ValueError(f"level {level} is not 0, 1 or 2")
     hps = {**_OPENAI_DEFAULTS, **_OPENAI_LEVEL_DEFAULTS.get(level, {}), **given}
     if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd) or "prior.x_emb.weight" not in sd:
         raise UserError("This OpenAI checkpoint is not a plain prior (a lyrics prior or another model); it cannot be imported.")

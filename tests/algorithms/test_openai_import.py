@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import sys
 import types
@@ -255,3 +256,51 @@ def test_import_jukebox_command_converts_priors_and_checks_their_level(tmp_path,
     assert "holds a top-level prior, not a level-0 prior" in capsys.readouterr().err
     assert main([*argv, "--run", str(run)]) == 2  # nothing is overwritten without --force
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hps_changes, reason", [
+    ("a list", "holds hyperparameters that are not a table (a list)"),
+    ({"downs_t": "abc"}, "has VQ-VAE hyperparameters jukebox-lite cannot use (invalid literal for int()"),
+    ({"sr": float("nan")}, "has VQ-VAE hyperparameters jukebox-lite cannot use (cannot convert float NaN to integer)"),
+    ({"width": 10**7}, "has hyperparameters its weights contradict: widths [20000000, 10000000, 10000000] (the weights: [64, 32, 32])"),
+])
+def test_hostile_vqvae_hyperparameters_are_refused_before_anything_is_built(openai_file, tmp_path, hps_changes, reason):
+    path, state = openai_file
+    hostile = tmp_path / "vqvae.pth.tar"
+    if hps_changes == "a list":
+        torch.save({"hps": ["not", "a", "table"], "model": state}, hostile)
+    else:
+        save_openai_style(hostile, state, {**RELEASED_HPS, **hps_changes})
+    with pytest.raises(UserError, match=re.escape(reason)):
+        import_vqvae(hostile, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_weights_and_bandwidths_are_not_imported_as_if_sound(openai_file, tmp_path, caplog):
+    path, state = openai_file
+    damaged = tmp_path / "nan.pth.tar"
+    save_openai_style(damaged, {**state, "module.bottleneck.level_blocks.0.k": torch.full((2048, 64), float("nan"))}, RELEASED_HPS)
+    with pytest.raises(UserError, match="weight 'module.bottleneck.level_blocks.0.k' holds NaN or infinite values"):
+        import_vqvae(damaged, tmp_path / "out")
+    for k, bandwidth in enumerate(({"l1": 0.0, "l2": 0.01, "spec": 1.0}, {"l1": 0.1, "l2": float("nan"), "spec": 1.0})):
+        odd = tmp_path / f"odd{k}.pth.tar"
+        save_openai_style(odd, state, {**RELEASED_HPS, "bandwidth": bandwidth})
+        caplog.clear()
+        import_vqvae(odd, tmp_path / f"odd{k}")
+        assert "no usable data bandwidth" in caplog.text
+        imported = load_vqvae(tmp_path / f"odd{k}").bandwidth  # a zero or NaN would divide every loss term
+        assert imported != pytest.approx(bandwidth) and all(0 < v < float("inf") for v in imported.values())
+
+
+@pytest.mark.parametrize("hps_changes, reason", [
+    ({"heads": "abc"}, "cannot be used (ValueError: invalid literal for int()"),
+    ({"heads": 10**7}, "must be a positive multiple of heads (10000000)"),
+    ({"sr": float("nan")}, "cannot be used (ValueError: cannot convert float NaN to integer)"),
+    ({"level": 7}, "cannot be used (ValueError: level 7 is not 0, 1 or 2)"),
+])
+def test_hostile_prior_hyperparameters_are_one_sentence(tmp_path, hps_changes, reason):
+    from jukebox_lite.algorithms.openai_import import prior_from_openai
+
+    recorded = torch.load(FIXTURES / "openai_prior_top_labelled.pt", weights_only=True)
+    with pytest.raises(UserError, match=re.escape(reason)):
+        prior_from_openai({**recorded["hps"], **hps_changes}, recorded["state_dict"])
