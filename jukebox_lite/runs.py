@@ -174,13 +174,18 @@ class Run:
         folders = sorted((p for p in self.samples.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
         return [SampleFolder(p) for p in folders]
 
+    @property
+    def audio_index(self) -> Path:
+        """The audio copy detector's fingerprints of the corpus (check-copies)."""
+        return self.path / "copies" / "audio_index.npz"
+
     def folder_written_by(self, command: str, level: int = 2) -> Path | None:
         """The folder `jukebox-lite <command>` writes here (locked while it runs: core/locks.py)."""
         return {
             "prepare": self.data.path, "import-jukebox": self.vqvae.path, "train-vqvae": self.vqvae.path,
             "eval-vqvae": self.vqvae.path, "encode": self.codes.path, "train-prior": self.prior(level).path,
             "train-refiner": self.refiner.path, "eval-refiner": self.refiner.path, "sample": self.samples,
-            "check-copies": self.samples,
+            "check-copies": self.audio_index.parent,
         }.get(command)
 
     def training_folders(self) -> list[tuple[str, StageFolder]]:

@@ -44,6 +44,22 @@ def synth_music(seconds: float, sr: int, seed: int = 0, channels: int = 2) -> np
     return (pan * mono[None]).astype(np.float32)
 
 
+def melody(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Music that never repeats itself: a random note every 1/8 s (three harmonics, decaying) over a
+    random bass note every 1/2 s, and a noise tick on the beats. (channels, time) float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    out = np.zeros(t.size)
+    for step, length, low, high, level in ((0.125, 0.125, 60, 84, 0.3), (0.5, 0.5, 36, 48, 0.4)):
+        for start in np.arange(0, seconds, step):
+            pitch = 440 * 2 ** ((rng.integers(low, high) - 69) / 12)
+            span = (t >= start) & (t < start + length)
+            local = t[span] - start
+            out[span] += level * np.exp(-6 * local) * sum(np.sin(2 * np.pi * pitch * k * local) / k for k in (1, 2, 3))
+    out += 0.05 * rng.standard_normal(t.size) * np.exp(-40 * (t % 0.5))
+    return (0.5 * out / np.abs(out).max())[None].astype(np.float32)
+
+
 def write_audio(path: Path, audio: np.ndarray, sr: int, **kwargs) -> Path:
     """Write (channels, time) with soundfile; the format follows the extension."""
     path.parent.mkdir(parents=True, exist_ok=True)

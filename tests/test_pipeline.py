@@ -52,17 +52,20 @@ def test_demo_pipeline_through_make(tmp_path):
         assert list((run / stage / "tb").iterdir()), f"{stage} logged nothing to TensorBoard"
         assert (run / stage / "best.pt").is_file() and scalars(run / stage, "valid/loss"), f"{stage} was not validated"
     assert json.loads((run / "vqvae/eval.json").read_text())
-    assert json.loads((run / "refiner/eval.json").read_text())
+    verdict = json.loads((run / "refiner/eval.json").read_text())
     assert (run / "codes/index.json").is_file()
     sample = run / "samples" / "e2e_0"
-    for stage in ("level2", "level1", "level0", "refined"):
+    stages = ["level2", "level1", "level0"] + (["refined"] if verdict["helpful"] else [])  # a refiner that hurts is skipped
+    for stage in stages:
         info = sf.info(sample / f"{stage}.wav")
         assert (info.samplerate, info.frames) == (22050, 3 * 22050), stage
     meta = json.loads((sample / "meta.json").read_text())
+    assert (sample / "refined.wav").exists() == verdict["helpful"]
+    assert meta["refined"].startswith("eval-refiner found the refiner " + ("helps" if verdict["helpful"] else "makes"))
     assert meta["genre"] == "deep_house" and meta["checkpoints"]["prior_level2"]["path"].endswith("best.pt")
     assert "flagged" in json.loads((sample / "copies.json").read_text())
     html = (run / "review.html").read_text()
-    assert html.count('src="data:audio/wav;base64,') == 3 * 2 + 4  # vocal-removal pairs + the sample's stages
+    assert html.count('src="data:audio/ogg;base64,') == 3 * 2 + len(stages)  # vocal-removal pairs + the sample's stages
     assert "e2e_0" in html and "Copy check" in html
     assert "VQ-VAE reconstruction" in html and "Refiner vs decoded level-0 audio" in html
     assert "No training logs" not in html

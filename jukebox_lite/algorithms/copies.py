@@ -37,10 +37,10 @@ class Match:
 
     file_id: str
     source: str  # the training file as the user named it
-    sample_start: float  # seconds into the generated track
-    corpus_start: float  # seconds into the training file
+    offset_seconds: float  # where the passage starts in the generated track
+    training_offset_seconds: float  # ... and in the training file
     seconds: float
-    agreement: float  # share of identical tokens over the passage
+    score: float  # share of identical tokens over the passage
 
 
 def ngram_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
@@ -132,9 +132,9 @@ class CorpusIndex:
             best[file] = Match(
                 file_id=entry["id"],
                 source=entry.get("source", entry["id"]),
-                sample_start=round((g0 + start) * hop / sr, 3),
-                corpus_start=round((g0 + start + diagonal - int(self.starts[file])) * hop / sr, 3),
+                offset_seconds=round((g0 + start) * hop / sr, 3),
+                training_offset_seconds=round((g0 + start + diagonal - int(self.starts[file])) * hop / sr, 3),
                 seconds=round(seconds, 3),
-                agreement=round(float(equal[start:end].mean()), 3),
+                score=round(float(equal[start:end].mean()), 3),
             )
         return sorted(best.values(), key=lambda m: -m.seconds)

@@ -186,13 +186,39 @@ def objective_html(run: Run) -> str:
     return "".join(parts) or "<p><i>No evaluations in this run yet (make codes, make refiner).</i></p>"
 
 
-def copies_html(copies: dict | None) -> str:
-    """The copy detector's verdict on one sample, in a sentence and a table of its longest matches."""
+def copies_html(run: Run, sample: dict, options: PageOptions) -> str:
+    """The copy check's verdict on one sample: a sentence, its longest matches, and for the longest
+    the sample's passage and the training excerpt it matches, to be heard side by side."""
+    copies = sample["copies"]
     if copies is None:
         return "<p><i>Not checked for copies yet (make check-copies).</i></p>"
-    verdict = "<b>FLAGGED</b>: replays training audio" if copies["flagged"] else "no long copy of the training corpus"
-    rows = [{k: m[k] for k in ("seconds", "source", "sample_start", "corpus_start", "agreement")} for m in copies["matches"][:5]]
-    return f"<p>Copy check: {verdict} (longest match {copies['longest_seconds']:.1f} s)</p>" + (html_table(rows) if rows else "")
+    matches = copies.get("matches", [])
+    verdict = "<b>FLAGGED</b>: replays training audio" if copies.get("flagged") else "no long copy of the training corpus"
+    longest = f" (longest match {matches[0]['seconds']:.1f} s)" if matches else ""
+    rows = [{"detector": m["detector"], "seconds": m["seconds"], "training file": m["training_file"]["source"],
+             "at (training file)": m["training_offset_seconds"], "at (sample)": m["offset_seconds"], "score": m["score"]}
+            for m in matches[:5]]
+    parts = [f"<p>Copy check: {verdict}{longest}</p>", html_table(rows) if rows else ""]
+    if matches:
+        parts.append(_match_players(run, sample, matches[0], options))
+    return "".join(parts)
+
+
+def _match_players(run: Run, sample: dict, match: dict, options: PageOptions) -> str:
+    """Players of the longest match: the sample's passage, then the training file's (at most 10 s each)."""
+    paths = {row["id"]: run.data.path / row["path"] for row in run.manifest_rows()}
+    training = paths.get(match["training_file"]["id"])
+    heard = [stage for stage in ("refined", "level0", "level1", "level2") if stage in sample["stages"]]
+    if training is None or not training.is_file() or not heard:
+        return ""
+    seconds = min(match["seconds"], 10.0)
+    cells = []
+    for label, path, start in (("the sample's passage", sample["stages"][heard[0]], match["offset_seconds"]),
+                               ("the training excerpt", training, match["training_offset_seconds"])):
+        audio, sr = sf.read(path, dtype="float32", start=int(start * sf.info(path).samplerate),
+                            frames=int(seconds * sf.info(path).samplerate), always_2d=True)
+        cells.append(f"{text(label)} {audio_html(audio.mean(axis=1), sr, options)}")
+    return "<p>" + " ".join(cells) + "</p>"
 
 
 def text(value: object) -> str:
@@ -287,7 +313,7 @@ def meta_rows(meta: dict) -> list[dict]:
     return [{"": k, "value": v} for k, v in rows.items() if v not in (None, "")]
 
 
-def sample_html(sample: dict, options: PageOptions) -> str:
+def sample_html(run: Run, sample: dict, options: PageOptions) -> str:
     """One generated track: its name, metadata table and copy verdict, then every stage in one row
     (a player above its spectrogram), in pipeline order, so the stages are heard and seen side by side."""
     cells = []
@@ -299,7 +325,7 @@ def sample_html(sample: dict, options: PageOptions) -> str:
             f"{player}{spectrogram_img(audio, sr, stage)}</figure>"
         )
     row = '<div style="display:flex;flex-wrap:wrap">' + "".join(cells) + "</div>"  # one row on a laptop screen
-    return f"<h4>{text(sample['id'])}</h4>" + html_table(meta_rows(sample["meta"])) + copies_html(sample["copies"]) + row
+    return f"<h4>{text(sample['id'])}</h4>" + html_table(meta_rows(sample["meta"])) + copies_html(run, sample, options) + row
 
 
 def rate(run: Run, sample: str, score: int, listener: str = "", note: str = "") -> None:

@@ -10,7 +10,7 @@ from jukebox_lite.algorithms.codes import CodesCorpus
 from jukebox_lite.stages.encode import encode_run
 from jukebox_lite.core.config import CopiesConfig
 from jukebox_lite.algorithms.copies import CorpusIndex, longest_tolerant_run, ngram_hashes
-from jukebox_lite.stages.check_copies import check_run
+from jukebox_lite.stages.check_copies import check
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from tests.helpers import make_run, save_vqvae, varied_vqvae
@@ -55,10 +55,10 @@ def test_planted_excerpt_is_found_with_file_and_position(corpus):
     assert found, "the planted excerpt was not found"
     best = found[0]
     assert best.file_id == codes.files[2]["id"]
-    assert best.sample_start == pytest.approx(2500 / 2000, abs=0.01)
-    assert best.corpus_start == pytest.approx(700 / 2000, abs=0.01)
+    assert best.offset_seconds == pytest.approx(2500 / 2000, abs=0.01)
+    assert best.training_offset_seconds == pytest.approx(700 / 2000, abs=0.01)
     assert best.seconds == pytest.approx(1200 / 2000, abs=0.03)
-    assert 0.85 <= best.agreement < 1.0
+    assert 0.85 <= best.score < 1.0
 
 
 def test_novel_codes_are_not_flagged(corpus):
@@ -91,7 +91,8 @@ def test_check_copies_command_writes_reports_and_flags(corpus, tmp_path):
     assert main(["check-copies", "--run", str(run), *overrides]) == 0
     copied = json.loads((run / "samples/copied/copies.json").read_text())
     novel = json.loads((run / "samples/novel/copies.json").read_text())
-    assert copied["flagged"] and copied["matches"][0]["file_id"] == codes.files[1]["id"]
+    assert copied["flagged"] and copied["matches"][0]["training_file"]["id"] == codes.files[1]["id"]
+    assert copied["matches"][0]["detector"] == "tokens" and (run / "copies" / "audio_index.npz").is_file()
     assert not novel["flagged"]
 
 
@@ -109,7 +110,7 @@ def test_no_samples_is_a_clear_error(corpus, tmp_path):
     run, _ = corpus
     (tmp_path / "codes").symlink_to(run / "codes")
     with pytest.raises(UserError, match="make sample"):
-        check_run(tmp_path, SETTINGS)
+        check(tmp_path, SETTINGS)
 
 
 def test_a_damaged_sample_codes_file_is_named_in_one_line(corpus, capsys):

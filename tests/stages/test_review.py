@@ -79,8 +79,10 @@ def test_page_is_self_contained_and_shows_corpus_samples_and_curves(run):
     for stage in ("level2", "refined"):
         sf.write(sample / f"{stage}.wav", synth_music(3.0, 22050, seed=7, channels=1)[0], 22050)
     (sample / "meta.json").write_text('{"seed": 7}')
-    match = {"seconds": 9.5, "source": "deep/x/t0.wav", "sample_start": 1.0, "corpus_start": 2.0, "agreement": 0.9}
-    (sample / "copies.json").write_text(json.dumps({"flagged": True, "longest_seconds": 9.5, "matches": [match]}))
+    t0 = next(row for row in Run(run).manifest_rows() if row["source"] == "deep/x/t0.wav")
+    match = {"detector": "audio", "training_file": {"source": "deep/x/t0.wav", "id": t0["id"]}, "seconds": 2.5,
+             "training_offset_seconds": 0.5, "offset_seconds": 0.2, "score": 20.0}
+    (sample / "copies.json").write_text(json.dumps({"input": "x", "flagged": True, "matches": [match]}))
     with SummaryWriter(run / "vqvae" / "tb") as writer:
         for step in range(5):
             writer.add_scalar("loss/total", 1.0 / (step + 1), step)
@@ -89,10 +91,11 @@ def test_page_is_self_contained_and_shows_corpus_samples_and_curves(run):
     html = (run / "review.html").read_text()
     assert not re.search(r'(src|href)="https?:', html), "the page must not load anything from the network"
     players = re.findall(r'<audio controls="" preload="none" src="data:audio/ogg;base64,T2dnUw', html)  # OggS: Opus
-    assert len(players) == 2 + 2 * 2  # two samples' stages + two vocal-removal pairs
+    assert len(players) == 2 + 2 * 2 + 2  # two samples' stages, two vocal-removal pairs, the copy and its source
+    assert re.search(r"the sample(&#x27;|')s passage", html) and "the training excerpt" in html
     assert "deep" in html and "tech" in html and "silent: nothing louder than" in html
     assert "s001" in html and "No samples in this run yet" not in html
-    assert "<b>FLAGGED</b>" in html and "deep/x/t0.wav" in html
+    assert "<b>FLAGGED</b>" in html and "deep/x/t0.wav" in html and "longest match 2.5 s" in html
     assert "vqvae: loss/total" not in html  # titles are drawn into the PNG, not HTML...
     assert html.count("data:image/png;base64,") >= 5  # ...so count the figures: 2 pairs, 2 sample stages, 1 curve set
 
@@ -179,8 +182,9 @@ def test_names_from_the_corpus_and_the_run_never_become_markup(tmp_path):
     sample.mkdir(parents=True)
     sf.write(sample / "level2.wav", synth_music(1.0, 22050, seed=7, channels=1)[0], 22050)
     (sample / "meta.json").write_text(json.dumps({"genre": HOSTILE["genre"], "prime": HOSTILE["file"]}))
-    match = {"seconds": 9.5, "source": HOSTILE["file"], "sample_start": 1.0, "corpus_start": 2.0, "agreement": 0.9}
-    (sample / "copies.json").write_text(json.dumps({"flagged": True, "longest_seconds": 9.5, "matches": [match]}))
+    match = {"detector": "audio", "training_file": {"source": HOSTILE["file"], "id": HOSTILE["file"]}, "seconds": 9.5,
+             "training_offset_seconds": 2.0, "offset_seconds": 1.0, "score": 0.9}
+    (sample / "copies.json").write_text(json.dumps({"input": HOSTILE["sample"], "flagged": True, "matches": [match]}))
     (run / "vqvae").mkdir()
     (run / "vqvae" / "eval.json").write_text(json.dumps({"segments": 1, "source": HOSTILE["genre"], "levels": []}))
     assert main(["review", "--run", str(run)]) == 0
