@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     files, args.overrides = split_overrides([*args.inputs, *args.overrides])
     report = check(args.run, load_recipe(args).copies, files or None)
     if args.out is not None:
-        with atomic_path(args.out / "copies.json") as tmp:
+        with atomic_path(SampleFolder(args.out).copies) as tmp:  # named as a sample's own report
             tmp.write_text(json.dumps(report, indent=2))
     flagged = [entry["input"] for entry in report if entry["flagged"]]
     if flagged:
