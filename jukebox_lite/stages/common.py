@@ -125,6 +125,17 @@ def load_clips(
     return clips
 
 
+def evaluation_clips(
+    run: Run, audio_dir: Path | None, sample_rate: int, segment_seconds: float, max_segments: int, hop: int
+) -> tuple[list[torch.Tensor], int, str, float]:
+    """What both evaluation commands evaluate: segments (1, ≤ segment) of the validation split, or of
+    `audio_dir`, cut to multiples of `hop`. → (clips, files, where they came from, seconds)."""
+    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run)
+    segment = max(hop, round(segment_seconds * sample_rate) // hop * hop)
+    clips = load_clips(paths, source, audio_dir is None, sample_rate, segment, max_segments, hop)
+    return clips, len(paths), source, sum(c.shape[-1] for c in clips) / sample_rate
+
+
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     """Right-aligned columns for the log: the evaluation commands' tables."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

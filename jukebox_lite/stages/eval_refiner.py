@@ -41,7 +41,15 @@ from jukebox_lite.core.precision import autocast
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe, add_segment_arguments, text_table, check_segment_arguments, folder_files, load_clips, validation_files
+from jukebox_lite.stages.common import (
+    add_recipe_arguments,
+    add_run_arguments,
+    add_segment_arguments,
+    check_segment_arguments,
+    evaluation_clips,
+    load_recipe,
+    text_table,
+)
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.models.vqvae import VQVAE
@@ -150,16 +158,14 @@ def evaluate_run(
     refiner = run.load_refiner(device, fingerprint, checkpoint)
     weights = run.refiner.weights(checkpoint)
     cfg = refiner.config
-    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run)
-    hop = vqvae.hop_lengths[cfg.cond_level]
-    segment = max(hop, round(segment_seconds * cfg.sample_rate) // hop * hop)
-    clips = load_clips(paths, source, audio_dir is None, cfg.sample_rate, segment, max_segments, hop)
-    seconds = sum(c.shape[-1] for c in clips) / cfg.sample_rate
+    clips, files, source, seconds = evaluation_clips(
+        run, audio_dir, cfg.sample_rate, segment_seconds, max_segments, vqvae.hop_lengths[cfg.cond_level]
+    )
     steps = cfg.steps if steps is None else steps
     strength = cfg.strength if strength is None else strength
     log.info(
         "evaluating the refiner on %d segments (%.1f s) from %d files of %s (level-%d audio, %d steps, strength %.2f)",
-        len(clips), seconds, len(paths), source, cfg.cond_level, steps, strength,
+        len(clips), seconds, files, source, cfg.cond_level, steps, strength,
     )
     values = evaluate(refiner, vqvae, clips, batch_size, steps, strength, seed)
     report = {
@@ -167,7 +173,7 @@ def evaluate_run(
         "refiner_sha256": file_sha256(weights),
         "vqvae_fingerprint": fingerprint,
         "source": source,
-        "files": len(paths),
+        "files": files,
         "segments": len(clips),
         "seconds": seconds,
         "sample_rate": cfg.sample_rate,

@@ -28,10 +28,8 @@ from jukebox_lite.stages.common import (
     add_run_arguments,
     add_segment_arguments,
     check_segment_arguments,
-    folder_files,
-    load_clips,
+    evaluation_clips,
     text_table,
-    validation_files,
 )
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.core.distributed import resolve_device
@@ -103,17 +101,15 @@ def evaluate_run(
     run = Run(run_dir)
     out = run.vqvae.eval_report if out_dir is None else Path(out_dir) / run.vqvae.eval_report.name
     model = run.load_vqvae(resolve_device(device))
-    paths, source = (folder_files(audio_dir), str(audio_dir)) if audio_dir else validation_files(run)
-    top_hop = model.hop_lengths[-1]
-    segment = max(top_hop, round(segment_seconds * model.sample_rate) // top_hop * top_hop)
-    clips = load_clips(paths, source, audio_dir is None, model.sample_rate, segment, max_segments, top_hop)
-    seconds = sum(c.shape[-1] for c in clips) / model.sample_rate
-    log.info("evaluating the VQ-VAE on %d segments (%.1f s) from %d files of %s", len(clips), seconds, len(paths), source)
+    clips, files, source, seconds = evaluation_clips(
+        run, audio_dir, model.sample_rate, segment_seconds, max_segments, model.hop_lengths[-1]
+    )
+    log.info("evaluating the VQ-VAE on %d segments (%.1f s) from %d files of %s", len(clips), seconds, files, source)
     levels = evaluate(model, clips, batch_size)
     report = {
         "vqvae_fingerprint": model.fingerprint(),
         "source": source,
-        "files": len(paths),
+        "files": files,
         "segments": len(clips),
         "seconds": seconds,
         "sample_rate": model.sample_rate,
