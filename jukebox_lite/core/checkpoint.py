@@ -41,11 +41,14 @@ def save_checkpoint(path: str | os.PathLike, kind: str, config: dict, model: dic
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_location: str = "cpu") -> dict:
-    """Load safely (no code runs) and check format and kind; any problem is one UserError naming the file."""
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None, map_location: str = "cpu", mmap: bool = False) -> dict:
+    """Load safely (no code runs) and check format and kind; any problem is one UserError naming the file.
+
+    mmap: tensors stay in the file until touched, for a caller that reads a checkpoint's names and
+    config only (a released prior's checkpoint is gigabytes)."""
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"Checkpoint '{path}' is corrupt or not a jukebox-lite checkpoint ({reason}).") from None

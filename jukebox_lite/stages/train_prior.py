@@ -269,7 +269,7 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
     )
     vocab = PriorVocabulary(list(corpus.genres), list(corpus.artists))
     if out.has_checkpoint():  # a resumed or fine-tuned prior keeps its label ids and appends new names
-        state = load_checkpoint(out.checkpoint, "prior")
+        state = load_checkpoint(out.checkpoint, "prior", mmap=True)  # names and config: its tensors are not read
         check_level(cfg, state, out.checkpoint)
         vocab = PriorVocabulary.from_checkpoint(state).extended(corpus.genres, corpus.artists)
         del state
