@@ -251,10 +251,11 @@ def prepare(
         labels.update(sidecar.get(rel, {}))
         labels.update({k: v for k, v in (cli_labels or {}).items() if v})
         if sha in seen:
-            if seen[sha] != rel:
+            if seen[sha] != rel:  # a twin: the kept file takes the labels it lacks from it
                 _reject(rejected_path, rejected_before, summary, rel, sha, f"duplicate: same content as {seen[sha]}")
-            # the kept twin takes the labels it lacks from this one (a labelled copy beside an unlabelled one)
-            given[sha] = {**labels, **given.get(sha, {})} if seen[sha] != rel else {**given.get(sha, {}), **labels}
+                given[sha] = {**labels, **given.get(sha, {})}
+            else:  # the prepared file itself: its own labels win over a twin's
+                given[sha] = {**given.get(sha, {}), **labels}
             continue
         seen[sha] = rel
         if (rel, sha) in rejected_before:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from jukebox_lite.algorithms.codes import CodesCorpus
+from jukebox_lite.algorithms.codes import INDEX_NAME, CodesCorpus
 from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.algorithms.datasets import read_manifest
 from jukebox_lite.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -85,6 +85,10 @@ class SampleFolder:
 
     def audio(self, stage: str) -> Path:
         return self.path / f"{stage}.wav"
+
+    def most_finished(self) -> Path | None:
+        """The audio of the last stage this sample reached (refined, else level0, level1, level2), or None."""
+        return next((self.audio(s) for s in reversed(self.STAGES) if self.audio(s).is_file()), None)
 
     @property
     def meta(self) -> Path:
@@ -219,6 +223,10 @@ class Run:
                 f"({MAKE_TARGETS['vqvae']}) or import OpenAI's."
             )
         return load_vqvae(self.vqvae.path, map_location=device)
+
+    def has_codes(self) -> bool:
+        """Whether the codes stage has written its index (RUN/codes/index.json)."""
+        return (self.codes.path / INDEX_NAME).is_file()
 
     def codes_corpus(self, vqvae_fingerprint: str | None = None) -> CodesCorpus:
         return CodesCorpus(self.codes.path, vqvae_fingerprint)

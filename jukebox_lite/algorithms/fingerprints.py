@@ -14,14 +14,13 @@ fingerprinting (Wang, "An Industrial-Strength Audio Search Algorithm", 2003):
 3. the index: every training file's hashes, sorted, with (file, frame) for each;
 4. a query's hashes are looked up; each hit votes for (file, training frame − query frame). A copied
    passage piles votes on one offset (within a frame, for shifts between frame boundaries); a novel
-   track's hits scatter. Votes are counted per second of the query; the longest run of seconds
-   holding enough votes for one (file, offset) is the match, its votes per second the score.
+   track's hits scatter. For the alignments with most votes, the hits are split where they pause for
+   over a second; the longest run dense enough in hits is the match, its hits per second the score.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,8 +31,6 @@ from scipy import ndimage
 
 from jukebox_lite.core.atomic import atomic_path
 from jukebox_lite.core.audio import resample, to_mono
-
-log = logging.getLogger(__name__)
 
 RATE = 8000  # fingerprints look at 0–4 kHz
 N_FFT = 1024  # 128 ms windows

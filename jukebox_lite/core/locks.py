@@ -1,7 +1,8 @@
 """One writer per stage folder: a second command writing the same folder is refused, naming the first.
 
-Two `prepare` runs on one RUN once both succeeded and listed every file twice. A lock file is held with flock(2) while the command runs, and holds the holder's pid, command and
-start time for the message the second command prints. The kernel drops the lock when its holder exits
+Two `prepare` runs on one RUN once both succeeded and listed every file twice. A lock file is held
+with flock(2) while the command runs, and holds the holder's pid, command and start time for the
+message the second command prints. The kernel drops the lock when its holder exits
 in any way (SIGKILL too), so a lock left by a dead run is recognised as stale by construction: the
 next command takes it and says whose it was.
 

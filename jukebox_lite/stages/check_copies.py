@@ -39,13 +39,12 @@ log = logging.getLogger(__name__)
 MAX_QUERY_SECONDS = 3600.0  # a longer query is refused (memory), like a longer corpus file
 
 
-def audio_index(run: Run) -> fingerprints.FingerprintIndex:
-    """The corpus's fingerprint index: loaded, extended with files the corpus gained since, or built."""
-    rows = run.require_manifest()
+def audio_index(run: Run, rows: list[dict]) -> fingerprints.FingerprintIndex:
+    """The fingerprint index of the corpus (its manifest `rows`): loaded, extended with files the corpus
+    gained since, or built."""
     loaded = fingerprints.FingerprintIndex.load(run.audio_index)
-    index = None
-    if loaded is not None:
-        index, meta = loaded
+    index = None if loaded is None else loaded[0]
+    if index is not None:
         if not set(index.ids) <= {row["id"] for row in rows}:
             log.warning("%s indexes files the corpus no longer holds; rebuilding it", run.audio_index)
             index = None
@@ -65,13 +64,6 @@ def audio_index(run: Run) -> fingerprints.FingerprintIndex:
         index = fingerprints.FingerprintIndex.build(marks(), base=index)
         index.save(run.audio_index, {"files": len(index.ids)})
     return index
-
-
-def _most_finished(folder: SampleFolder) -> Path | None:
-    for stage in reversed(folder.STAGES):  # refined, level0, level1, level2
-        if folder.audio(stage).is_file():
-            return folder.audio(stage)
-    return None
 
 
 def _sample_codes(path: Path, bins: int) -> np.ndarray:
@@ -94,18 +86,19 @@ def _entry(detector: str, source: str, file_id: str, offset: float, training_off
 def check(run_dir: str | Path, cfg: CopiesConfig, audio: list[Path] | None = None) -> list[dict]:
     """One entry per input (every sample of the run, or `audio`); samples' copies.json are written."""
     run = Run(run_dir)
-    samples = [] if audio else [f for f in run.sample_folders() if _most_finished(f) is not None or f.codes.is_file()]
+    samples = [] if audio else [f for f in run.sample_folders() if f.most_finished() is not None or f.codes.is_file()]
     if not audio and not samples:
         raise UserError(f"No samples in '{run.samples}' and no audio files given; run the sample stage (make sample) first, or name files to check.")
-    index = audio_index(run)
-    sources = {row["id"]: row["source"] for row in run.manifest_rows()}
+    rows = run.require_manifest()
+    index = audio_index(run, rows)
+    sources = {row["id"]: row["source"] for row in rows}
     tokens = None
-    if samples and any(f.codes.is_file() for f in samples) and run.codes.path.joinpath("index.json").is_file():
+    if samples and any(f.codes.is_file() for f in samples) and run.has_codes():
         corpus = run.codes_corpus()
         tokens = (CorpusIndex(corpus, cfg), corpus.bins)
 
     report = []
-    for path, folder in [(p, None) for p in audio or []] + [(_most_finished(f), f) for f in samples]:
+    for path, folder in [(p, None) for p in audio or []] + [(f.most_finished(), f) for f in samples]:
         matches = [] if path is None else _audio_matches(index, sources, path, cfg, given=folder is None)
         path = path or folder.path  # a sample with codes only: the token detector alone
         if tokens is not None and folder is not None and folder.codes.is_file():

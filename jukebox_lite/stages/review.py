@@ -120,7 +120,8 @@ def samples(run: Run) -> list[dict]:
         copies = json.loads(folder.copies.read_text()) if folder.copies.exists() else None
         stages = {stage: folder.audio(stage) for stage in folder.STAGES if folder.audio(stage).exists()}
         if stages:
-            found.append({"id": folder.path.name, "meta": meta, "stages": stages, "copies": copies})
+            found.append({"id": folder.path.name, "meta": meta, "stages": stages, "copies": copies,
+                          "most_finished": folder.most_finished()})  # what check-copies heard
     return found
 
 
@@ -208,15 +209,14 @@ def _match_players(run: Run, sample: dict, match: dict, options: PageOptions) ->
     """Players of the longest match: the sample's passage, then the training file's (at most 10 s each)."""
     paths = {row["id"]: run.data.path / row["path"] for row in run.manifest_rows()}
     training = paths.get(match["training_file"]["id"])
-    heard = [stage for stage in ("refined", "level0", "level1", "level2") if stage in sample["stages"]]
-    if training is None or not training.is_file() or not heard:
+    if training is None or not training.is_file() or sample["most_finished"] is None:
         return ""
     seconds = min(match["seconds"], 10.0)
     cells = []
-    for label, path, start in (("the sample's passage", sample["stages"][heard[0]], match["offset_seconds"]),
+    for label, path, start in (("the sample's passage", sample["most_finished"], match["offset_seconds"]),
                                ("the training excerpt", training, match["training_offset_seconds"])):
-        audio, sr = sf.read(path, dtype="float32", start=int(start * sf.info(path).samplerate),
-                            frames=int(seconds * sf.info(path).samplerate), always_2d=True)
+        sr = sf.info(path).samplerate
+        audio, _ = sf.read(path, dtype="float32", start=int(start * sr), frames=int(seconds * sr), always_2d=True)
         cells.append(f"{text(label)} {audio_html(audio.mean(axis=1), sr, options)}")
     return "<p>" + " ".join(cells) + "</p>"
 
