@@ -16,12 +16,15 @@ outputs equal theirs. Exactly as in their training forward, pattern 4 lets a row
 except the window's very last position (their summaries cover rows 0..blocks-2).
 
 Everything is written with explicit query and key positions, so one rule (`allowed`) drives the
-dense masks used on CPU, the FlexAttention block masks used on CUDA, and the KV-cache during
-sampling, where the cached keys are a sparse subset of the past.
+masked reference path, the FlexAttention block masks used on CUDA, and the KV cache during
+sampling, where the cached keys are a sparse subset of the past. Off CUDA, training windows run the
+blocked kernel, which reshapes rows and columns into small attentions and needs no mask; tests hold
+every kernel equal to the masked reference.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
@@ -150,12 +153,72 @@ def flex_attention_window(
     return kernel(q, k, v, block_mask=block_mask)
 
 
+def blocked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_func: int, block_ctx: int, n_ctx: int
+) -> torch.Tensor:
+    """A teacher-forced window that computes only the blocks its pattern attends to (OpenAI's layout).
+
+    q/k/v: (B, H, T, D) at positions 0..T-1 → (B, H, T, D). The window is cut into rows of block_ctx
+    (zero-padded at the end, which no real query sees) and each pattern becomes one plain or causal
+    attention over small blocks: row = causal within each row, column = causal down each column,
+    previous row = each row over the row before it, summary = every query over the row ends only.
+    Equal to the masked `sdpa_attention`, at a fraction of its work when rows are many.
+    """
+    if attn_func == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    B, H, T, D = q.shape
+    if attn_func == 4:  # keys: the row ends only (the null key and the mask are sdpa_attention's)
+        ends = torch.arange(T // block_ctx, device=q.device) * block_ctx + block_ctx - 1
+        return sdpa_attention(q, k[:, :, ends], v[:, :, ends], torch.arange(T, device=q.device), ends, 4, block_ctx, n_ctx)
+    pad = -T % block_ctx
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    rows = (T + pad) // block_ctx
+    # (B, H, rows·bc, D) → (B·H, rows, bc, D)
+    q, k, v = (t.reshape(B * H, rows, block_ctx, D) for t in (q, k, v))
+    if attn_func == 1:  # causal within each row
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif attn_func == 2:  # causal down each column: (B·H, bc, rows, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    elif attn_func == 3:  # row r over the whole row r-1; row 0 sees only the null key, whose value is 0
+        later = F.scaled_dot_product_attention(q[:, 1:], k[:, :-1], v[:, :-1])
+        out = torch.cat([torch.zeros_like(q[:, :1]), later], dim=1)
+    else:
+        raise ValueError(f"attn_func {attn_func} is not one of {ATTN_FUNCS}")
+    return out.reshape(B, H, rows * block_ctx, D)[:, :, :T]
+
+
+KERNELS = ("auto", "blocked", "masked", "flex")
+_kernel = "auto"
+
+
+@contextlib.contextmanager
+def attention_kernel(name: str):
+    """Use one kernel for teacher-forced windows inside the block ("auto": flex on CUDA, else blocked).
+
+    For benchmarks that compare the kernels and tests that check them against each other; the stages
+    always run "auto".
+    """
+    global _kernel
+    if name not in KERNELS:
+        raise ValueError(f"attention kernel {name!r} is not one of {KERNELS}")
+    previous, _kernel = _kernel, name
+    try:
+        yield
+    finally:
+        _kernel = previous
+
+
 def window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_func: int, block_ctx: int, n_ctx: int
 ) -> torch.Tensor:
-    """A whole teacher-forced window (positions 0..T-1): FlexAttention on CUDA, SDPA with a mask elsewhere."""
-    if q.is_cuda:
-        return flex_attention_window(q, k, v, attn_func, block_ctx, n_ctx)
+    """A whole teacher-forced window (positions 0..T-1) with the kernel in use (see `attention_kernel`)."""
+    kernel = _kernel if _kernel != "auto" else ("flex" if q.is_cuda else "blocked")
+    if kernel == "flex":
+        return flex_attention_window(q, k, v, attn_func, block_ctx, n_ctx, compiled=q.is_cuda)
+    if kernel == "blocked":
+        return blocked_attention(q, k, v, attn_func, block_ctx, n_ctx)
     pos = torch.arange(q.shape[2], device=q.device)
     return sdpa_attention(q, k, v, pos, pos, attn_func, block_ctx, n_ctx)
 

@@ -7,7 +7,9 @@ import torch
 
 from jukebox_lite.nn.attention import (
     ATTN_FUNCS,
+    attention_kernel,
     attn_func_for_layer,
+    blocked_attention,
     dense_mask,
     flex_attention_window,
     flex_mask_mod,
@@ -75,14 +77,44 @@ def naive_attention(q, k, v, mask):
     return w @ v
 
 
+@pytest.mark.parametrize("kernel", ["masked", "blocked"])
 @pytest.mark.parametrize("attn_func", ATTN_FUNCS)
-def test_sdpa_path_equals_naive_attention(attn_func):
+def test_window_kernels_equal_naive_attention(attn_func, kernel):
     g = torch.Generator().manual_seed(attn_func)
     n_ctx, blocks = 24, 6
     q, k, v = (torch.randn(2, 3, n_ctx, 8, generator=g) for _ in range(3))
     expected = naive_attention(q, k, v, dense_mask(attn_func, n_ctx, n_ctx // blocks, n_ctx))
-    got = window_attention(q, k, v, attn_func, n_ctx // blocks, n_ctx)
+    with attention_kernel(kernel):
+        got = window_attention(q, k, v, attn_func, n_ctx // blocks, n_ctx)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("length", [32, 29, 8, 5])
+@pytest.mark.parametrize("attn_func", ATTN_FUNCS)
+def test_blocked_kernel_equals_masked_in_value_and_gradient(attn_func, length):
+    """Windows shorter than n_ctx and not a whole number of rows too (the blocked kernel pads the last row)."""
+    g = torch.Generator().manual_seed(10 + attn_func)
+    n_ctx, block_ctx = 32, 8
+    inputs = [torch.randn(2, 2, length, 8, generator=g, requires_grad=True) for _ in range(3)]
+    weights = torch.randn(2, 2, length, 8, generator=g)
+    pos = torch.arange(length)
+    masked = sdpa_attention(*inputs, pos, pos, attn_func, block_ctx, n_ctx)
+    expected_grads = torch.autograd.grad((masked * weights).sum(), inputs)
+    blocked = blocked_attention(*inputs, attn_func, block_ctx, n_ctx)
+    grads = torch.autograd.grad((blocked * weights).sum(), inputs)
+    torch.testing.assert_close(blocked, masked, atol=1e-5, rtol=1e-5)
+    for got, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_kernel_is_restored_and_checked():
+    q = k = v = torch.randn(1, 1, 16, 4)
+    with attention_kernel("masked"):
+        with pytest.raises(ValueError, match="not one of"):
+            with attention_kernel("dense"):
+                pass
+        masked = window_attention(q, k, v, 2, 4, 16)
+    assert torch.equal(masked, sdpa_attention(q, k, v, torch.arange(16), torch.arange(16), 2, 4, 16))
 
 
 def test_previous_row_attention_of_first_row_is_zero():
