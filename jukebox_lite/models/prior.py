@@ -57,16 +57,26 @@ class TokenModel(nn.Module):
             self.x_out.weight = self.x_emb.weight
 
     def forward(
-        self, h: torch.Tensor, positions: torch.Tensor, cond: torch.Tensor | None, caches=None
+        self, h: torch.Tensor, start: int, cond: torch.Tensor | None, caches=None
     ) -> torch.Tensor:
-        """h: (B, L, W) input embeddings at `positions` (L,), cond: (B, L, W) or None → logits (B, L, bins)."""
-        h = h + self.pos_emb.pos_emb[positions]
+        """h: (B, L, W) input embeddings at positions start..start+L-1, cond: (B, L, W) or None → logits (B, L, bins)."""
+        h = h + self.pos_emb.pos_emb[start : start + h.shape[1]]
         if cond is not None:
             h = h + cond
-        h = self.transformer(h, positions, caches)
+        h = self.transformer(h, start, caches)
         if cond is not None and self.tied:  # OpenAI's merged decoder does not add it again
             h = h + cond
         return self.x_out(h)
+
+    def step(self, h: torch.Tensor, t: int, cond: torch.Tensor | None, caches) -> torch.Tensor:
+        """forward for one position t through the caches: h, cond: (B, W) → logits (B, bins)."""
+        h = h + self.pos_emb.pos_emb[t]
+        if cond is not None:
+            h = h + cond
+        h = self.transformer.step(h, t, caches)
+        if cond is not None and self.tied:
+            h = h + cond
+        return F.linear(h, self.x_out.weight)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,7 +331,7 @@ class Prior(nn.Module):
         c = self.conditioning(B, T, upper_codes, labels)
         x = self.prior.x_emb(codes)  # (B, T, W)
         h = torch.cat([c.start[:, None].to(x.dtype), x[:, :-1]], dim=1)  # shift right, start token first
-        logits = self.prior(h, torch.arange(T, device=self.device), c.cond)
+        logits = self.prior(h, 0, c.cond)
         return logits.float()
 
     def forward(self, codes: torch.Tensor, upper_codes=None, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -228,15 +228,33 @@ def window_attention(
 
 
 class LayerCache:
-    """Keys and values of one layer that later queries can still attend to (batched, lazily allocated)."""
+    """Keys and values of one layer that later queries can still attend to (batched, allocated once).
+
+    Slots, by pattern (r = t // block_ctx is the row of position t, c = t % block_ctx its column):
+
+        0 dense          slot t                  a step at t reads slots [0, t]
+        1 row            slot c                  reads [0, c]: the current row so far
+        2 column         slot c·blocks + r       reads [c·blocks, c·blocks + r]: the column so far
+        3 previous row   slot t mod 2·block_ctx  reads the other half: row r-1 (row 0: the null key only)
+        4 row ends       slot r + 1              reads [0, n]: slot 0 is the null key, then the n row ends seen
+
+    `step` (one position: every sampled token) writes its key first and then attends over one
+    contiguous slice, with no mask and no copy. `attend` (any number of positions: a prime, a window's
+    context) attends over every slot with the mask of `allowed`, which is why each slot's position is
+    remembered (`positions`, a list: a step writes it without a tensor operation); it is also the
+    reference the tests and bench/bench_prior.py hold the steps against.
+    """
 
     def __init__(self, attn_func: int, n_ctx: int, block_ctx: int):
         self.attn_func, self.n_ctx, self.block_ctx = attn_func, n_ctx, block_ctx
         self.blocks = n_ctx // block_ctx
-        self.capacity = {0: n_ctx, 1: block_ctx, 2: n_ctx, 3: 2 * block_ctx, 4: self.blocks}[attn_func]
-        self.k = self.v = self.pos = None
+        self.capacity = {0: n_ctx, 1: block_ctx, 2: n_ctx, 3: 2 * block_ctx, 4: self.blocks + 1}[attn_func]
+        self.k = self.v = None
+        self.positions = [EMPTY_POSITION] * self.capacity  # of each slot
+        if attn_func == 4:
+            self.positions[0] = NULL_POSITION  # the null key: zeros, always seen
 
-    def _slots(self, pos: torch.Tensor) -> torch.Tensor:
+    def _slots(self, pos: torch.Tensor | int):
         f, bc = self.attn_func, self.block_ctx
         if f == 0:
             return pos
@@ -246,7 +264,56 @@ class LayerCache:
             return (pos % bc) * self.blocks + pos // bc
         if f == 3:
             return pos % (2 * bc)
-        return pos // bc
+        return pos // bc + 1
+
+    def _allocate(self, k: torch.Tensor) -> None:
+        B, H, _, D = k.shape
+        self.k = k.new_zeros(B, H, self.capacity, D)
+        self.v = k.new_zeros(B, H, self.capacity, D)
+
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
+        """q/k/v (B, H, 1, D) of position t → attention output (B, H, 1, D); caches k, v."""
+        if self.k is None:
+            self._allocate(k)
+        f, bc = self.attn_func, self.block_ctx
+        r, c = divmod(t, bc)
+        if f != 4 or c == bc - 1:  # pattern 4 keeps row ends only
+            slot = self._slots(t)
+            self.k[:, :, slot : slot + 1] = k
+            self.v[:, :, slot : slot + 1] = v
+            self.positions[slot] = t
+        if f == 0:
+            seen = slice(0, t + 1)
+        elif f == 1:
+            seen = slice(0, c + 1)
+        elif f == 2:
+            seen = slice(c * self.blocks, c * self.blocks + r + 1)
+        elif f == 3:
+            if r == 0:
+                return torch.zeros_like(q)  # softmax over the null key alone, whose value is zero
+            seen = slice((r - 1) % 2 * bc, (r - 1) % 2 * bc + bc)
+        else:  # the null key and the row ends up to t; the window's last position is never a summary
+            seen = slice(0, 1 + (t + 1) // bc - (t == self.n_ctx - 1))
+        return F.scaled_dot_product_attention(q, self.k[:, :, seen], self.v[:, :, seen])
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
+        """q/k/v (B, H, L, D) of positions start..start+L-1 → attention output (B, H, L, D); caches k, v."""
+        if self.k is None:
+            self._allocate(k)
+        q_pos = torch.arange(start, start + q.shape[2], device=q.device)
+        held = slice(1, None) if self.attn_func == 4 else slice(None)  # sdpa_attention adds the null key itself
+        held_pos = torch.tensor(self.positions[held], device=q.device)
+        out = sdpa_attention(
+            q, torch.cat([self.k[:, :, held], k], 2), torch.cat([self.v[:, :, held], v], 2), q_pos,
+            torch.cat([held_pos, q_pos]), self.attn_func, self.block_ctx, self.n_ctx,
+        )
+        keep = self._worth_keeping(q_pos, start + q.shape[2])
+        slots = self._slots(q_pos[keep])
+        self.k[:, :, slots] = k[:, :, keep].to(self.k.dtype)
+        self.v[:, :, slots] = v[:, :, keep].to(self.v.dtype)
+        for slot, position in zip(slots.tolist(), q_pos[keep].tolist()):
+            self.positions[slot] = position
+        return out
 
     def _worth_keeping(self, pos: torch.Tensor, next_pos: int) -> torch.Tensor:
         """Which of the new positions a query at `next_pos` or later may still see."""
@@ -258,34 +325,3 @@ class LayerCache:
         if f == 3:
             return pos // bc >= next_pos // bc - 1
         return pos % bc == bc - 1
-
-    def _cached(self, q_pos: torch.Tensor):
-        """The cached slots the queries may need: one step reads a slice, a chunk reads everything."""
-        if q_pos.numel() == 1 and self.attn_func in (0, 2):
-            t = int(q_pos[0])
-            if self.attn_func == 0:
-                window = slice(0, t)
-            else:
-                column = t % self.block_ctx
-                window = slice(column * self.blocks, (column + 1) * self.blocks)
-            return self.k[:, :, window], self.v[:, :, window], self.pos[window]
-        return self.k, self.v, self.pos
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor) -> torch.Tensor:
-        """q/k/v (B, H, L, D) of the new positions q_pos (L,) → attention output (B, H, L, D); caches k, v."""
-        if self.k is None:
-            B, H, _, D = k.shape
-            self.k = k.new_zeros(B, H, self.capacity, D)
-            self.v = v.new_zeros(B, H, self.capacity, D)
-            self.pos = torch.full((self.capacity,), EMPTY_POSITION, dtype=torch.long, device=k.device)
-        ck, cv, cpos = self._cached(q_pos)
-        out = sdpa_attention(
-            q, torch.cat([ck, k], 2), torch.cat([cv, v], 2), q_pos, torch.cat([cpos, q_pos]),
-            self.attn_func, self.block_ctx, self.n_ctx,
-        )
-        keep = self._worth_keeping(q_pos, int(q_pos[-1]) + 1)
-        slots = self._slots(q_pos[keep])
-        self.k[:, :, slots] = k[:, :, keep].to(self.k.dtype)
-        self.v[:, :, slots] = v[:, :, keep].to(self.v.dtype)
-        self.pos[slots] = q_pos[keep]
-        return out

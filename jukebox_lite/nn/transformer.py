@@ -37,7 +37,8 @@ class FactorizedAttention(nn.Module):
         self.c_attn = Conv1D(cfg.width, 3 * self.n_state, cfg.init_scale)
         self.c_proj = Conv1D(self.n_state, cfg.width, cfg.init_scale)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int, cache=None) -> torch.Tensor:
+        """x: (B, L, W) at window positions start..start+L-1 (a whole window from 0 when cache is None)."""
         B, L, _ = x.shape
         # (B, L, 3·n_state) → 3 × (B, H, L, n_state/H): q, k, v are contiguous thirds, heads contiguous slices
         q, k, v = (
@@ -46,9 +47,17 @@ class FactorizedAttention(nn.Module):
         if cache is None:  # a whole window from position 0
             a = window_attention(q, k, v, self.attn_func, self.block_ctx, self.n_ctx)
         else:
-            a = cache.attend(q, k, v, positions)
+            a = cache.attend(q, k, v, start)
         a = a.transpose(1, 2).reshape(B, L, self.n_state)  # merge heads
         return self.c_proj(a)
+
+    def step(self, x: torch.Tensor, t: int, cache) -> torch.Tensor:
+        """x: (B, W) at position t → (B, W), through the cache's sliced step."""
+        B = x.shape[0]
+        qkv = torch.addmm(self.c_attn.b, x, self.c_attn.w)  # (B, 3·n_state)
+        q, k, v = qkv.view(B, 3, self.heads, 1, -1).unbind(1)  # 3 × (B, H, 1, n_state/H)
+        a = cache.step(q, k, v, t).reshape(B, self.n_state)
+        return torch.addmm(self.c_proj.b, a, self.c_proj.w)
 
 
 class MLP(nn.Module):
@@ -62,6 +71,11 @@ class MLP(nn.Module):
         h = self.c_fc(x)
         return self.c_proj(h * torch.sigmoid(1.702 * h))  # quick-GELU
 
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """forward for x: (B, W), calling the kernels directly."""
+        h = torch.addmm(self.c_fc.b, x, self.c_fc.w)
+        return torch.addmm(self.c_proj.b, h * torch.sigmoid(1.702 * h), self.c_proj.w)
+
 
 class ResAttnBlock(nn.Module):
     """x + a + m with a = attn(ln_0(x)), m = mlp(ln_1(x + a)): OpenAI's block (no final layer norm)."""
@@ -73,9 +87,21 @@ class ResAttnBlock(nn.Module):
         self.mlp = MLP(cfg)
         self.ln_1 = nn.LayerNorm(cfg.width)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache=None) -> torch.Tensor:
-        a = self.attn(self.ln_0(x), positions, cache)
+    def forward(self, x: torch.Tensor, start: int, cache=None) -> torch.Tensor:
+        a = self.attn(self.ln_0(x), start, cache)
         m = self.mlp(self.ln_1(x + a))
+        return x + a + m
+
+    def step(self, x: torch.Tensor, t: int, cache) -> torch.Tensor:
+        """forward for one position t of incremental decoding, x: (B, W) → (B, W).
+
+        A sampled token costs ~100 small operations at batch 1, so their count and the Python around
+        them set the speed: the step calls the kernels directly (no module calls, no sequence axis).
+        The tests hold it equal to forward.
+        """
+        ln_0, ln_1 = self.ln_0, self.ln_1
+        a = self.attn.step(F.layer_norm(x, ln_0.normalized_shape, ln_0.weight, ln_0.bias, ln_0.eps), t, cache)
+        m = self.mlp.step(F.layer_norm(x + a, ln_1.normalized_shape, ln_1.weight, ln_1.bias, ln_1.eps))
         return x + a + m
 
 
@@ -87,11 +113,17 @@ class Transformer(nn.Module):
         )
         self.checkpoint_layers = cfg.checkpoint_layers
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int, caches=None) -> torch.Tensor:
         recompute = self.checkpoint_layers and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self._attn_mods):
             if recompute:  # keep only each layer's input; its insides are recomputed in backward
-                x = torch.utils.checkpoint.checkpoint(block, x, positions, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, start, use_reentrant=False)
             else:
-                x = block(x, positions, None if caches is None else caches[i])
+                x = block(x, start, None if caches is None else caches[i])
+        return x
+
+    def step(self, x: torch.Tensor, t: int, caches) -> torch.Tensor:
+        """x: (B, W) at position t → (B, W); see ResAttnBlock.step."""
+        for block, cache in zip(self._attn_mods, caches):
+            x = block.step(x, t, cache)
         return x

@@ -5,9 +5,9 @@ import torch
 
 from jukebox_lite.core.config import PriorConfig, PriorLevel1Config
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.nn.attention import EMPTY_POSITION, LayerCache, allowed
+from jukebox_lite.nn.attention import EMPTY_POSITION, NULL_POSITION, LayerCache, allowed
 from jukebox_lite.models.prior import LabelMix, Prior
-from jukebox_lite.algorithms.sampling import sample_codes, IncrementalDecoder, filter_logits, morph, window_starts
+from jukebox_lite.algorithms.sampling import sample_codes, IncrementalDecoder, draw, filter_logits, morph, window_starts
 
 SR = 44100
 
@@ -29,10 +29,10 @@ def labels_for(batch=2):
     return torch.tensor([[60 * SR, 5 * SR, 32 * 128, 1, 2, -1], [30 * SR, 0, 32 * 128, 0, 0, 1]])[:batch]
 
 
-def cached_logits(prior, codes, cond_kwargs, chunks=None):
+def cached_logits(prior, codes, cond_kwargs, chunks=None, reference=False):
     """Teacher forcing through the KV cache: one position at a time, or in the given chunk sizes."""
     B, T = codes.shape
-    decoder = IncrementalDecoder(prior, prior.conditioning(B, T, **cond_kwargs))
+    decoder = IncrementalDecoder(prior, prior.conditioning(B, T, **cond_kwargs), reference=reference)
     out, t = [decoder.start()[:, None]], 0
     for size in chunks or [1] * (T - 1):
         out.append(decoder.feed(codes[:, t : t + size]))
@@ -50,8 +50,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("reference", [False, True], ids=["fused-steps", "masked-reference"])
 @pytest.mark.parametrize("name,make_config,upsampler", CASES, ids=[c[0] for c in CASES])
-def test_cached_steps_equal_full_forward(name, make_config, upsampler):
+def test_cached_steps_equal_full_forward(name, make_config, upsampler, reference):
     torch.manual_seed(0)
     prior = Prior(make_config()).eval()
     codes = torch.randint(0, 16, (2, 32))
@@ -60,27 +61,28 @@ def test_cached_steps_equal_full_forward(name, make_config, upsampler):
         kwargs = {}
     full = prior.logits(codes, **kwargs)
     assert full.std() > 0.1  # far from uniform, so a masking mistake would show
-    torch.testing.assert_close(cached_logits(prior, codes, kwargs), full, atol=2e-5, rtol=1e-5)
-    # primed in uneven chunks that straddle rows
-    torch.testing.assert_close(cached_logits(prior, codes, kwargs, chunks=[5, 11, 1, 14]), full, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(cached_logits(prior, codes, kwargs, reference=reference), full, atol=2e-5, rtol=1e-5)
+    # primed in uneven chunks that straddle rows, steps between them
+    chunks = [5, 11, 1, 1, 1, 12]
+    torch.testing.assert_close(cached_logits(prior, codes, kwargs, chunks, reference), full, atol=2e-5, rtol=1e-5)
 
 
 def test_cache_keeps_only_what_each_pattern_needs():
     n_ctx, block_ctx = 32, 8
-    expected_capacity = {0: 32, 1: 8, 2: 32, 3: 16, 4: 4}
+    expected_capacity = {0: 32, 1: 8, 2: 32, 3: 16, 4: 5}  # 4: the null key + one slot per row
     for attn_func, capacity in expected_capacity.items():
         cache = LayerCache(attn_func, n_ctx, block_ctx)
         for t in range(21):  # up to the middle of row 2
             q = torch.randn(1, 1, 1, 4)
-            cache.attend(q, q.clone(), q.clone(), torch.tensor([t]))
+            cache.attend(q, q.clone(), q.clone(), t)
         assert cache.k.shape[2] == capacity
-        held = sorted(p for p in cache.pos.tolist() if p != EMPTY_POSITION)
+        held = sorted(p for p in cache.positions if p != EMPTY_POSITION)
         wanted = {
             0: list(range(21)),
             1: list(range(16, 21)),  # current row only (stale slots of row 1 are masked, then overwritten)
             2: list(range(21)),
             3: list(range(8, 21)),  # previous and current row
-            4: [7, 15],  # row ends
+            4: [NULL_POSITION, 7, 15],  # row ends
         }[attn_func]
         assert set(wanted) <= set(held)
         stale = torch.tensor(sorted(set(held) - set(wanted)), dtype=torch.long)
@@ -125,6 +127,19 @@ def test_upsampling_reads_the_upper_codes():
         sample_codes(prior, 2, 32, upper_codes=upper[:, :7])
     with pytest.raises(UserError, match="Upper codes have shape"):
         sample_codes(prior, 2, 32)
+
+
+def test_draw_follows_the_filtered_distribution():
+    """The inverse-CDF draw is an exact categorical draw: frequencies match, filtered codes never come."""
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03])
+    logits = probs.log().expand(20000, -1)
+    counts = torch.bincount(draw(logits, 1.0, 0, 0.0, torch.Generator().manual_seed(0)), minlength=5).float()
+    assert (counts / 20000 - probs).abs().max() < 0.015  # ~4 standard deviations of the largest cell
+    kept = torch.bincount(draw(logits, 1.0, 3, 0.0, torch.Generator().manual_seed(1)), minlength=5)
+    assert kept[3:].sum() == 0 and kept[:3].min() > 0
+    torch.testing.assert_close(kept[:3].float() / 20000, probs[:3] / probs[:3].sum(), atol=0.015, rtol=0)
+    cold = torch.bincount(draw(logits[:2000], 0.25, 0, 0.0, torch.Generator().manual_seed(2)), minlength=5)
+    assert cold[0] > 0.9 * 2000  # temperature sharpens: p^4 normalised gives code 0 ~93 %
 
 
 def test_filter_logits():

@@ -18,7 +18,7 @@ from tests.helpers import ROOT
 SCRIPTS = sorted(path.name for path in (ROOT / "bench").glob("*.py") if path.name != "common.py")
 UNTIMED = {"estimate_gpu_hours.py", "real_music.py", "review_page.py", "bench_copies.py"}  # FLOP counts; pipeline commands timed as a user runs them: --out only
 # the smallest prior bench_prior.py accepts: a couple of seconds on one thread
-TINY_PRIOR = ["--n-ctx", "64", "--width", "16", "--depth", "1", "--blocks", "4", "--bins", "16",
+TINY_PRIOR = ["--n-ctx", "64", "--train-n-ctx", "64", "--width", "16", "--depth", "1", "--block-ctx", "16", "--bins", "16",
               "--train-batch", "1", "--repeats", "1", "--batches", "1", "2", "--new-cached", "2", "--new-uncached", "1"]
 
 
@@ -82,11 +82,12 @@ def test_a_tiny_prior_run_writes_one_results_file_in_the_common_layout(runs, out
     assert written["args"]["out"] == str(out) and written["args"]["device"] == "cpu"
     assert written["machine"]["cpu_threads"] == 1  # --threads was applied before the machine was recorded
     rows = written["results"]
-    assert [row["batch"] for row in rows] == [1, 2]
+    assert [(row["case"], row.get("n_ctx"), row.get("batch")) for row in rows] == [("train", 64, None), ("sample", 64, 1), ("sample", 64, 2)]
     for row in rows:
         assert row["device"] == "cpu"
         assert not any(isinstance(value, dict) for value in row.values()), row
-        assert row["train_tokens_per_s"] > 0 and row["cached_tokens_per_s"] > 0
+    assert rows[0]["train_tokens_per_s_masked"] > 0 and rows[0]["train_tokens_per_s_blocked"] > 0
+    assert all(row["fused_tokens_per_s"] > 0 and row["reference_tokens_per_s"] > 0 for row in rows[1:])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
