@@ -17,6 +17,17 @@ keeps the last n_ctx - hop tokens as its context (fed through the cache in chunk
 rest. Each window's labels carry its own offset in the track (offset += start · hop_length, and
 sample_length = n_ctx · hop_length, as in OpenAI's sampler); an upsampler window reads the matching
 slice of the level above, cond_downsample times fewer tokens.
+
+Upsampling in segments: the level above already fixes a track's structure, so an upsampler can cut
+the track into K segments and sample them side by side, as one batch of n·K rows (a sampled token
+costs nearly the same at batch 16 as at batch 1 on a CPU). Each segment after the first starts at
+least `overlap` tokens before the previous one ends and samples that stretch only to warm up its own
+context; the joined track keeps every token of the previous segment and continues with the next
+segment's tokens from where the previous one ended:
+
+    segment 0   |================|
+    segment 1               |~~~~~~=============|        ~ warm-up, dropped
+    joined      |================|=============|
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ class IncrementalDecoder:
         ]
         self.length = cfg.n_ctx if conditioning.cond is None else conditioning.cond.shape[1]
         self.t = 0  # next position
+        self.out_weight = None if reference else prior.prior.output_weight()
 
     def _run(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, L, W) inputs of positions t..t+L-1 → (B, L, bins) float logits."""
@@ -62,7 +74,9 @@ class IncrementalDecoder:
             raise UserError(f"Cannot decode past position {self.length} of this window.")
         cond = None if self.conditioning.cond is None else self.conditioning.cond[:, t : t + L]
         if L == 1 and not self.reference:
-            logits = self.prior.prior.step(h[:, 0], t, None if cond is None else cond[:, 0], self.caches)[:, None]
+            logits = self.prior.prior.step(
+                h[:, 0], t, None if cond is None else cond[:, 0], self.caches, self.out_weight
+            )[:, None]
         else:
             logits = self.prior.prior(h, t, cond, self.caches)
         self.t += L
@@ -74,8 +88,9 @@ class IncrementalDecoder:
 
     def feed(self, codes: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
         """codes (B, L): the codes at positions t-1..t+L-2 → (B, L, bins) logits for positions t..t+L-1."""
-        out = [self._run(self.prior.prior.x_emb(c)) for c in codes.split(chunk_size, dim=1)]
-        return torch.cat(out, dim=1)
+        if codes.shape[1] <= chunk_size:  # every sampled token: no split, no copy
+            return self._run(self.prior.prior.x_emb(codes))
+        return torch.cat([self._run(self.prior.prior.x_emb(c)) for c in codes.split(chunk_size, dim=1)], dim=1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
@@ -169,12 +184,18 @@ def sample_codes(
     top_p: float = 0.0,
     generator: torch.Generator | None = None,
     hop_fraction: float | None = None,
+    segments: int = 1,
+    overlap: float = 0.5,
     progress: bool = False,
 ) -> torch.Tensor:
     """(n, length) codes of one level, in windows when longer than n_ctx (see the module docstring).
 
     hop_fraction: a new window every hop_fraction · n_ctx tokens; None takes the recipe default of
     the prior's level (`SampleConfig.hop_fraction_level<L>`).
+
+    segments, overlap: upsamplers only: sample the track as `segments` segments side by side, each
+    warming up over overlap · n_ctx tokens (fewer segments when the track is too short for them;
+    `auto_segments` picks a number for a device). A prime, a label mix or morph samples in one segment.
 
     labels: a label tensor for the whole track (offset = the track position of token 0), a LabelMix,
     or a function of the window's start token returning either (e.g. `morph(a, b, length)`).
@@ -206,6 +227,14 @@ def sample_codes(
     hop_fraction = SampleConfig().hop_fraction(cfg.level) if hop_fraction is None else hop_fraction
     if not 0 < hop_fraction <= 1:
         raise UserError(f"hop_fraction is {hop_fraction}; it must be in (0, 1].")
+    if segments < 1 or not 0 < overlap <= 1:
+        raise UserError(f"segments is {segments} and overlap {overlap}; segments must be at least 1, overlap in (0, 1].")
+    window_options = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                          hop_fraction=hop_fraction, progress=progress)
+    if segments > 1 and cfg.is_upsampler and prime is None and (labels is None or torch.is_tensor(labels)):
+        starts, seg_len = segment_layout(length, segments, round(overlap * cfg.n_ctx), s)
+        if len(starts) > 1:
+            return _sample_segments(prior, n, labels, upper_codes, starts, seg_len, window_options)
     step = s if cfg.is_upsampler else 1
     hop = max(step, int(hop_fraction * cfg.n_ctx) // step * step)
     starts = window_starts(length, cfg.n_ctx, hop)
@@ -220,3 +249,40 @@ def sample_codes(
         sampled = sample_window(prior, conditioning, window, context, temperature, top_k, top_p, generator)
         tokens = torch.cat([tokens, sampled[:, context.shape[1] :]], dim=1)
     return tokens
+
+
+def segment_layout(length: int, segments: int, overlap: int, step: int) -> tuple[list[int], int]:
+    """Starts of equal segments of M tokens covering `length`, each after the first starting at least
+    `overlap` tokens before the previous one ends → (starts, M). Starts and M are multiples of `step`;
+    there are fewer segments than asked when each would be shorter than twice the overlap."""
+    overlap = -(-max(overlap, step) // step) * step
+    segments = max(1, min(segments, length // overlap - 1))
+    if segments == 1:
+        return [0], length
+    seg_len = -(-(length + (segments - 1) * overlap) // segments)  # ceil
+    seg_len = min(length, -(-seg_len // step) * step)
+    starts = [min(k * (seg_len - overlap), length - seg_len) for k in range(segments)]
+    return starts, seg_len
+
+
+def auto_segments(n: int, length: int, n_ctx: int, device: torch.device) -> int:
+    """Segments that fill a batch of 16 rows on a CPU (64 on a GPU), each at least two windows long."""
+    rows = 64 if device.type == "cuda" else 16
+    return max(1, min(rows // n, length // (2 * n_ctx)))
+
+
+def _sample_segments(
+    prior: Prior, n: int, labels: torch.Tensor | None, upper_codes: torch.Tensor, starts: list[int], seg_len: int,
+    window_options: dict,
+) -> torch.Tensor:
+    """Sample len(starts) segments of seg_len tokens as one batch, then join them → (n, length)."""
+    s, K = prior.cfg.cond_downsample, len(starts)
+    log.info("level %d: %d segments of %d tokens side by side (%d rows)", prior.cfg.level, K, seg_len, K * n)
+    # rows segment-major: row k·n + i is segment k of track i, with its own slice of the level above
+    upper = torch.cat([upper_codes[:, a // s : (a + seg_len) // s] for a in starts])  # (K·n, seg_len / s)
+    rows_labels = None if labels is None else torch.cat([_labels_at(prior, labels, a) for a in starts])
+    codes = sample_codes(prior, K * n, seg_len, labels=rows_labels, upper_codes=upper, **window_options)
+    codes = codes.view(K, n, seg_len)
+    # segment k continues where segment k-1 ended: its tokens before that were its warm-up
+    pieces = [codes[0]] + [codes[k, :, starts[k - 1] + seg_len - starts[k] :] for k in range(1, K)]
+    return torch.cat(pieces, dim=1)

@@ -68,15 +68,26 @@ class TokenModel(nn.Module):
             h = h + cond
         return self.x_out(h)
 
-    def step(self, h: torch.Tensor, t: int, cond: torch.Tensor | None, caches) -> torch.Tensor:
-        """forward for one position t through the caches: h, cond: (B, W) → logits (B, bins)."""
+    def step(self, h: torch.Tensor, t: int, cond: torch.Tensor | None, caches, out_weight: torch.Tensor) -> torch.Tensor:
+        """forward for one position t through the caches: h, cond: (B, W) → logits (B, bins).
+
+        out_weight: x_out's weight as (W, bins), which the caller lays out once per window (see
+        `output_weight`).
+        """
         h = h + self.pos_emb.pos_emb[t]
         if cond is not None:
             h = h + cond
         h = self.transformer.step(h, t, caches)
         if cond is not None and self.tied:
             h = h + cond
-        return F.linear(h, self.x_out.weight)
+        return torch.mm(h, out_weight)
+
+    def output_weight(self) -> torch.Tensor:
+        """x_out's weight (bins, W) as the (W, bins) matrix `step` multiplies by: a contiguous copy on CPU,
+        where MKL reads a transposed weight from memory at a third of the speed (measured: 118 vs 311 µs
+        for 2048 × 128), a view elsewhere."""
+        weight = self.x_out.weight.t()
+        return weight.contiguous() if weight.device.type == "cpu" else weight
 
 
 # ----------------------------------------------------------------------------------------------

@@ -279,22 +279,22 @@ class LayerCache:
         r, c = divmod(t, bc)
         if f != 4 or c == bc - 1:  # pattern 4 keeps row ends only
             slot = self._slots(t)
-            self.k[:, :, slot : slot + 1] = k
-            self.v[:, :, slot : slot + 1] = v
+            self.k.narrow(2, slot, 1).copy_(k)
+            self.v.narrow(2, slot, 1).copy_(v)
             self.positions[slot] = t
         if f == 0:
-            seen = slice(0, t + 1)
+            first, count = 0, t + 1
         elif f == 1:
-            seen = slice(0, c + 1)
+            first, count = 0, c + 1
         elif f == 2:
-            seen = slice(c * self.blocks, c * self.blocks + r + 1)
+            first, count = c * self.blocks, r + 1
         elif f == 3:
             if r == 0:
                 return torch.zeros_like(q)  # softmax over the null key alone, whose value is zero
-            seen = slice((r - 1) % 2 * bc, (r - 1) % 2 * bc + bc)
+            first, count = (r - 1) % 2 * bc, bc
         else:  # the null key and the row ends up to t; the window's last position is never a summary
-            seen = slice(0, 1 + (t + 1) // bc - (t == self.n_ctx - 1))
-        return F.scaled_dot_product_attention(q, self.k[:, :, seen], self.v[:, :, seen])
+            first, count = 0, 1 + (t + 1) // bc - (t == self.n_ctx - 1)
+        return F.scaled_dot_product_attention(q, self.k.narrow(2, first, count), self.v.narrow(2, first, count))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
         """q/k/v (B, H, L, D) of positions start..start+L-1 → attention output (B, H, L, D); caches k, v."""

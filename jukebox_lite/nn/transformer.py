@@ -74,7 +74,7 @@ class MLP(nn.Module):
     def step(self, x: torch.Tensor) -> torch.Tensor:
         """forward for x: (B, W), calling the kernels directly."""
         h = torch.addmm(self.c_fc.b, x, self.c_fc.w)
-        return torch.addmm(self.c_proj.b, h * torch.sigmoid(1.702 * h), self.c_proj.w)
+        return torch.addmm(self.c_proj.b, torch.sigmoid(h * 1.702).mul_(h), self.c_proj.w)
 
 
 class ResAttnBlock(nn.Module):

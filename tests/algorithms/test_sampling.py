@@ -7,7 +7,9 @@ from jukebox_lite.core.config import PriorConfig, PriorLevel1Config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.attention import EMPTY_POSITION, NULL_POSITION, LayerCache, allowed
 from jukebox_lite.models.prior import LabelMix, Prior
-from jukebox_lite.algorithms.sampling import sample_codes, IncrementalDecoder, draw, filter_logits, morph, window_starts
+from jukebox_lite.algorithms.sampling import (
+    IncrementalDecoder, _labels_at, auto_segments, draw, filter_logits, morph, sample_codes, segment_layout, window_starts,
+)
 
 SR = 44100
 
@@ -213,3 +215,48 @@ def test_track_longer_than_timing_embeddings_is_a_user_error():
     y = torch.tensor([[int(99.99 * SR), int(99.9 * SR), 0, 1, 2, -1]])  # later windows end after 100 s
     with pytest.raises(UserError, match="timing embeddings"):
         sample_codes(prior, 1, 64, labels=y, hop_fraction=0.5)
+
+
+@pytest.mark.parametrize("length,segments,overlap,step", [(1000, 4, 100, 4), (55000, 8, 256, 4), (1024, 2, 256, 4), (300, 8, 100, 4), (96, 4, 40, 4)])
+def test_segment_layout_covers_the_track_with_warm_ups(length, segments, overlap, step):
+    starts, seg_len = segment_layout(length, segments, overlap, step)
+    assert 1 <= len(starts) <= segments and starts[0] == 0 and starts[-1] + seg_len == length
+    assert all(a % step == 0 for a in starts) and seg_len % step == 0
+    for previous, start in zip(starts, starts[1:]):
+        assert previous + seg_len - start >= overlap  # each segment warms up over at least `overlap` tokens
+        assert start > previous
+    if len(starts) > 1:
+        assert seg_len >= 2 * overlap
+    assert segment_layout(length, 1, overlap, step) == ([0], length)
+
+
+def test_segments_are_sampled_side_by_side_and_joined_where_the_previous_ended():
+    """Greedy decoding is deterministic per row, so each segment equals the same segment sampled alone."""
+    torch.manual_seed(0)
+    prior = Prior(up_config(labels=True, n_genres=3, n_artists=2, max_bow_genre_size=1)).eval()
+    length, n = 160, 2
+    upper = torch.randint(0, 16, (n, length // 4))
+    labels = torch.tensor([[60 * SR, 0, 0, 1, 2], [30 * SR, 0, 0, 0, 1]])
+    joined = sample_codes(prior, n, length, labels=labels, upper_codes=upper, top_k=1, segments=3, overlap=0.5)
+    starts, seg_len = segment_layout(length, 3, 16, 4)
+    assert len(starts) == 3 and joined.shape == (n, length)
+    kept_from = 0
+    for k, a in enumerate(starts):
+        alone = sample_codes(prior, n, seg_len, labels=_labels_at(prior, labels, a), upper_codes=upper[:, a // 4 : (a + seg_len) // 4], top_k=1)
+        cut = 0 if k == 0 else starts[k - 1] + seg_len - a
+        torch.testing.assert_close(joined[:, a + cut : a + seg_len], alone[:, cut:], rtol=0, atol=0)
+        kept_from = a + seg_len
+    assert kept_from == length
+    # one segment is the sequential sampler itself
+    assert torch.equal(sample_codes(prior, n, length, labels=labels, upper_codes=upper, top_k=1, segments=1),
+                       sample_codes(prior, n, length, labels=labels, upper_codes=upper, top_k=1))
+    with pytest.raises(UserError, match="segments"):
+        sample_codes(prior, n, length, labels=labels, upper_codes=upper, segments=0)
+
+
+def test_auto_segments_fill_the_batch_but_keep_segments_long():
+    cpu = torch.device("cpu")
+    assert auto_segments(2, 55000, 512, cpu) == 8  # 16 rows
+    assert auto_segments(1, 55000, 512, cpu) == 16
+    assert auto_segments(2, 3000, 512, cpu) == 2  # each segment at least two windows
+    assert auto_segments(32, 55000, 512, cpu) == 1
