@@ -57,7 +57,7 @@ RECIPE := --config "$$JL_CONFIG" --run "$$JL_RUN"
 LABELS := $${JL_GENRE:+--genre "$$JL_GENRE"} $${JL_ARTIST:+--artist "$$JL_ARTIST"}
 
 .PHONY: help install test demo all check-vars recipe data vqvae codes prior upsamplers anneal refiner sample \
-	check-copies review bench clean-demo
+	check-copies review bench gpu-check clean-demo
 
 help:
 	@echo "Targets (each stage runs the ones it needs first):"
@@ -77,6 +77,7 @@ help:
 	@echo "  review        the listening-review page                        → RUN/review.html"
 	@echo "  recipe        print CONFIG as the stages read it, with ARGS applied"
 	@echo "  bench         the benchmarks in bench/ on this machine"
+	@echo "  gpu-check     on a GPU: check every CUDA path and take every GPU figure → docs/gpu.md"
 	@echo "Variables:"
 	@echo "  CONFIG=$$JL_CONFIG  RUN=$$JL_RUN"
 	@echo "  AUDIO=folder of music  GENRE=genre (labels every file in data; the genre to sample)  ARTIST=..."
@@ -190,6 +191,12 @@ bench: $(INSTALLED)
 	$(PY) bench/bench_prior.py
 	$(PY) bench/bench_refiner.py
 	$(PY) bench/estimate_gpu_hours.py
+	@if [ -d runs/demo/prior_level0 ]; then $(PY) bench/bench_upsampling.py --run runs/demo; \
+	else echo "bench_upsampling.py skipped: it upsamples with the demo run's upsamplers (make demo first)"; fi
+
+# the first thing to run on a GPU box: every CUDA path once and every GPU figure, in minutes
+gpu-check: $(INSTALLED)
+	$(PY) bench/gpu_check.py --device cuda --doc docs/gpu.md
 
 clean-demo:
 	rm -rf runs/demo $(DEMO_AUDIO)

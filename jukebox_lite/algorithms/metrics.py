@@ -85,14 +85,16 @@ def log_mel_distance(
     scores exactly 1 (one decade) wherever both are above the floor.
     """
     reference, estimate = _pairs(reference, estimate)
-    window = torch.hann_window(n_fft, device=reference.device)
-    mel = _mel_filterbank(sample_rate, n_fft, n_mels).to(reference.device)
-    with torch.autocast(device_type=reference.device.type, enabled=False):
-        logs = [
-            torch.log10((mel @ _magnitude(x, n_fft, hop_length, window)).clamp(min=LOG_MAG_FLOOR))
-            for x in (reference, estimate)
-        ]  # each (batch, n_mels, frames)
+    logs = [log_mel(x, sample_rate, n_fft, hop_length, n_mels) for x in (reference, estimate)]
     return (logs[0] - logs[1]).abs().mean(dim=(1, 2))
+
+
+def log_mel(audio: torch.Tensor, sample_rate: int, n_fft: int = 2048, hop_length: int = 512, n_mels: int = 80) -> torch.Tensor:
+    """(batch, time) audio → (batch, n_mels, frames) log10 mel-filtered STFT magnitudes, floored at LOG_MAG_FLOOR."""
+    window = torch.hann_window(n_fft, device=audio.device)
+    mel = _mel_filterbank(sample_rate, n_fft, n_mels).to(audio.device)
+    with torch.autocast(device_type=audio.device.type, enabled=False):
+        return torch.log10((mel @ _magnitude(audio, n_fft, hop_length, window)).clamp(min=LOG_MAG_FLOOR))
 
 
 def multi_resolution_stft_distance(

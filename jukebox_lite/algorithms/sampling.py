@@ -232,7 +232,7 @@ def sample_codes(
     window_options = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                           hop_fraction=hop_fraction, progress=progress)
     if segments > 1 and cfg.is_upsampler and prime is None and (labels is None or torch.is_tensor(labels)):
-        starts, seg_len = segment_layout(length, segments, round(overlap * cfg.n_ctx), s)
+        starts, seg_len = plan_segments(prior, length, segments, overlap)
         if len(starts) > 1:
             return _sample_segments(prior, n, labels, upper_codes, starts, seg_len, window_options)
     step = s if cfg.is_upsampler else 1
@@ -263,6 +263,11 @@ def segment_layout(length: int, segments: int, overlap: int, step: int) -> tuple
     seg_len = min(length, -(-seg_len // step) * step)
     starts = [min(k * (seg_len - overlap), length - seg_len) for k in range(segments)]
     return starts, seg_len
+
+
+def plan_segments(prior: Prior, length: int, segments: int, overlap: float) -> tuple[list[int], int]:
+    """The segments an upsampler samples `length` tokens in: overlap is a fraction of its n_ctx."""
+    return segment_layout(length, segments, round(overlap * prior.cfg.n_ctx), prior.cfg.cond_downsample)
 
 
 def auto_segments(n: int, length: int, n_ctx: int, device: torch.device) -> int:

@@ -494,6 +494,11 @@ class SampleConfig:
     # auto: refine unless eval-refiner judged these very weights unhelpful; always; never. The decoded
     # level's own wav is written either way, so a refined track is always heard beside its source
     refine: str = "auto"
+    # the upsamplers cut a track into segments sampled side by side as one batch (see
+    # algorithms/sampling.py); auto: enough to fill 16 rows on a CPU, 64 on a GPU, each segment at
+    # least two windows long; 1: one window after another, as Jukebox does
+    upsampler_segments: int | str = "auto"
+    upsampler_overlap: float = 0.5  # each segment after the first warms up over this fraction of n_ctx
 
     def hop_fraction(self, level: int) -> float:
         return getattr(self, f"hop_fraction_level{level}")
@@ -512,6 +517,10 @@ class SampleConfig:
             raise UserError(f"sample.checkpoint is '{self.checkpoint}'; use last or best.")
         if self.refine not in ("auto", "always", "never"):
             raise UserError(f"sample.refine is '{self.refine}'; use auto, always or never.")
+        if self.upsampler_segments != "auto" and not (isinstance(self.upsampler_segments, int) and self.upsampler_segments >= 1):
+            raise UserError(f"sample.upsampler_segments is {self.upsampler_segments!r}; use auto or a whole number of at least 1.")
+        if not 0 < self.upsampler_overlap <= 1:
+            raise UserError(f"sample.upsampler_overlap is {self.upsampler_overlap}; it must be in (0, 1].")
         if self.refine_chunk_length is not None and self.refine_chunk_length < 1:
             raise UserError(f"sample.refine_chunk_length is {self.refine_chunk_length}; use at least 1, or null.")
 

@@ -38,7 +38,7 @@ from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import LoadedPrior, Run, SampleFolder
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.algorithms.refining import refine
-from jukebox_lite.algorithms.sampling import sample_codes, morph
+from jukebox_lite.algorithms.sampling import auto_segments, morph, plan_segments, sample_codes
 from jukebox_lite.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     generator = torch.Generator(device).manual_seed(request.seed)
     timings: dict[str, float] = {}
     codes: dict[int, torch.Tensor] = {}
+    segments: dict[str, int] = {}  # each upsampler's, side by side
     clock = time.perf_counter()
     labels = _labels(top, request, request.genre, total, request.n)
     if labels is not None:
@@ -206,9 +207,13 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             clock = time.perf_counter()
             length = tokens * hops[2] // hops[level]
             up_labels = _labels(loaded, request, request.genre, total, request.n)
+            asked = settings.upsampler_segments
+            if asked == "auto":
+                asked = auto_segments(request.n, length, loaded.prior.cfg.n_ctx, device)
+            segments[f"level{level}"] = len(plan_segments(loaded.prior, length, asked, settings.upsampler_overlap)[0])
             codes[level] = sample_codes(
                 loaded.prior, request.n, length, labels=up_labels, upper_codes=codes[level + 1],
-                hop_fraction=settings.hop_fraction(level), **options,
+                hop_fraction=settings.hop_fraction(level), segments=asked, overlap=settings.upsampler_overlap, **options,
             )
             timings[f"level{level}"] = time.perf_counter() - clock
 
@@ -249,6 +254,7 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             },
             "device": str(device),
             "seconds_per_stage": {k: round(v, 2) for k, v in timings.items()},
+            "upsampler_segments": segments,
         }
         with atomic_path(folder.meta) as tmp:
             tmp.write_text(json.dumps(meta, indent=2))
