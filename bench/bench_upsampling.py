@@ -13,7 +13,7 @@ sequentially (segments 1, as Jukebox does) and once per `--segments` value, with
     about 1 where nothing happens, larger at a click or a change of texture. The sequential result,
     at the same times, is the baseline.
 
-    python bench/bench_upsampling.py --run runs/demo --seconds 20 --n 2 --segments 8
+    python bench/bench_upsampling.py --run runs/demo --seconds 20 --n 2 --segments 8 --overlap 0.25 0.5 1
 
 Results go to bench/results/upsampling-<host>-<time>.json (layout: bench/common.py): one row per
 level and segment count.
@@ -37,7 +37,7 @@ from jukebox_lite.algorithms.sampling import auto_segments, plan_segments, sampl
 from jukebox_lite.core.precision import autocast
 
 # bench/ is on sys.path when a script here runs
-from common import add_common_arguments, apply_threads, devices, machine_line, write_results
+from common import add_common_arguments, apply_threads, devices, label_rows, machine_line, write_results
 
 
 def corpus_tracks(run: Run, level: int, tokens: int, n: int) -> torch.Tensor:
@@ -50,14 +50,6 @@ def corpus_tracks(run: Run, level: int, tokens: int, n: int) -> torch.Tensor:
         joined = np.tile(joined, math.ceil(tokens / joined.size))
     starts = np.cumsum([0] + [p.size for p in pieces])[:n] % max(1, joined.size - tokens + 1)
     return torch.from_numpy(np.stack([joined[s : s + tokens] for s in starts]).astype(np.int64))
-
-
-def label_rows(prior, n: int, total_samples: int) -> torch.Tensor | None:
-    cfg = prior.cfg
-    if not cfg.labels:
-        return None
-    row = [total_samples, 0, cfg.n_ctx * cfg.hop_length, 0, 0] + [-1] * (cfg.max_bow_genre_size - 1)
-    return torch.tensor([row] * n)
 
 
 @torch.no_grad()
@@ -114,7 +106,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--n", type=int, default=2, help="tracks, sampled as one batch")
     parser.add_argument("--segments", nargs="+", default=["auto"], help="segment counts to compare with 1 (or auto)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="warm-up of each segment, a fraction of n_ctx")
+    parser.add_argument("--overlap", type=float, nargs="+", default=[0.5], help="warm-ups of each segment to compare, fractions of n_ctx")
     parser.add_argument("--seam-tokens", type=int, default=32, help="tokens after each seam whose NLL is measured")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -127,11 +119,11 @@ def main() -> None:
     tokens = math.ceil(args.seconds * sr / vqvae.hop_lengths[2])
     top = corpus_tracks(run, 2, tokens, args.n)
 
-    variants = [1] + [s if s == "auto" else int(s) for s in args.segments]
-    results = {v: upsample(priors, top, args.n, args.seed, v, args.overlap, device) for v in variants}
+    variants = [(1, 1.0)] + [(s if s == "auto" else int(s), o) for s in args.segments for o in args.overlap]
+    results = {v: upsample(priors, top, args.n, args.seed, *v, device) for v in variants}
     audio = {v: vqvae.decode_long(r[0][0], 0)[:, 0] for v, r in results.items()}
     rows = []
-    sequential_codes, sequential_seconds, _ = results[1]
+    sequential_codes, sequential_seconds, _ = results[variants[0]]
     for v in variants[1:]:
         codes, seconds, seams = results[v]
         for level in (1, 0):
@@ -142,7 +134,7 @@ def main() -> None:
                           for p in seams[level]]
             times = [p * vqvae.hop_lengths[level] / sr for p in seams[level]]
             rows.append({
-                "device": device.type, "level": level, "segments": len(seams[level]) + 1, "tracks": args.n,
+                "device": device.type, "level": level, "segments": len(seams[level]) + 1, "overlap": v[1], "tracks": args.n,
                 "tokens": codes[level].shape[1], "seconds_sequential": sequential_seconds[level],
                 "seconds_segmented": seconds[level], "speed_up": sequential_seconds[level] / seconds[level],
                 "seam_nll": statistics.mean(seam_nll) if seam_nll else None,
@@ -150,16 +142,16 @@ def main() -> None:
                 "mean_nll_segmented": mean_nll(prior, codes[level], upper, labels),
                 "mean_nll_sequential": mean_nll(prior, sequential_codes[level], sequential_codes[level + 1], labels),
                 "spectral_jump_segmented": statistics.mean(spectral_jumps(audio[v], sr, times)) if times else None,
-                "spectral_jump_sequential": statistics.mean(spectral_jumps(audio[1], sr, times)) if times else None,
+                "spectral_jump_sequential": statistics.mean(spectral_jumps(audio[variants[0]], sr, times)) if times else None,
             })
     print(f"{args.n} × {args.seconds:g} s upsampled on {args.run}; {machine_line()}")
-    print(f"{'level':>5} {'segments':>8} {'sequential s':>13} {'segmented s':>12} {'speed-up':>9} "
+    print(f"{'level':>5} {'segments':>8} {'overlap':>7} {'sequential s':>13} {'segmented s':>12} {'speed-up':>9} "
           f"{'seam NLL':>9} {'seq. NLL there':>15} {'mean NLL seg/seq':>17} {'jump seg/seq':>13}")
     for r in rows:
         nll = "-" if r["seam_nll"] is None else f"{r['seam_nll']:.3f}"
         there = "-" if r["sequential_nll_same_positions"] is None else f"{r['sequential_nll_same_positions']:.3f}"
         jump = "-" if r["spectral_jump_segmented"] is None else f"{r['spectral_jump_segmented']:.2f}/{r['spectral_jump_sequential']:.2f}"
-        print(f"{r['level']:5d} {r['segments']:8d} {r['seconds_sequential']:13.1f} {r['seconds_segmented']:12.1f} "
+        print(f"{r['level']:5d} {r['segments']:8d} {r['overlap']:7.2f} {r['seconds_sequential']:13.1f} {r['seconds_segmented']:12.1f} "
               f"{r['speed_up']:8.2f}× {nll:>9} {there:>15} {r['mean_nll_segmented']:8.3f}/{r['mean_nll_sequential']:.3f} {jump:>13}")
     write_results("upsampling", args, rows, args.out)
 

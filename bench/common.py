@@ -131,3 +131,16 @@ def write_results(name: str, args: argparse.Namespace, rows: list[dict], out: Pa
     path.write_text(json.dumps(payload, indent=1, default=_path_as_str))
     print(f"wrote {path}")
     return path
+
+
+def label_rows(prior, batch: int, total_samples: int) -> torch.Tensor | None:
+    """Label rows [total_length, offset 0, one window, artist 0, genre 0, no more genres] for a track of
+    `total_samples` (kept inside the prior's timing range), on the prior's device; None for an
+    unlabelled prior. What a benchmark conditions a prior on when it does not care which genre."""
+    cfg = prior.cfg
+    if not cfg.labels:
+        return None
+    sr = cfg.sample_rate
+    total = int(min(max(total_samples, cfg.min_duration * sr), cfg.max_duration * sr - 1))
+    row = [total, 0, cfg.n_ctx * cfg.hop_length, 0, 0] + [-1] * (cfg.max_bow_genre_size - 1)
+    return torch.tensor([row] * batch, device=prior.prior.x_emb.weight.device)

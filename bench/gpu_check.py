@@ -43,7 +43,7 @@ from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.nn.attention import ATTN_ORDERS, attention_kernel, window_attention
 
 # bench/ is on sys.path when a script here runs
-from common import add_common_arguments, apply_threads, devices, machine, machine_line, wall_times, write_results
+from common import add_common_arguments, apply_threads, devices, label_rows, machine, machine_line, wall_times, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PRIORS = ("prior_level2", "prior_level1", "prior_level0")
@@ -76,16 +76,6 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def labels_for(prior: Prior, batch: int, seconds: float) -> torch.Tensor | None:
-    """Label rows for a track of `seconds` (inside the timing range), genre and artist 0."""
-    cfg = prior.cfg
-    if not cfg.labels:
-        return None
-    total = int(min(max(seconds, cfg.min_duration), cfg.max_duration - 1) * cfg.sample_rate)
-    row = [total, 0, cfg.n_ctx * cfg.hop_length, 0, 0] + [-1] * (cfg.max_bow_genre_size - 1)
-    return torch.tensor([row] * batch, device=prior.device)
-
-
 def training_cases(recipe: RecipeConfig, device: torch.device):
     """stage → (model, loss function of the model) at the recipe's sizes and batch, inputs drawn once."""
     def vqvae_case():
@@ -99,7 +89,7 @@ def training_cases(recipe: RecipeConfig, device: torch.device):
             cfg, batch = model.cfg, getattr(recipe, section).train.batch_size
             codes = torch.randint(0, cfg.bins, (batch, cfg.n_ctx), device=device)
             upper = torch.randint(0, cfg.bins, (batch, cfg.n_ctx // cfg.cond_downsample), device=device) if cfg.is_upsampler else None
-            labels = labels_for(model, batch, 2 * cfg.n_ctx * cfg.hop_length / cfg.sample_rate)
+            labels = label_rows(model, batch, 2 * cfg.n_ctx * cfg.hop_length)
             return model, lambda m: m(codes, upper, labels)[1]["loss"]
         return case
 
@@ -189,7 +179,7 @@ def check_sampling(recipe: RecipeConfig, device: torch.device, clock: Clock, ste
                 continue
             with autocast(device):
                 upper = torch.randint(0, cfg.bins, (batch, cfg.n_ctx // cfg.cond_downsample), device=device) if cfg.is_upsampler else None
-                conditioning = prior.conditioning(batch, cfg.n_ctx, upper, labels_for(prior, batch, 60.0))
+                conditioning = prior.conditioning(batch, cfg.n_ctx, upper, label_rows(prior, batch, 60 * prior.cfg.sample_rate))
                 decoder = IncrementalDecoder(prior, conditioning)
                 decoder.start()
                 logits = decoder.feed(torch.randint(0, cfg.bins, (batch, cfg.n_ctx - steps - 3), device=device))[:, -1]  # room for 2 warm-up steps
@@ -229,7 +219,7 @@ def check_track(recipe: RecipeConfig, device: torch.device, clock: Clock, second
             options["upper_codes"] = codes[level + 1]
         start = time.perf_counter()
         with autocast(device):
-            codes[level] = sample_codes(prior, 1, length, labels=labels_for(prior, 1, seconds), generator=generator,
+            codes[level] = sample_codes(prior, 1, length, labels=label_rows(prior, 1, round(seconds * sr)), generator=generator,
                                         hop_fraction=recipe.sample.hop_fraction(level), **options)
         times[f"seconds_level{level}"] = time.perf_counter() - start
         del prior
