@@ -91,6 +91,7 @@ def test_every_stage_is_written_and_audible(sampled_run):
         assert meta["genre"] == "garage" and meta["seed"] == 3 and meta["checkpoints"]["prior_level0"]["step"] == 3
         assert meta["settings"]["hop_fraction_level2"] == 0.5 and meta["settings"]["refine_steps"] == 2  # recipe + flags
         assert set(meta["seconds_per_stage"]) == {"level2", "level1", "level0", "decode", "refine"}
+        assert set(meta["upsampler_segments"]) == {"level1", "level0"} and meta["upsampler_segments"]["level0"] > 1  # auto
     first = np.load(run / "samples/t_0/codes_level2.npy")
     assert not np.array_equal(first, np.load(run / "samples/t_1/codes_level2.npy"))  # a batch of different tracks
 
@@ -125,6 +126,11 @@ def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
     assert "No best.pt in" in capsys.readouterr().err
     assert sample(run, "sample.refine_chunk_length=64") == 2
     assert "sample.refine_chunk_length is 64; each chunk discards one receptive field" in capsys.readouterr().err
+    for bad in ("0", "many", "1.5"):
+        assert sample(run, f"sample.upsampler_segments={bad}") == 2
+        assert "upsampler_segments" in capsys.readouterr().err
+    assert sample(run, "sample.upsampler_overlap=0") == 2
+    assert "sample.upsampler_overlap is 0.0; it must be in (0, 1]" in capsys.readouterr().err
     for bad in (["--temperature", "0"], ["--temperature", "nan"]):
         assert sample(run, *bad) == 2
         assert "temperature must be positive and finite" in capsys.readouterr().err
