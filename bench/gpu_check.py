@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from jukebox_lite.algorithms.refining import refine, v_loss_per_item
-from jukebox_lite.algorithms.sampling import IncrementalDecoder, auto_segments, draw, sample_codes
+from jukebox_lite.algorithms.sampling import IncrementalDecoder, auto_segments, draw, plan_segments, sample_codes
 from jukebox_lite.core.config import RecipeConfig, load_config
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.models.prior import Prior
@@ -198,8 +198,11 @@ def check_sampling(recipe: RecipeConfig, device: torch.device, clock: Clock, ste
 
 
 @torch.no_grad()
-def check_track(recipe: RecipeConfig, device: torch.device, clock: Clock, seconds: float) -> list[dict]:
-    """One track of `seconds` through every level, as the sample stage runs it; full and fast totals."""
+def check_track(recipe: RecipeConfig, device: torch.device, clock: Clock, seconds: float, rates: dict[str, float]) -> list[dict]:
+    """One track of `seconds` through every level, as the sample stage runs it; full and fast totals.
+
+    rates: each prior's batch-1 tokens/s from (c). A level whose sequential steps (the longest
+    segment's tokens) would not finish in the budget at that rate is skipped, not started."""
     torch.manual_seed(0)
     vqvae = VQVAE(recipe.vqvae).to(device).eval()
     sr, hops = vqvae.sample_rate, vqvae.hop_lengths
@@ -209,14 +212,18 @@ def check_track(recipe: RecipeConfig, device: torch.device, clock: Clock, second
     codes: dict[int, torch.Tensor] = {}
     segments: dict[str, int] = {}
     for level, section in zip((2, 1, 0), PRIORS):
-        if clock.left() < 60:
-            return [{"case": "track", "device": device.type, "seconds_of_audio": seconds, "skipped": f"budget (at level {level})", **times}]
         prior = Prior(getattr(recipe, section)).to(device).eval()
         length = tokens * hops[2] // hops[level]
         options = {}
+        steps = length
         if prior.cfg.is_upsampler:
             segments[f"segments_level{level}"] = options["segments"] = auto_segments(1, length, prior.cfg.n_ctx, device)
             options["upper_codes"] = codes[level + 1]
+            steps = plan_segments(prior, length, options["segments"], recipe.sample.upsampler_overlap)[1]
+        needed = 1.2 * steps / rates[section] if section in rates else math.inf
+        if needed > clock.left() - 20:
+            reason = f"budget: level {level} needs ~{needed:.0f} s, {clock.left():.0f} s left"
+            return [{"case": "track", "device": device.type, "seconds_of_audio": seconds, "skipped": reason, **times, **segments}]
         start = time.perf_counter()
         with autocast(device):
             codes[level] = sample_codes(prior, 1, length, labels=label_rows(prior, 1, round(seconds * sr)), generator=generator,
@@ -238,6 +245,10 @@ def check_track(recipe: RecipeConfig, device: torch.device, clock: Clock, second
         "seconds_full": shared + times["seconds_level0"] + times["seconds_decode_level0"],
         "seconds_fast": shared + times["seconds_decode_level1"],
     }]
+
+
+def batch1_rates(rows: list[dict]) -> dict[str, float]:
+    return {r["prior"]: r["tokens_per_s"] for r in rows if r["case"] == "sampling" and r.get("batch") == 1 and "tokens_per_s" in r}
 
 
 def commit() -> str:
@@ -300,7 +311,7 @@ def main() -> None:
         "train": lambda: check_training(recipe, device, clock),
         "attention": lambda: check_attention(recipe, device),
         "sampling": lambda: check_sampling(recipe, device, clock, args.sampling_steps),
-        "track": lambda: check_track(recipe, device, clock, args.track_seconds),
+        "track": lambda: check_track(recipe, device, clock, args.track_seconds, batch1_rates(rows)),
     }
     rows = []
     for case, part in parts.items():  # a part that fails is reported, and the others still run
@@ -309,10 +320,11 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - whatever breaks on a new device is what this check is for
             traceback.print_exc()
             rows.append({"case": case, "device": device.type, "error": f"{type(e).__name__}: {e}"[:300]})
-    report = markdown(rows, args, recipe.name)
+        report = markdown(rows, args, recipe.name)
+        if args.doc:  # after every part: a run stopped from outside still leaves what it measured
+            args.doc.write_text(report + "\n")
     print(report)
     if args.doc:
-        args.doc.write_text(report + "\n")
         print(f"wrote {args.doc}")
     write_results("gpu_check", args, rows, args.out)
     failed = [r["case"] for r in rows if "error" in r]

@@ -48,3 +48,19 @@ def test_the_full_size_check_refuses_a_cpu_in_one_line():
     result = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["gpu check: torch sees no CUDA device here; --tiny runs the same code at tiny sizes on the CPU"]
+
+
+def test_parts_that_would_overrun_the_budget_are_skipped_and_say_so(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--tiny", "--device", "cpu", "--threads", "1", "--budget-seconds", "1",
+         "--doc", str(tmp_path / "gpu.md"), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (results_file,) = tmp_path.glob("gpu_check-*.json")
+    rows = json.loads(results_file.read_text())["results"]
+    skipped = {r["case"] for r in rows if "skipped" in r}
+    assert skipped == {"train", "sampling", "track"}  # the attention check is short and always runs
+    (track,) = [r for r in rows if r["case"] == "track"]
+    assert track["skipped"].startswith("budget: level 2 needs ~inf s")  # no sampling rate was measured
+    assert "budget" in (tmp_path / "gpu.md").read_text()
