@@ -41,14 +41,18 @@ from jukebox_lite.stages.common import evaluation_clips
 from common import add_common_arguments, apply_threads, devices, label_rows, machine_line, write_results
 
 
-def level1_refiner_run(run: Run, config: Path, work: Path) -> Run:
-    """A copy of `run` whose refiner refines level-1 audio, trained by train-refiner the first time."""
+def level1_refiner_run(run: Run, config: Path, work: Path, steps: int | None) -> Run:
+    """A copy of `run` whose refiner refines level-1 audio, trained by train-refiner the first time
+    (for `steps` steps, annealed over the second half; None: the recipe's schedule)."""
     copy = Run(work / "run")
     if not copy.path.exists():
         shutil.copytree(run.path, copy.path, ignore=shutil.ignore_patterns("samples", "copies", "refiner", "review.html", ".*.lock"))
     if not copy.refiner.has_checkpoint():
         argv = [sys.executable, "-m", "jukebox_lite", "train-refiner", "--config", str(config), "--run", str(copy.path),
                 "refiner.cond_level=1", "refiner.residual_scale=null"]
+        if steps is not None:
+            argv += [f"refiner.train.steps={steps}", f"refiner.train.anneal_start={steps // 2}",
+                     f"refiner.train.anneal_steps={steps - steps // 2 + 1}"]
         print("training the level-1 refiner:", " ".join(argv), flush=True)
         subprocess.run(argv, check=True)
     return copy
@@ -62,12 +66,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "jukebox-lite" / "fast_path")
     parser.add_argument("--segment-seconds", type=float, default=4.0)
     parser.add_argument("--max-segments", type=int, default=2, help="held-out clips per file at most")
+    parser.add_argument("--refiner-steps", type=int, help="train the level-1 refiner this long (default: the recipe's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     (device, *_) = devices(args)
     apply_threads(args)
     run = Run(args.run)
-    fast_run = level1_refiner_run(run, args.config, args.work)
+    fast_run = level1_refiner_run(run, args.config, args.work, args.refiner_steps)
     vqvae = run.load_vqvae(device)
     upsampler = run.load_prior(0, device, vqvae.fingerprint()).prior
     refiners = {0: run.load_refiner(device, vqvae.fingerprint()), 1: fast_run.load_refiner(device, vqvae.fingerprint())}

@@ -43,8 +43,10 @@ def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     recipe.write_text(VQVAE_RECIPE.replace("steps: 8", "steps: 400").replace("checkpoint_every: 4", "checkpoint_every: 20")
                       .replace("eval_every: 4", "eval_every: 100"))
     make_corpus(run)
-    (run / "data" / ".done").touch()  # the data stage is done (the corpus above is its output)
+    # the venv first: its .installed is a prerequisite of data/.done, which must be the newer of the two
+    # (made after it, a loaded machine's clock tick could make data look out of date)
     variables = [f"CONFIG={recipe}", f"RUN={run}", f"VENV={fake_venv(tmp_path)}"]
+    (run / "data" / ".done").touch()  # the data stage is done (the corpus above is its output)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     log = tmp_path / "first.log"  # the killed run's output, shown if it ends or stalls before a checkpoint
