@@ -34,6 +34,7 @@ from jukebox_lite import Run
 from jukebox_lite.algorithms import metrics
 from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.algorithms.sampling import auto_segments, sample_codes
+from jukebox_lite.core.config import load_config
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.stages.common import evaluation_clips
 
@@ -94,10 +95,10 @@ def main() -> None:
         outputs["fast: level 1 decoded"] = vqvae.decode_long(codes1, 1)
         times["fast: level 1 decoded"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        segments = auto_segments(B, codes1.shape[1] * upsampler.cfg.cond_downsample, upsampler.cfg.n_ctx, device)
         length0 = codes1.shape[1] * upsampler.cfg.cond_downsample
         codes0 = sample_codes(upsampler, B, length0, upper_codes=codes1, labels=label_rows(upsampler, B, length0 * hops[0]),
-                              generator=generator, segments=segments)
+                              generator=generator, segments=auto_segments(B, length0, upsampler.cfg.n_ctx, device),
+                              overlap=load_config(args.config).sample.upsampler_overlap)  # as `sample` runs it
         outputs["full: level 0 upsampled, decoded"] = vqvae.decode_long(codes0, 0)
         times["full: level 0 upsampled, decoded"] = time.perf_counter() - clock
     for level, name, source_name in ((1, "fast: + level-1 refiner", "fast: level 1 decoded"),

@@ -216,10 +216,11 @@ def check_track(recipe: RecipeConfig, device: torch.device, clock: Clock, second
         length = tokens * hops[2] // hops[level]
         options = {}
         steps = length
-        if prior.cfg.is_upsampler:
-            segments[f"segments_level{level}"] = options["segments"] = auto_segments(1, length, prior.cfg.n_ctx, device)
-            options["upper_codes"] = codes[level + 1]
-            steps = plan_segments(prior, length, options["segments"], recipe.sample.upsampler_overlap)[1]
+        if prior.cfg.is_upsampler:  # in segments, as `sample` runs it with the recipe's overlap
+            overlap = recipe.sample.upsampler_overlap
+            options.update(upper_codes=codes[level + 1], segments=auto_segments(1, length, prior.cfg.n_ctx, device), overlap=overlap)
+            starts, steps = plan_segments(prior, length, options["segments"], overlap)
+            segments[f"segments_level{level}"] = len(starts)
         needed = 1.2 * steps / rates[section] if section in rates else math.inf
         if needed > clock.left() - 20:
             reason = f"budget: level {level} needs ~{needed:.0f} s, {clock.left():.0f} s left"
