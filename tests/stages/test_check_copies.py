@@ -31,8 +31,10 @@ def test_a_planted_excerpt_is_flagged_and_novel_audio_is_not(tmp_path, caplog, c
     assert copied["input"] == str(query) and copied["flagged"] and not clean["flagged"] and clean["matches"] == []
     match = copied["matches"][0]
     assert match["detector"] == "audio" and match["training_file"]["source"] == "t2.wav"
-    assert abs(match["offset_seconds"] - 4.0) < 0.3 and abs(match["training_offset_seconds"] - 12.0) < 0.3
-    assert 5.0 <= match["seconds"] <= 7.5 and match["score"] > 0  # its ends are known to about a second
+    assert abs(match["training_offset_seconds"] - match["offset_seconds"] - 8.0) < 0.1  # the alignment: exact
+    # each end to about a second: hits of this synthetic bass, which recurs by chance, join the passage on its
+    # alignment when they are less than a second away
+    assert 2.9 <= match["offset_seconds"] <= 4.3 and 5.0 <= match["seconds"] <= 8.2 and match["score"] > 0
     assert (run / "copies" / "audio_index.npz").is_file()
 
     write_audio(music / "t3.wav", melody(30.0, SR, seed=3), SR)  # the corpus grows: only the new file is fingerprinted
