@@ -54,6 +54,11 @@ class StageFolder:
         """The EMA weights of the step with the lowest validation loss (training writes it beside last.pt)."""
         return self.path / "best.pt"
 
+    @property
+    def base(self) -> Path:
+        """The frozen weights a LoRA fine-tune adapts: the imported last.pt, moved here when the fine-tune starts."""
+        return self.path / "base.pt"
+
     def weights(self, which: str) -> Path:
         """`which` is "last" (the checkpoint) or "best"."""
         return self.best if which == "best" else self.checkpoint

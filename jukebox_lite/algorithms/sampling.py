@@ -42,6 +42,7 @@ from tqdm import tqdm
 from jukebox_lite.core.config import SampleConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.attention import LayerCache
+from jukebox_lite.nn.lora import has_adapters
 from jukebox_lite.models.prior import Conditioning, LabelMix, Prior
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class IncrementalDecoder:
     """
 
     def __init__(self, prior: Prior, conditioning: Conditioning, reference: bool = False):
+        if has_adapters(prior):  # the fused step reads the projections' weights, which lack the adapters' update
+            raise ValueError("merge the prior's LoRA adapters (nn.lora.merge_adapters) before sampling from it")
         self.prior, self.conditioning, self.reference = prior, conditioning, reference
         cfg = prior.cfg
         self.caches = [

@@ -35,7 +35,7 @@ from jukebox_lite.core.atomic import remove_stale_temporaries
 from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
 from jukebox_lite.core.config import PlateauConfig, RecipeConfig, TrainingConfig, save_config
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.core.precision import autocast
+from jukebox_lite.core.precision import autocast, uses_bf16
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module:
-        """A new model on the CPU (the loop seeds torch identically on every rank first)."""
+        """A new model on the CPU (the loop seeds torch identically on every rank first). A task that
+        fine-tunes through adapters returns it with its frozen base loaded and the adapters added: the
+        loop trains, averages and saves only the parameters that require gradients."""
 
     def start(self, model: nn.Module, env: distributed.DistEnv, init: Path | None) -> None:
         """Prepare a fresh run before its first step (not called on resume): when `init` is a checkpoint,
@@ -133,27 +135,44 @@ def final_step(cfg: TrainingConfig) -> int:
 # Weight EMA
 
 
+def saved_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the model: its whole state dict or, when part of it is frozen (a LoRA
+    fine-tune, whose base weights live in a file of their own: `Task.checkpoint_extra`), the trainable
+    parameters and the buffers alone, so that a 5B prior's adapters take megabytes."""
+    state = model.state_dict()
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}  # tied ones under each name
+    return {key: value for key, value in state.items() if key not in frozen} if frozen else state
+
+
 class WeightEMA:
     """An exponential moving average of a model's parameters in float32: the weights sampling uses.
 
     The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first n updates, so a short run (the
-    demo) does not keep mostly its random initialisation. Buffers are not averaged: `state_dict` takes
-    them from the model, so the EMA is a full state dict that loads wherever the model's does.
+    demo) does not keep mostly its random initialisation. Only trainable parameters are averaged (a
+    frozen base, as under LoRA, is its own average); buffers and frozen parameters come from the model
+    in `state_dict`, so the EMA loads wherever the model's state does.
     """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay, self.updates = decay, 0
-        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters()}
+        self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        params = [p.detach().float() for _, p in model.named_parameters()]
+        params = [p.detach().float() for _, p in model.named_parameters() if p.requires_grad]
         torch._foreach_lerp_(list(self.shadow.values()), params, 1.0 - decay)
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {key: self.shadow.get(key, value).clone() for key, value in model.state_dict().items()}
+        # a tied parameter (the prior's output layer is its token embedding) is averaged once, under its first
+        # name, and saved under each of them: loading must not overwrite the average with the live weight
+        first: dict[int, str] = {}
+        averaged = {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+        return {
+            key: self.shadow[averaged[key]].clone() if averaged.get(key) in self.shadow else value
+            for key, value in saved_weights(model).items()
+        }
 
     def load(self, state: dict[str, torch.Tensor], updates: int) -> None:
         for name, value in self.shadow.items():
@@ -163,7 +182,7 @@ class WeightEMA:
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
         """The EMA weights in the model for the duration (what sampling will use), its own ones restored after."""
-        params = dict(model.named_parameters())
+        params = {name: p for name, p in model.named_parameters() if name in self.shadow}
         own = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():
             for name, p in params.items():
@@ -377,7 +396,7 @@ def _save_best(task: Task, trainee: "_Trainee", path: Path, env: distributed.Dis
     """The EMA weights (what sampling uses) of the best validation step, loadable like any checkpoint of the kind."""
     if not env.is_main:
         return
-    weights = trainee.ema.state_dict(trainee.model) if trainee.ema is not None else trainee.model.state_dict()
+    weights = trainee.ema.state_dict(trainee.model) if trainee.ema is not None else saved_weights(trainee.model)
     try:
         save_checkpoint(
             path, task.kind, task.config_dict(), weights, step=trainee.step, valid_loss=loss,
@@ -434,11 +453,18 @@ def _restore(
     """The model, optimizer and EMA: resumed from `state` (a training run), or fresh (from `init`'s weights)."""
     torch.manual_seed(seed)  # the same initial weights on every rank
     model = task.build_model()
-    if state is not None:
-        load_state_checked(model, state["model"], str(path))
+    if state is not None:  # a frozen base came with build_model: the checkpoint holds the rest
+        missing = [key for key in saved_weights(model) if key not in state["model"]]
+        if missing:
+            raise UserError(f"'{path}' lacks the key '{missing[0]}'; the file is incomplete or of another kind of run.")
+        load_state_checked(model, state["model"], str(path), strict=False)
     else:
         task.start(model, env, init)
     model.to(env.device)
+    if uses_bf16(env.device, cfg.precision):  # a frozen base is only read, under bf16 autocast: half its memory
+        for p in model.parameters():  # its matrices; the norms' gains and biases are few and stay float32
+            if not p.requires_grad and p.is_floating_point() and p.dim() >= 2:
+                p.data = p.data.to(torch.bfloat16)
     trainee = _Trainee(model, _optimizer(model, cfg), WeightEMA(model, cfg.ema) if cfg.ema > 0 else None)
     if state is None:
         _seed_rank(seed, env.rank)
@@ -509,7 +535,7 @@ def _save(task: Task, trainee: _Trainee, path: Path, env: distributed.DistEnv) -
     extra = {"ema": ema.state_dict(trainee.model), "ema_updates": ema.updates} if ema is not None else {}
     try:
         save_checkpoint(
-            path, task.kind, task.config_dict(), trainee.model.state_dict(),
+            path, task.kind, task.config_dict(), saved_weights(trainee.model),
             optimizer=trainee.optimizer.state_dict(), step=trainee.step, skipped_steps=trainee.skipped, rng=rng,
             validation=trainee.validation.to_state(),
             **({"vqvae_fingerprint": task.vqvae_fingerprint} if task.vqvae_fingerprint else {}),

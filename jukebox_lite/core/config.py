@@ -112,6 +112,28 @@ class PlateauConfig:
             raise UserError(f"{section}.anneal_on_plateau: patience must be at least 1 and min_delta a finite value ≥ 0.")
 
 
+LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the projections of every transformer layer
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (nn/lora.py) for fine-tuning an imported prior: its weights stay frozen in
+    RUN/prior_levelL/base.pt and only the adapters (and what is chosen below) train."""
+
+    rank: int = 16
+    alpha: float = 32.0  # the adapters' output is scaled by alpha / rank
+    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # projections of every layer that get adapters
+    train_embeddings: bool = True  # token, position and label embeddings train too (new genres and artists need it)
+    train_norms: bool = False  # the layer norms' gains and biases
+
+    def validate(self, section: str) -> None:
+        if self.rank < 1 or not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise UserError(f"{section}.lora: rank must be at least 1 and alpha a positive number.")
+        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        if unknown or not self.targets:
+            raise UserError(f"{section}.lora.targets has {', '.join(unknown) or 'nothing'}; choose among {', '.join(LORA_TARGETS)}.")
+
+
 @dataclass
 class TrainingConfig:
     """A stage's run of the shared training loop (`jukebox_lite.algorithms.training`): optimiser, schedule, logging.
@@ -147,8 +169,11 @@ class TrainingConfig:
     overfit_patience: int = 3  # warn when the gap has grown for this many evaluations in a row
     # start annealing (from the step it decides) when the validation loss flattens; null: only by anneal_start
     anneal_on_plateau: PlateauConfig | None = None
+    # fine-tune an imported prior through low-rank adapters (priors only); null: every weight trains
+    lora: LoRAConfig | None = None
 
-    def validate(self, section: str) -> None:
+    def validate(self, section: str, adapted: bool = False) -> None:
+        """`adapted`: the section trains a prior, whose transformer LoRA can adapt."""
         for name in ("batch_size", "steps", "max_bad_steps", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{section}.{name} is {getattr(self, name)}; it must be at least 1.")
@@ -170,6 +195,10 @@ class TrainingConfig:
             if not self.eval_every:
                 raise UserError(f"{section}.anneal_on_plateau needs validation: set {section}.eval_every above 0.")
             self.anneal_on_plateau.validate(section)
+        if self.lora is not None:
+            if not adapted:
+                raise UserError(f"{section}.lora: low-rank adapters fine-tune the priors' transformer only; remove it here.")
+            self.lora.validate(section)
 
 
 def _training_section(value: TrainingConfig | dict, prefix: str) -> TrainingConfig:
@@ -351,7 +380,15 @@ class PriorConfig:
                 )
             if self.cond_width < 1 or self.cond_depth < 0 or self.cond_down_t < 1 or self.cond_stride_t < 1:
                 raise UserError(f"{section}: cond_width, cond_down_t, cond_stride_t must be positive, cond_depth not negative.")
-        self.train.validate(f"{section}.train")
+        self.train.validate(f"{section}.train", adapted=True)
+        lora = self.train.lora
+        if lora is not None:
+            narrowest = min(n_state, self.width, int(self.m_mlp * self.width))
+            if lora.rank > narrowest:
+                raise UserError(
+                    f"{section}.train.lora.rank is {lora.rank}, more than the narrowest adapted projection ({narrowest}: "
+                    f"width {self.width}, attention width {n_state}); a low-rank adapter needs rank ≤ {narrowest}."
+                )
 
 
 @dataclass

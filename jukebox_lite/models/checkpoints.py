@@ -8,15 +8,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from pathlib import Path
 
 import torch
 
-from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
+from jukebox_lite.core.atomic import file_sha256
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, resolve_checkpoint, save_checkpoint
 from jukebox_lite.core.config import PriorConfig, RefinerConfig, VQVAEConfig, section_from_dict
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.models.vqvae import VQVAE
+from jukebox_lite.nn.lora import merge_adapters
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +51,45 @@ def load_vqvae(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 def load_prior(path: str | os.PathLike, map_location: str = "cpu", use_ema: bool = True) -> Prior:
     """Our prior checkpoint (a run folder or .pt) → Prior in eval mode; EMA weights preferred."""
+    path = resolve_checkpoint(path)
     return prior_from_checkpoint(load_checkpoint(path, kind="prior", map_location=map_location), str(path), use_ema)
 
 
 def prior_from_checkpoint(state: dict, source: str, use_ema: bool = True) -> Prior:
-    """A loaded prior checkpoint → Prior in eval mode (for callers that also read its other entries)."""
+    """A loaded prior checkpoint → Prior in eval mode (for callers that also read its other entries).
+    A LoRA fine-tune's checkpoint holds its adapters only: they are applied to its base file (checked
+    against the fingerprint it records) and merged, so the prior samples as fast as the base."""
     config = {k: v for k, v in state["config"].items() if k not in RETIRED_PRIOR_KEYS}
     cfg = section_from_dict(PriorConfig, config, "prior.")
     cfg.validate()
     prior = Prior(cfg)
     weights = state.get("ema") if use_ema and state.get("ema") else state["model"]
-    load_state_checked(prior, weights, source)
+    if "base" not in state:
+        load_state_checked(prior, weights, source)
+        return prior.eval()
+    base_path = adapted_base(state, Path(source))
+    base = load_checkpoint(base_path, kind="prior")
+    load_state_checked(prior, base.get("ema") or base["model"], str(base_path))
+    del base
+    prior.add_adapters(cfg.train.lora)
+    load_state_checked(prior, weights, source, strict=False)
+    merge_adapters(prior).requires_grad_(True)
     return prior.eval()
+
+
+def adapted_base(state: dict, source: Path) -> Path:
+    """The base file a LoRA checkpoint at `source` adapts (beside it), or one clear error when it is
+    missing or is not the file the adapters were trained on."""
+    base = state["base"]
+    path = source.parent / Path(base["file"]).name
+    if not path.is_file():
+        raise UserError(f"'{source}' holds LoRA adapters for the prior in '{path}', which is missing; put it back.")
+    if file_sha256(path) != base["sha256"]:
+        raise UserError(
+            f"'{path}' is not the prior the adapters in '{source}' were trained on (its fingerprint changed); put back "
+            "the file they adapt, or move both away to fine-tune anew."
+        )
+    return path
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from jukebox_lite.core.config import PriorConfig
+from jukebox_lite.core.config import LoRAConfig, PriorConfig
 from jukebox_lite.core.errors import UserError
+from jukebox_lite.nn.lora import add_adapters
 from jukebox_lite.nn.transformer import Transformer
 from jukebox_lite.nn.conv import DecoderConvBlock
 
@@ -262,6 +263,29 @@ class Prior(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.prior.x_emb.weight.device
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Token (tied to the output layer, or the untied output layer of a merged decoder), position, start
+        and label embeddings: what a LoRA fine-tune may train beside its adapters."""
+        token_model = self.prior
+        found = [token_model.x_emb.weight, token_model.pos_emb.pos_emb]
+        if not token_model.tied:
+            found.append(token_model.x_out.weight)
+        if hasattr(token_model, "start_token"):
+            found.append(token_model.start_token)
+        if self.cfg.labels:
+            found.extend(self.y_emb.parameters())
+        return found
+
+    def add_adapters(self, lora: LoRAConfig) -> None:
+        """LoRA (nn/lora.py) on the transformer's `lora.targets` projections; every other weight frozen,
+        except the embeddings and layer norms the config chooses to train."""
+        add_adapters(self, lora.targets, lora.rank, lora.alpha)
+        trained = self.embedding_parameters() if lora.train_embeddings else []
+        if lora.train_norms:
+            trained += [p for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
+        for p in trained:
+            p.requires_grad_(True)
 
     @property
     def attn_funcs(self) -> list[int]:

@@ -22,6 +22,14 @@ class Conv1D(nn.Module):
         self.w = nn.Parameter(torch.randn(n_in, n_out) * (0.02 * init_scale))
         self.b = nn.Parameter(torch.zeros(n_out))
 
+    @classmethod
+    def from_weights(cls, w: nn.Parameter, b: nn.Parameter) -> "Conv1D":
+        """A Conv1D holding these parameters (no random initialisation of a throwaway weight)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.w, layer.b = w, b
+        return layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.w.t(), self.b)
 

@@ -34,7 +34,9 @@ Codes are read in-process from memory maps (`train.workers` is unused).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import os
 import logging
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,18 +46,21 @@ import torch
 from torch import nn
 
 from jukebox_lite.core import distributed
+from jukebox_lite.core.atomic import file_sha256
 from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
 from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
 from jukebox_lite.algorithms.codes import CodesCorpus, CodesWindows
 from jukebox_lite.core.config import PriorConfig, RecipeConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.core.precision import autocast
-from jukebox_lite.runs import Run
+from jukebox_lite.runs import Run, StageFolder
 from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.algorithms.sampling import sample_codes
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.algorithms.training import Task, TrainResult, train
+from jukebox_lite.algorithms.training import Task, TrainResult, check_compatible, is_training_run, train
+from jukebox_lite.models.checkpoints import adapted_base
 from jukebox_lite.models.vqvae import VQVAE
+from jukebox_lite.nn.lora import has_adapters, merge_adapters
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +155,12 @@ class PriorTask(Task):
         vqvae: VQVAE,
         vocab: PriorVocabulary,
         seed: int,
+        base: Path | None = None,
     ):
+        """`base`: the imported prior a LoRA fine-tune (cfg.train.lora) adapts."""
         self.cfg, self.corpus, self.vqvae, self.vocab, self.seed = cfg, corpus, vqvae, vocab, seed
+        self.base = base
+        self.base_sha256 = None if base is None else file_sha256(base)
         self.level = cfg.level
         self.section = section_name(cfg.level)
         self.architecture = architecture_fields(cfg)
@@ -165,15 +174,26 @@ class PriorTask(Task):
         return dataclasses.asdict(self.cfg)
 
     def build_model(self) -> nn.Module:
-        return Prior(self.cfg)
+        prior = Prior(self.cfg)
+        if self.base is not None:  # LoRA: the frozen base, then the adapters
+            self._load(prior, self.base)
+            prior.add_adapters(self.cfg.train.lora)
+        return prior
 
     def start(self, model: nn.Module, env: distributed.DistEnv, init: Path | None) -> None:
         if init is not None:  # e.g. an imported OpenAI prior
-            state = load_checkpoint(init, "prior")
-            load_state_checked(model, state.get("ema") or state["model"], str(init))
+            self._load(model, init)
+
+    @staticmethod
+    def _load(model: nn.Module, path: Path) -> None:
+        state = load_checkpoint(path, "prior")
+        load_state_checked(model, state.get("ema") or state["model"], str(path))
 
     def checkpoint_extra(self) -> dict:
-        return {"genres": self.vocab.genres, "artists": self.vocab.artists}
+        extra = {"genres": self.vocab.genres, "artists": self.vocab.artists}
+        if self.base is not None:  # the checkpoint holds what trains; this names the rest
+            extra["base"] = {"file": self.base.name, "sha256": self.base_sha256}
+        return extra
 
     def batch(self, windows: CodesWindows) -> dict[str, torch.Tensor | None]:
         """Windows → the model's inputs: tokens (B, n_ctx), upper (B, n_ctx / ratio) or None, labels or None."""
@@ -230,12 +250,16 @@ class PriorTask(Task):
         device = model.device
         self.vqvae.to(device)
         tokens = batch["tokens"].to(device)
+        # under LoRA a merged copy samples (the fused step has no adapters): twice the model's memory meanwhile,
+        # so set train.media_every=0 where the model fills the GPU
+        sampler = merge_adapters(copy.deepcopy(model)) if has_adapters(model) else model
         model.eval()
+        sampler.eval()
         try:
             generator = torch.Generator(device).manual_seed(self.seed)
             with autocast(device, self.cfg.train.precision):
                 sampled = sample_codes(
-                    model, 1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
+                    sampler, 1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
                 )  # (1, length)
         finally:
             model.train()
@@ -267,14 +291,55 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
     cfg = dataclasses.replace(
         getattr(recipe, section), bins=corpus.bins, hop_length=corpus.hop_lengths[level], sample_rate=corpus.sample_rate
     )
+    base = lora_base(cfg, out) if cfg.train.lora is not None else None
     vocab = PriorVocabulary(list(corpus.genres), list(corpus.artists))
-    if out.has_checkpoint():  # a resumed or fine-tuned prior keeps its label ids and appends new names
-        state = load_checkpoint(out.checkpoint, "prior", mmap=True)  # names and config: its tensors are not read
-        check_level(cfg, state, out.checkpoint)
+    named_by = out.checkpoint if out.has_checkpoint() else base
+    if named_by is not None:  # a resumed or fine-tuned prior keeps its label ids and appends new names
+        state = load_checkpoint(named_by, "prior", mmap=True)  # names and config: its tensors are not read
+        check_level(cfg, state, named_by)
         vocab = PriorVocabulary.from_checkpoint(state).extended(corpus.genres, corpus.artists)
         del state
     check_codes(cfg, corpus, vocab, section)
-    return train(PriorTask(cfg, corpus, vqvae, vocab, recipe.seed), cfg.train, out, seed=recipe.seed, recipe=recipe)
+    task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, base=base)
+    if base is not None:
+        check_compatible(task, load_checkpoint(base, "prior", mmap=True), base)
+    return train(task, cfg.train, out, seed=recipe.seed, recipe=recipe)
+
+
+def lora_base(cfg: PriorConfig, out: StageFolder) -> Path:
+    """The imported prior a LoRA fine-tune adapts: RUN/prior_levelL/base.pt. An import still at last.pt
+    moves there first (nothing is lost: the adapters' checkpoints take last.pt); a LoRA run already in
+    the folder must be adapting that very file with the recipe's adapters."""
+    section = section_name(cfg.level)
+    if out.has_checkpoint():
+        state = load_checkpoint(out.checkpoint, "prior", mmap=True)
+        if not is_training_run(state):  # an import: it becomes the base
+            if out.base.exists():
+                raise UserError(
+                    f"'{out.path}' holds both an imported last.pt and a LoRA base.pt; move one of them away."
+                )
+            check_level(cfg, state, out.checkpoint)
+            os.replace(out.checkpoint, out.base)
+            log.info("%s: LoRA fine-tune: the imported prior is kept frozen in %s", section, out.base)
+        elif "base" not in state:
+            raise UserError(
+                f"'{out.checkpoint}' holds a run that trains every weight; {section}.train.lora adapts an imported "
+                "prior: remove the lora setting to resume it, or move the folder away and import a prior."
+            )
+        else:
+            adapted_base(state, out.checkpoint)  # the base is there and unchanged
+            trained_with = state["config"].get("train", {}).get("lora")
+            if trained_with != dataclasses.asdict(cfg.train.lora):
+                raise UserError(
+                    f"'{out.checkpoint}' was trained with the adapters {trained_with}, the recipe asks for "
+                    f"{dataclasses.asdict(cfg.train.lora)}; set {section}.train.lora back to resume, or move last.pt away."
+                )
+    if not out.base.is_file():
+        raise UserError(
+            f"{section}.train.lora fine-tunes an imported prior, and '{out.path}' has none; import one first "
+            f"(jukebox-lite import-jukebox --prior-level-{cfg.level} FILE) or remove the lora setting to train from scratch."
+        )
+    return out.base
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

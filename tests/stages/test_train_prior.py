@@ -21,7 +21,7 @@ from jukebox_lite.algorithms.sampling import sample_codes
 from jukebox_lite.models.checkpoints import load_prior
 from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.stages.train_prior import train_prior
+from jukebox_lite.stages.train_prior import PriorTask, train_prior
 from jukebox_lite.algorithms.training import learning_rate
 from tests.helpers import PRIOR_SHAPE, TINY_SR, save_vqvae, varied_vqvae
 
@@ -170,6 +170,9 @@ def test_resume_continues_the_same_run(run, tmp_path):
     assert np.allclose(first.losses + rest.losses, whole.losses, rtol=1e-5)
     a, b = load_checkpoint(run / "prior_level2"), load_checkpoint(other / "prior_level2")
     assert all(torch.allclose(a["ema"][k], b["ema"][k], atol=1e-6) for k in a["ema"])
+    # the output layer is the token embedding: its average is saved under both names, not the live weight under one
+    assert torch.equal(a["ema"]["prior.x_out.weight"], a["ema"]["prior.x_emb.weight"])
+    assert not torch.equal(a["ema"]["prior.x_emb.weight"], a["model"]["prior.x_emb.weight"])
 
 
 def test_annealing_switched_on_later_ends_at_lr_zero_and_the_stage_stops(run, tmp_path):
@@ -198,6 +201,108 @@ def test_imported_checkpoint_is_fine_tuned_not_replaced(run, tmp_path):
     assert "optimizer" in state and state["genres"] == ["house", "unknown"]
     for key, value in imported.state_dict().items():
         assert torch.allclose(state["model"][key], value, atol=1e-5), key
+
+
+LORA = ["prior_level2.train.lora={rank: 4, alpha: 8.0}", "prior_level2.train.lr=0.01"]
+
+
+def imported(run: Path, cfg, seed: int = 123) -> Prior:
+    """A prior saved as import-jukebox saves one (no optimizer, step 0) into RUN/prior_level2/last.pt."""
+    torch.manual_seed(seed)
+    prior = Prior(cfg.prior_level2)
+    config = dataclasses.asdict(dataclasses.replace(cfg.prior_level2, train=dataclasses.replace(cfg.prior_level2.train, lora=None)))
+    save_checkpoint(run / "prior_level2" / "last.pt", "prior", config, prior.state_dict(), step=0)
+    return prior
+
+
+def test_lora_fine_tunes_an_import_keeping_it_frozen_and_samples_merged(run, tmp_path):
+    cfg = recipe(tmp_path, *LORA, "prior_level2.train.steps=40")
+    base = imported(run, cfg)
+    folder = run / "prior_level2"
+    base_bytes = (folder / "last.pt").read_bytes()
+    result = train_prior(cfg, run, level=2)
+    assert (folder / "base.pt").read_bytes() == base_bytes  # the import, moved aside untouched
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1  # it learns the corpus
+
+    state = load_checkpoint(folder, "prior")
+    assert state["base"]["file"] == "base.pt" and "optimizer" in state
+    kept = set(state["model"])
+    assert kept and all("lora_" in k or "emb" in k or k == "prior.x_out.weight" for k in kept)
+    assert set(state["ema"]) == kept and torch.equal(state["ema"]["prior.x_out.weight"], state["ema"]["prior.x_emb.weight"])
+    lora = cfg.prior_level2.train.lora
+    adapters = sum(lora.rank * sum(value.shape) for key, value in base.state_dict().items() if key.endswith(".w"))
+    embeddings = sum(p.numel() for p in base.embedding_parameters())
+    assert sum(state["model"][k].numel() for k in kept if k != "prior.x_out.weight") == adapters + embeddings
+    assert set(load_checkpoint(folder / "best.pt", "prior")["model"]) == kept
+
+    # sampling merges: the loaded prior is a plain one, equal to base weights + the EMA adapters applied by hand
+    merged = load_prior(folder)
+    assert set(merged.state_dict()) == set(base.state_dict())
+    by_hand = Prior(cfg.prior_level2).eval()
+    by_hand.load_state_dict(base.state_dict())
+    by_hand.add_adapters(cfg.prior_level2.train.lora)
+    by_hand.load_state_dict(state["ema"], strict=False)
+    codes, y = torch.randint(0, 16, (2, 64)), torch.tensor([[TINY_SR * 2, 0, TINY_SR, 0, 0]] * 2)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.logits(codes, labels=y), by_hand.logits(codes, labels=y), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(merged.logits(codes, labels=y), base.eval().logits(codes, labels=y), atol=1e-3)
+    for key, value in base.state_dict().items():  # the frozen weights: unchanged by training
+        if key not in kept:
+            assert torch.equal(by_hand.state_dict()[key], value), key
+
+
+def test_lora_resumes_exactly_and_refuses_a_changed_base_or_other_adapters(run, tmp_path, capsys):
+    other = Path(shutil.copytree(run, tmp_path / "other"))
+    for folder in (run, other):
+        imported(folder, recipe(tmp_path, *LORA))
+    whole = train_prior(recipe(tmp_path, *LORA, "prior_level2.train.steps=10"), run, level=2)
+    first = train_prior(recipe(tmp_path, *LORA, "prior_level2.train.steps=6"), other, level=2)
+    rest = train_prior(recipe(tmp_path, *LORA, "prior_level2.train.steps=10"), other, level=2)
+    assert (first.step, rest.step) == (6, 10)
+    assert np.allclose(first.losses + rest.losses, whole.losses, rtol=1e-5)
+    a, b = load_checkpoint(run / "prior_level2"), load_checkpoint(other / "prior_level2")
+    assert all(torch.allclose(a["model"][k], b["model"][k], atol=1e-6) for k in a["model"])
+
+    before = (run / "prior_level2" / "last.pt").read_bytes()
+    err = cli_error(run, tmp_path, capsys, 2, *LORA, "prior_level2.train.lora.rank=2", "prior_level2.train.steps=20")
+    assert "was trained with the adapters" in err and "set prior_level2.train.lora back" in err
+    imported(run, recipe(tmp_path), seed=7)  # another prior at last.pt ...
+    (run / "prior_level2" / "last.pt").replace(run / "prior_level2" / "base.pt")  # ... swapped in as the base
+    (run / "prior_level2" / "last.pt").write_bytes(before)
+    err = cli_error(run, tmp_path, capsys, 2, *LORA, "prior_level2.train.steps=20")
+    assert "is not the prior the adapters" in err and "fingerprint changed" in err
+    with pytest.raises(UserError, match="is not the prior the adapters"):
+        load_prior(run / "prior_level2")
+    assert (run / "prior_level2" / "last.pt").read_bytes() == before  # nothing lost
+
+
+def test_lora_under_bf16_keeps_the_frozen_matrices_in_bf16_and_the_adapters_in_float32(run, tmp_path, monkeypatch):
+    cfg = recipe(tmp_path, *LORA, "prior_level2.train.steps=8", "prior_level2.train.precision=bf16")
+    imported(run, cfg)
+    dtypes = {}
+    original = PriorTask.loss
+
+    def loss(self, model, batch):  # what the loop trains: the bare model, or DDP's around it
+        for name, p in model.named_parameters():
+            dtypes[name] = (p.dtype, p.requires_grad)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(PriorTask, "loss", loss)
+    result = train_prior(cfg, run, level=2)
+    assert result.step == 8 and np.isfinite(result.losses).all()
+    assert {d for name, (d, trains) in dtypes.items() if not trains and name.endswith(".w")} == {torch.bfloat16}
+    assert {d for d, trains in dtypes.values() if trains} == {torch.float32}
+    assert {v.dtype for v in load_checkpoint(run / "prior_level2", "prior")["model"].values()} == {torch.float32}
+
+
+def test_lora_needs_an_import_and_refuses_a_full_run(run, tmp_path, capsys):
+    err = cli_error(run, tmp_path, capsys, 2, *LORA)
+    assert "fine-tunes an imported prior" in err and "import-jukebox --prior-level-2" in err
+    train_prior(recipe(tmp_path, "prior_level2.train.steps=2"), run, level=2)
+    err = cli_error(run, tmp_path, capsys, 2, *LORA)
+    assert "trains every weight" in err
+    err = cli_error(run, tmp_path, capsys, 2, "prior_level2.train.lora.rank=64")
+    assert "more than the narrowest adapted projection" in err
 
 
 # ----------------------------------------------------------------------------------------------
