@@ -326,6 +326,85 @@ _OPENAI_DEFAULTS = dict(
 _OPENAI_LEVEL_DEFAULTS = {1: {"cond_res_scale": True}}  # upsampler_level_1 differs from level 0 in this alone
 _OPENAI_HOPS = {2: 128, 1: 32, 0: 8}  # released VQ-VAE: downs_t (3, 2, 2), strides 2
 
+_UPSAMPLER = dict(
+    n_ctx=8192, width=1920, depth=72, heads=1, attn_order=2, blocks=128, init_scale=0.4, max_bow_genre_size=5,
+    cond_dilation_growth_rate=3, cond_dilation_cycle=8, cond_zero_out=False, cond_m_conv=1.0,
+)
+# OpenAI's registered priors (jukebox/hparams.py; ../shared/jukebox-format/released_models.tsv), in its hps
+# names. A released file may hold weights alone: level, n_ctx, width and depth (read from the weights)
+# recognise the layout, and the rest (heads, attention order, blocks, merged decoder...) is taken from here.
+RELEASED_PRIORS: dict[str, dict[str, Any]] = {
+    "prior_5b": dict(
+        level=2, n_ctx=8192, width=4800, depth=72, heads=8, attn_order=2, blocks=128, init_scale=0.1,
+        max_bow_genre_size=5, min_duration=60.0, max_duration=600.0, merged_decoder=True,
+    ),
+    "upsampler_level_1": dict(level=1, cond_res_scale=True, **_UPSAMPLER),
+    "upsampler_level_0": dict(level=0, cond_res_scale=False, **_UPSAMPLER),
+}
+# released lyrics priors, recognised so that they are refused by name rather than misread as plain priors
+# (1b_lyrics's single transformer reads [384 lyric characters, 6144 codes] with 79 + 2048 tokens)
+LYRICS_PRIORS = {
+    "prior_1b_lyrics": dict(level=2, n_ctx=6144 + 384, width=2048, depth=72),
+    "prior_5b_lyrics": dict(level=2, n_ctx=8192, width=4800, depth=79),
+}
+
+
+def released_layout(sd: dict, level: int) -> str | None:
+    """The registered prior whose level and weight sizes (n_ctx, width, depth) `sd` has, if any."""
+    sizes = _sizes(sd)
+    for name, layout in {**RELEASED_PRIORS, **LYRICS_PRIORS}.items():
+        if layout["level"] == level and all(sizes[k] == layout[k] for k in ("n_ctx", "width", "depth")):
+            return name
+    return None
+
+
+def _sizes(sd: dict) -> dict[str, int]:
+    """What the weights themselves say of a prior's size."""
+    if "prior.x_emb.weight" not in sd or "prior.pos_emb.pos_emb" not in sd:
+        raise UserError("This OpenAI checkpoint is not a prior (it has no prior.x_emb and prior.pos_emb weights).")
+    layers = [int(k.split(".")[3]) for k in sd if k.startswith("prior.transformer._attn_mods.")]
+    return {
+        "bins": sd["prior.x_emb.weight"].shape[0], "width": sd["prior.x_emb.weight"].shape[1],
+        "n_ctx": sd["prior.pos_emb.pos_emb"].shape[0], "depth": 1 + max(layers, default=-1),
+    }
+
+
+def _check_level(sd: dict, level: int) -> None:
+    upsampler = any(k.startswith("conditioner_blocks.") for k in sd)
+    if (level < 2) != upsampler:
+        what = "an upsampler" if upsampler else "a top-level prior"
+        raise UserError(f"This OpenAI checkpoint holds {what}, not a level-{level} prior; pass it as the matching level.")
+
+
+def openai_prior_hps(hps: dict, sd: dict, level: int, layout: str | None, source: str) -> dict:
+    """The hps a prior is built with: the file's own; where it carries none, those of the registered
+    layout named by `layout` (--openai-model) or recognised from the weights' sizes; else an error."""
+    given = {k: v for k, v in dict(hps or {}).items() if v is not None}
+    if layout is not None and layout not in RELEASED_PRIORS:
+        known = ", ".join(RELEASED_PRIORS)
+        raise UserError(f"--openai-model {layout!r} is not one of OpenAI's released plain priors ({known}).")
+    sizes = _sizes(sd)
+    _check_level(sd, level)
+    name = layout or (None if given else released_layout(sd, level))
+    if given.get("use_tokens") or given.get("single_enc_dec") or name in LYRICS_PRIORS:
+        what = f"OpenAI's {name}" if name in LYRICS_PRIORS else "a lyrics prior"
+        raise UserError(
+            f"'{source}' is {what}, whose lyric inputs jukebox-lite does not read yet; import prior_5b "
+            "(or a small_prior) instead."
+        )
+    if name is None and not given:
+        raise UserError(
+            f"'{source}' carries no hyperparameters and its sizes (width {sizes['width']}, depth {sizes['depth']}, "
+            f"n_ctx {sizes['n_ctx']}) match none of OpenAI's released level-{level} priors; pass --openai-model NAME "
+            f"({', '.join(n for n, r in RELEASED_PRIORS.items() if r['level'] == level)}) to say whose settings it has."
+        )
+    registered = {k: v for k, v in RELEASED_PRIORS.get(name, {}).items() if k not in ("n_ctx", "width", "depth")}
+    if name is not None and registered["level"] != level:
+        raise UserError(f"--openai-model {name} is a level-{registered['level']} prior, but '{source}' was given as level {level}.")
+    if name is not None and not given:
+        log.info("%s carries no hyperparameters: using OpenAI's registered %s", source, name)
+    return {**registered, **given, "level": level}
+
 
 def prior_config_from_openai(hps: dict, sd: dict) -> PriorConfig:
     """Our PriorConfig for an OpenAI prior: sizes from the weights (state dict `sd`), the rest from its hparams.
@@ -346,16 +425,12 @@ def _prior_config(given: dict, sd: dict, upsampler: bool) -> PriorConfig:
     if level not in _OPENAI_HOPS:
         raise ValueError(f"level {level} is not 0, 1 or 2")
     hps = {**_OPENAI_DEFAULTS, **_OPENAI_LEVEL_DEFAULTS.get(level, {}), **given}
-    if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd) or "prior.x_emb.weight" not in sd:
-        raise UserError("This OpenAI checkpoint is not a plain prior (a lyrics prior or another model); it cannot be imported.")
-    bins, width = sd["prior.x_emb.weight"].shape
-    n_ctx = sd["prior.pos_emb.pos_emb"].shape[0]
-    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("prior.transformer._attn_mods."))
+    if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd):
+        raise UserError("This OpenAI checkpoint is a lyrics prior with a lyrics encoder (5b_lyrics), which jukebox-lite does not read.")
+    bins, width, n_ctx, depth = (_sizes(sd)[k] for k in ("bins", "width", "n_ctx", "depth"))
     n_state = sd["prior.transformer._attn_mods.0.attn.c_attn.w"].shape[1] // 3
     hidden = sd["prior.transformer._attn_mods.0.mlp.c_fc.w"].shape[1]
-    if (level < 2) != upsampler:
-        what = "an upsampler" if upsampler else "a top-level prior"
-        raise UserError(f"This OpenAI checkpoint holds {what}, not a level-{level} prior; pass it as the matching level.")
+    _check_level(sd, level)
     labels = "y_emb.artist_emb.emb.weight" in sd
     fields: dict = dict(
         level=level, n_ctx=n_ctx, width=width, depth=depth, heads=int(hps["heads"]), attn_order=int(hps["attn_order"]),
@@ -402,7 +477,8 @@ def prior_from_openai(hps: dict, sd: dict) -> Prior:
     return prior.eval()
 
 
-def load_openai_prior(path: str | os.PathLike, hps_overrides: dict | None = None) -> Prior:
-    """An OpenAI prior checkpoint (e.g. 5b/prior_level_1.pth.tar) → our Prior, via the safe loader."""
+def load_openai_prior(path: str | os.PathLike, level: int, layout: str | None = None) -> Prior:
+    """An OpenAI prior checkpoint (e.g. 5b/prior_level_1.pth.tar) of `level` → our Prior, via the safe
+    loader; `layout` names the registered prior whose settings a file without hps has (see openai_prior_hps)."""
     hps, state_dict = load_openai_checkpoint(path)
-    return prior_from_openai({**dict(hps or {}), **(hps_overrides or {})}, state_dict)
+    return prior_from_openai(openai_prior_hps(hps, state_dict, level, layout, str(path)), state_dict)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from jukebox_lite.algorithms.openai_import import load_openai_prior, load_openai_vqvae
+from jukebox_lite.algorithms.openai_import import RELEASED_PRIORS, load_openai_prior, load_openai_vqvae
 from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run, StageFolder
@@ -50,10 +50,13 @@ def import_vqvae(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
     return out
 
 
-def import_prior(path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, *, level: int) -> Path:
-    """OpenAI's prior_level_N.pth.tar (an upsampler or a small_prior-format top prior) → `out_dir/last.pt`."""
+def import_prior(
+    path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, *, level: int, layout: str | None = None
+) -> Path:
+    """OpenAI's prior_level_N.pth.tar (an upsampler, the 5b top prior or a small_prior) → `out_dir/last.pt`.
+    `layout`: the registered prior (OpenAI's name) whose settings a file without hyperparameters has."""
     out = _output_path(out_dir, overwrite)
-    prior = load_openai_prior(path, {"level": level})
+    prior = load_openai_prior(path, level, layout)
     save_checkpoint(
         out,
         kind="prior",
@@ -81,10 +84,15 @@ IMPORTERS: dict[str, tuple[Callable[..., Path], Callable[[Run], StageFolder]]] =
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vqvae", metavar="PATH", help="OpenAI's vqvae.pth.tar → RUN/vqvae/last.pt")
-    for n, what in ((2, "a small_prior-format top prior"), (1, "the level-1 upsampler"), (0, "the level-0 upsampler")):
+    for n, what in ((2, "the 5b top prior or a small_prior"), (1, "the level-1 upsampler"), (0, "the level-0 upsampler")):
         parser.add_argument(
             f"--prior-level-{n}", metavar="PATH", help=f"{what} (prior_level_{n}.pth.tar) → RUN/prior_level{n}/last.pt"
         )
+    parser.add_argument(
+        "--openai-model", metavar="NAME", action="append", choices=list(RELEASED_PRIORS), default=[],
+        help="a prior file without hyperparameters whose sizes are not the released ones has this registered "
+        "prior's settings (heads, attention order, ...); once per level",
+    )
     add_run_arguments(parser, "the checkpoints are written into its stage folders", computes=False)
     parser.add_argument("--force", action="store_true", help="replace checkpoints that already exist")
 
@@ -94,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     if not chosen:
         options = ", ".join("--" + dest.replace("_", "-") for dest in IMPORTERS)
         raise UserError(f"import-jukebox was given no file to import; pass at least one of {options}.")
+    layouts = {RELEASED_PRIORS[name]["level"]: name for name in args.openai_model}
+    for name in args.openai_model:
+        level = RELEASED_PRIORS[name]["level"]
+        if not getattr(args, f"prior_level_{level}", None) or layouts[level] != name:
+            raise UserError(f"--openai-model {name} describes a level-{level} prior; give it once, with --prior-level-{level}.")
     for dest, importer, folder in chosen:
-        importer(getattr(args, dest), folder(Run(args.run)).path, overwrite=args.force)
+        layout = {"layout": layouts.get(int(dest[-1]))} if dest.startswith("prior_level_") else {}
+        importer(getattr(args, dest), folder(Run(args.run)).path, overwrite=args.force, **layout)
     return 0

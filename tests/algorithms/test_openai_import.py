@@ -304,3 +304,83 @@ def test_hostile_prior_hyperparameters_are_one_sentence(tmp_path, hps_changes, r
     recorded = torch.load(FIXTURES / "openai_prior_top_labelled.pt", weights_only=True)
     with pytest.raises(UserError, match=re.escape(reason)):
         prior_from_openai({**recorded["hps"], **hps_changes}, recorded["state_dict"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Released layouts: files that carry no hyperparameters
+
+
+def released_state_dict(width: int, depth: int, n_ctx: int, bins: int, upsampler: bool, untied: bool,
+                        y_bins: tuple[int, int] = (120, 4111), t_bins: int = 128) -> dict[str, torch.Tensor]:
+    """The weight shapes of a released prior, on the meta device: its sizes without its 5 billion numbers."""
+    def meta(*shape):
+        return torch.empty(shape, device="meta")
+
+    sd = {"prior.x_emb.weight": meta(bins, width), "prior.pos_emb.pos_emb": meta(n_ctx, width),
+          "y_emb.bow_genre_emb.emb.weight": meta(y_bins[0], width), "y_emb.artist_emb.emb.weight": meta(y_bins[1], width)}
+    if untied:
+        sd["prior.x_out.weight"] = meta(bins, width)
+    if not upsampler:
+        sd |= {f"y_emb.{name}_emb.emb.weight": meta(t_bins, width) for name in ("total_length", "absolute_pos", "relative_pos")}
+    for d in range(depth):
+        layer = f"prior.transformer._attn_mods.{d}."
+        sd |= {layer + "attn.c_attn.w": meta(width, 3 * width // 4), layer + "mlp.c_fc.w": meta(width, width)}
+    if upsampler:
+        prefix = "conditioner_blocks.0.cond.model."
+        sd |= {prefix + "0.weight": meta(1024, 64, 3), prefix + "1.1.weight": meta(1024, 1024, 4),
+               prefix + "2.1.weight": meta(1024, 1024, 4)}
+        sd |= {f"{prefix}1.0.blocks.{u}.model.1.weight": meta(1024, 1024, 3) for u in range(16)}
+    return sd
+
+
+def test_released_priors_without_hyperparameters_get_their_registered_settings():
+    from jukebox_lite.algorithms.openai_import import openai_prior_hps, prior_config_from_openai
+
+    top = released_state_dict(4800, 72, 8192, 2048, upsampler=False, untied=True)
+    cfg = prior_config_from_openai(openai_prior_hps({}, top, 2, None, "prior_level_2.pth.tar"), top)
+    assert (cfg.heads, cfg.blocks, cfg.attn_order, cfg.merged_decoder, cfg.init_scale) == (8, 128, 2, True, 0.1)
+    assert (cfg.n_genres, cfg.n_artists, cfg.t_bins, cfg.max_bow_genre_size, cfg.min_duration) == (120, 4111, 128, 5, 60.0)
+    for level, res_scale in ((1, True), (0, False)):
+        up = released_state_dict(1920, 72, 8192, 2048, upsampler=True, untied=False)
+        cfg = prior_config_from_openai(openai_prior_hps({}, up, level, None, "up.pth.tar"), up)
+        assert (cfg.level, cfg.blocks, cfg.init_scale, cfg.cond_width, cfg.cond_depth, cfg.cond_res_scale) == (
+            level, 128, 0.4, 1024, 16, res_scale)
+    lyrics = released_state_dict(2048, 72, 6144 + 384, 79 + 2048, upsampler=False, untied=True, y_bins=(604, 7898), t_bins=64)
+    with pytest.raises(UserError, match="is OpenAI's prior_1b_lyrics, whose lyric inputs jukebox-lite does not read yet"):
+        openai_prior_hps({}, lyrics, 2, None, "1b.pth.tar")
+    with pytest.raises(UserError, match="is a lyrics prior"):
+        openai_prior_hps({"single_enc_dec": True, "use_tokens": True}, lyrics, 2, None, "1b.pth.tar")
+    with pytest.raises(UserError, match="is a level-1 prior, but 'x' was given as level 0"):
+        openai_prior_hps({}, up, 0, "upsampler_level_1", "x")
+
+
+def test_a_file_without_hyperparameters_is_recognised_by_its_sizes_or_named_or_refused(tmp_path, capsys, monkeypatch):
+    from jukebox_lite.algorithms import openai_import
+    from jukebox_lite.cli import main
+    from jukebox_lite.models.checkpoints import load_prior
+
+    recorded = torch.load(FIXTURES / "openai_prior_top_labelled.pt", weights_only=True)
+    bare = tmp_path / "prior_level_2.pth.tar"  # weights only, as released files may be
+    torch.save({"model": {f"module.{k}": v for k, v in recorded["state_dict"].items()}}, bare)
+    hps = recorded["hps"]
+    settings = dict(level=2, width=32, depth=3, heads=hps["heads"], attn_order=2, blocks=hps["blocks"], init_scale=1.0,
+                    max_bow_genre_size=hps["max_bow_genre_size"], min_duration=10.0, max_duration=100.0, merged_decoder=False)
+
+    err = "carries no hyperparameters and its sizes (width 32, depth 3, n_ctx 64) match none of OpenAI's released level-2 priors; pass --openai-model NAME (prior_5b"
+    assert main(["import-jukebox", "--prior-level-2", str(bare), "--run", str(tmp_path / "refused")]) == 2
+    assert err in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "prior_level2" / "last.pt").exists()
+
+    for name, n_ctx, argv in (("tiny_released", 64, []), ("tiny_other_size", 4096, ["--openai-model", "tiny_other_size"])):
+        monkeypatch.setitem(openai_import.RELEASED_PRIORS, name, {**settings, "n_ctx": n_ctx})
+        run = tmp_path / name
+        assert main(["import-jukebox", "--prior-level-2", str(bare), *argv, "--run", str(run)]) == 0
+        prior = load_prior(run / "prior_level2")
+        assert (prior.cfg.heads, prior.cfg.max_bow_genre_size) == (2, 2)  # the registered settings, not OpenAI's defaults
+        logits = prior.logits(recorded["codes"], labels=recorded["labels"])
+        torch.testing.assert_close(logits, recorded["logits"], atol=2e-5, rtol=1e-5)
+        monkeypatch.delitem(openai_import.RELEASED_PRIORS, name)
+    capsys.readouterr()
+    monkeypatch.setitem(openai_import.RELEASED_PRIORS, "tiny_other_size", {**settings, "n_ctx": 4096})
+    assert main(["import-jukebox", "--prior-level-1", str(bare), "--openai-model", "tiny_other_size", "--run", str(tmp_path / "r")]) == 2
+    assert "--openai-model tiny_other_size describes a level-2 prior; give it once, with --prior-level-2" in capsys.readouterr().err
