@@ -483,18 +483,41 @@ def _restore(
     return trainee
 
 
+def _batch_slice(batch: Any, start: int, stop: int) -> Any:
+    """Items start..stop-1 of a batch: a tensor, or lists, tuples and dicts of them (None stays None)."""
+    if torch.is_tensor(batch):
+        return batch[start:stop]
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_batch_slice(b, start, stop) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _batch_slice(v, start, stop) for k, v in batch.items()}
+    return batch
+
+
 def _step(task: Task, cfg: TrainingConfig, trainee: _Trainee, wrapped: nn.Module, batch: Any, device: torch.device):
     """One update at the scheduled LR; a non-finite loss or gradient on any rank skips it, buffers included.
-    Returns (loss, metrics, grad_norm, lr, bad)."""
+    With `micro_batch` the rank's share goes through in passes whose gradients add up (DDP averages them
+    across ranks once, after the last). Returns (loss, metrics, grad_norm, lr, bad)."""
     model, optimizer = trainee.model, trainee.optimizer
     lr = learning_rate(schedule(cfg, trainee.validation), trainee.step + 1)
     for group in optimizer.param_groups:
         group["lr"] = lr
     buffers = [b.detach().clone() for b in model.buffers()]  # a skipped step must not change them either
-    with autocast(device, cfg.precision):
-        loss, metrics = task.loss(wrapped, batch)
+    per_rank = cfg.batch_size // distributed.current().world_size
+    size = cfg.micro_batch or per_rank
+    passes = per_rank // size
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss, metrics = torch.zeros((), device=device), {}
+    for start in range(0, passes * size, size):
+        last = start + size == passes * size
+        synced = last or not isinstance(wrapped, DistributedDataParallel)
+        with contextlib.nullcontext() if synced else wrapped.no_sync():
+            with autocast(device, cfg.precision):
+                part_loss, part_metrics = task.loss(wrapped, _batch_slice(batch, start, start + size))
+            (part_loss / passes).backward()
+        loss = loss + part_loss.detach().float() / passes
+        for name, value in part_metrics.items():
+            metrics[name] = metrics.get(name, 0.0) + value.detach().float() / passes
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
     bad = distributed.any_rank(not (torch.isfinite(loss) and torch.isfinite(grad_norm)), device)
     trainee.step += 1
@@ -571,6 +594,11 @@ def train(
         raise UserError(
             f"{task.section}.train.batch_size is {cfg.batch_size}; it must be a multiple of the number of ranks "
             f"({env.world_size})."
+        )
+    if cfg.micro_batch and (cfg.batch_size // env.world_size) % cfg.micro_batch:
+        raise UserError(
+            f"{task.section}.train.micro_batch is {cfg.micro_batch}, which does not divide each rank's share of "
+            f"batch_size ({cfg.batch_size} / {env.world_size} ranks = {cfg.batch_size // env.world_size}); choose a divisor of it."
         )
     state = load_checkpoint(path, task.kind) if path.exists() else None
     start_from = None  # the checkpoint a fine-tune starts from, once loaded

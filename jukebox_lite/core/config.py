@@ -144,6 +144,11 @@ class TrainingConfig:
     """
 
     batch_size: int = 4  # windows per step over all ranks; each rank takes batch_size / world size
+    # windows per forward pass on a rank (null: its whole share at once): the gradients of batch_size / world
+    # size / micro_batch passes add up to one update, so the effective batch stays batch_size on any number of
+    # GPUs with a fraction of the activation memory (exactly the same update for the priors; the VQ-VAE's
+    # codebook EMA and the refiner's stratified noise levels see each pass in turn)
+    micro_batch: int | None = None
     steps: int = 100000  # the run ends here, or earlier when annealing brings the LR to zero
     lr: float = 3e-4
     warmup_steps: int = 100  # LR rises linearly from 0 over these steps
@@ -177,6 +182,8 @@ class TrainingConfig:
         for name in ("batch_size", "steps", "max_bad_steps", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{section}.{name} is {getattr(self, name)}; it must be at least 1.")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
+            raise UserError(f"{section}.micro_batch is {self.micro_batch}; it must be between 1 and batch_size ({self.batch_size}).")
         if self.lr <= 0 or self.clip <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
             raise UserError(f"{section}: lr and clip must be positive, warmup_steps and weight_decay not negative.")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

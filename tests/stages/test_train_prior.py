@@ -175,6 +175,17 @@ def test_resume_continues_the_same_run(run, tmp_path):
     assert not torch.equal(a["ema"]["prior.x_emb.weight"], a["model"]["prior.x_emb.weight"])
 
 
+def test_micro_batches_accumulate_into_the_same_update(run, tmp_path):
+    other = Path(shutil.copytree(run, tmp_path / "other"))
+    whole = train_prior(recipe(tmp_path, "prior_level2.train.steps=6"), run, level=2)
+    passes = train_prior(recipe(tmp_path, "prior_level2.train.steps=6", "prior_level2.train.micro_batch=2"), other, level=2)
+    assert np.allclose(passes.losses, whole.losses, rtol=1e-5)
+    a, b = load_checkpoint(run / "prior_level2"), load_checkpoint(other / "prior_level2")
+    assert all(torch.allclose(a["model"][k], b["model"][k], atol=1e-5) for k in a["model"])
+    with pytest.raises(UserError, match=r"micro_batch is 3, which does not divide each rank's share of batch_size \(8 / 1 ranks = 8\)"):
+        train_prior(recipe(tmp_path, "prior_level2.train.steps=8", "prior_level2.train.micro_batch=3"), other, level=2)
+
+
 def test_annealing_switched_on_later_ends_at_lr_zero_and_the_stage_stops(run, tmp_path):
     train_prior(recipe(tmp_path, "prior_level2.train.steps=6"), run, level=2)  # no annealing yet
     anneal = ["prior_level2.train.steps=1000", "prior_level2.train.anneal_start=8", "prior_level2.train.anneal_steps=4",
