@@ -28,6 +28,8 @@ ARGS ?=
 SAMPLE_ARGS ?=
 LEVEL ?= 2
 STEP ?=
+# memory of one GPU in GB, for `make plan`
+GPU_MEMORY ?= 80
 
 # Variables are data. Each reaches the commands through the environment and is quoted where the shell
 # meets it, so spaces and quotes work and nothing in them runs (LAUNCH and PYTHON excepted: they are
@@ -43,6 +45,7 @@ export JL_SECONDS := $(value SECONDS)
 export JL_N := $(value N)
 export JL_LEVEL := $(value LEVEL)
 export JL_STEP := $(value STEP)
+export JL_GPU_MEMORY := $(value GPU_MEMORY)
 export JL_SAMPLE_ARGS := $(value SAMPLE_ARGS)
 export JUKEBOX_LITE_ARGS := $(value ARGS)  # the commands take their own keys from it (stages.common)
 ifneq ($(words $(RUN) $(CONFIG) $(VENV)),3)
@@ -56,7 +59,7 @@ INSTALLED := $(VENV)/.installed
 RECIPE := --config "$$JL_CONFIG" --run "$$JL_RUN"
 LABELS := $${JL_GENRE:+--genre "$$JL_GENRE"} $${JL_ARTIST:+--artist "$$JL_ARTIST"}
 
-.PHONY: help install test demo all check-vars recipe data vqvae codes prior upsamplers anneal refiner sample \
+.PHONY: help install test demo all check-vars recipe plan data vqvae codes prior upsamplers anneal refiner sample \
 	check-copies review bench gpu-check clean-demo
 
 help:
@@ -76,11 +79,13 @@ help:
 	@echo "  check-copies  flag samples that replay the training corpus     → RUN/samples/<id>/copies.json"
 	@echo "  review        the listening-review page                        → RUN/review.html"
 	@echo "  recipe        print CONFIG as the stages read it, with ARGS applied"
+	@echo "  plan          each training stage's memory on a GPU of GPU_MEMORY GB, and what would fit"
 	@echo "  bench         the benchmarks in bench/ on this machine"
 	@echo "  gpu-check     on a GPU: check every CUDA path and take every GPU figure → docs/gpu.md"
 	@echo "Variables:"
 	@echo "  CONFIG=$$JL_CONFIG  RUN=$$JL_RUN"
 	@echo "  AUDIO=folder of music  GENRE=genre (labels every file in data; the genre to sample)  ARTIST=..."
+	@echo "  GPU_MEMORY=$$JL_GPU_MEMORY (GB, for plan)"
 	@echo "  SECONDS=$$JL_SECONDS  N=$$JL_N  SAMPLE_ARGS='--fast --morph-to G --prime F --temperature T --seed K'"
 	@echo "  ARGS='key=value ...' recipe overrides  LAUNCH='torchrun --nproc_per_node N --' | 'mpiexec -n N'"
 
@@ -171,6 +176,9 @@ review: $(INSTALLED)
 
 recipe: $(INSTALLED)
 	$(JL) recipe --config "$$JL_CONFIG"
+
+plan: $(INSTALLED)
+	$(JL) plan --config "$$JL_CONFIG" --gpu-memory "$$JL_GPU_MEMORY"
 
 all: check-vars $(RUN)/samples/.done
 	$(MAKE) check-copies review

@@ -27,6 +27,7 @@ STAGES = {
     "train-vqvae": ("jukebox_lite.stages.train_vqvae", "VQ-VAE stage: train the 3-level VQ-VAE on RUN/data → RUN/vqvae"),
     "eval-vqvae": ("jukebox_lite.stages.eval_vqvae", "VQ-VAE reconstruction metrics per level on the validation audio"),
     "encode": ("jukebox_lite.stages.encode", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
+    "plan": ("jukebox_lite.stages.plan", "training memory of every stage on one GPU, before anything runs; what would fit"),
     "train-prior": ("jukebox_lite.stages.train_prior", "prior stage: train the top prior (--level 2) or an upsampler (1, 0) on RUN/codes"),
     "refine": ("jukebox_lite.stages.refine", "diffusion refiner: turn coarse VQ-VAE audio into cleaner audio"),
     "train-refiner": ("jukebox_lite.stages.train_refiner", "refiner stage: train the diffusion refiner on the run's VQ-VAE audio → RUN/refiner"),
