@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +307,25 @@ def test_lora_under_bf16_keeps_the_frozen_matrices_in_bf16_and_the_adapters_in_f
     assert {d for name, (d, trains) in dtypes.items() if not trains and name.endswith(".w")} == {torch.bfloat16}
     assert {d for d, trains in dtypes.values() if trains} == {torch.float32}
     assert {v.dtype for v in load_checkpoint(run / "prior_level2", "prior")["model"].values()} == {torch.float32}
+
+
+def test_lora_with_micro_batches_on_two_torchrun_ranks_matches_one_process(run, tmp_path):
+    """DDP skips the gradient all-reduce on every pass but a rank's last (no_sync) and ignores the frozen base."""
+    other = Path(shutil.copytree(run, tmp_path / "other"))
+    overrides = [*LORA, "prior_level2.train.steps=4", "prior_level2.train.micro_batch=2", "prior_level2.train.eval_every=0"]
+    for folder in (run, other):
+        imported(folder, recipe(tmp_path, *overrides))
+    train_prior(recipe(tmp_path, *overrides), run, level=2)
+    command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "--",
+               str(Path(sys.executable).parent / "jukebox-lite"), "train-prior", "--level", "2", "--config",
+               str(tmp_path / "tiny.yaml"), "--run", str(other), *overrides]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = load_checkpoint(run / "prior_level2"), load_checkpoint(other / "prior_level2")
+    assert a["step"] == b["step"] == 4 and set(a["model"]) == set(b["model"])
+    assert all(torch.allclose(a["model"][k], b["model"][k], atol=1e-5) for k in a["model"])
+    base = load_checkpoint(run / "prior_level2" / "base.pt")["model"]
+    assert not torch.allclose(b["model"]["prior.x_emb.weight"], base["prior.x_emb.weight"], atol=1e-4)  # it trained
 
 
 def test_lora_needs_an_import_and_refuses_a_full_run(run, tmp_path, capsys):
