@@ -309,7 +309,21 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
 def lora_base(cfg: PriorConfig, out: StageFolder) -> Path:
     """The imported prior a LoRA fine-tune adapts: RUN/prior_levelL/base.pt. An import still at last.pt
     moves there first (nothing is lost: the adapters' checkpoints take last.pt); a LoRA run already in
-    the folder must be adapting that very file with the recipe's adapters."""
+    the folder must be adapting that very file with the recipe's adapters. On several ranks rank 0
+    alone looks and moves; the others learn the outcome from it."""
+    problem = None
+    if distributed.current().is_main:
+        try:
+            _prepare_lora_base(cfg, out)
+        except UserError as e:
+            problem = str(e)
+    problem = distributed.broadcast_object(problem)
+    if problem is not None:
+        raise UserError(problem)
+    return out.base
+
+
+def _prepare_lora_base(cfg: PriorConfig, out: StageFolder) -> None:
     section = section_name(cfg.level)
     if out.has_checkpoint():
         state = load_checkpoint(out.checkpoint, "prior", mmap=True)
@@ -339,7 +353,6 @@ def lora_base(cfg: PriorConfig, out: StageFolder) -> Path:
             f"{section}.train.lora fine-tunes an imported prior, and '{out.path}' has none; import one first "
             f"(jukebox-lite import-jukebox --prior-level-{cfg.level} FILE) or remove the lora setting to train from scratch."
         )
-    return out.base
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
