@@ -295,6 +295,22 @@ class VQVAEConfig:
 
 
 @dataclass
+class StylesConfig:
+    """Fine-tuning an imported labelled prior: the corpus's genres and artists get label rows of their own
+    after the imported ones (which stay, named openai_genre_<id> / openai_artist_<id>, so the imported
+    styles still sample), each started from the imported style vector named here."""
+
+    genres: dict[str, int | str] = field(default_factory=dict)  # corpus genre → imported genre id, or its name in `ids`
+    artists: dict[str, int | str] = field(default_factory=dict)  # corpus artist → imported artist id or name
+    # folder of OpenAI's id files (jukebox/data/ids in a Jukebox checkout you have; none ship with
+    # jukebox-lite) for styles named by name; v2 files describe the 5b priors and upsamplers
+    ids: str | None = None
+    ids_version: str = "v2"
+    # the imported row a corpus name not listed above starts from (OpenAI's 0 is "unknown")
+    default: int = 0
+
+
+@dataclass
 class PriorConfig:
     """One level's prior: a sparse transformer over that level's codes (OpenAI's names in comments).
 
@@ -339,10 +355,14 @@ class PriorConfig:
     cond_c_res: int = 1  # 1: resnet units kept in `blocks` (OpenAI's released key layout), recomputed in backward
     # training memory: recompute each transformer layer in backward (OpenAI's c_res), ~1/3 more compute
     checkpoint_layers: bool = False
+    # fine-tuning an imported prior: new label rows for the corpus's names (null: they take ids 0, 1, ...)
+    styles: StylesConfig | None = None
     train: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self) -> None:
         self.train = _training_section(self.train, "prior.train.")
+        if isinstance(self.styles, dict):  # as `dataclasses.asdict` wrote it in a checkpoint
+            self.styles = section_from_dict(StylesConfig, self.styles, "prior.styles.")
 
     @property
     def block_ctx(self) -> int:
@@ -387,6 +407,10 @@ class PriorConfig:
                 )
             if self.cond_width < 1 or self.cond_depth < 0 or self.cond_down_t < 1 or self.cond_stride_t < 1:
                 raise UserError(f"{section}: cond_width, cond_down_t, cond_stride_t must be positive, cond_depth not negative.")
+        if self.styles is not None and not self.labels:
+            raise UserError(f"{section}.styles: this prior has no labels (labels: false), so it has no style rows to add.")
+        if self.styles is not None and self.train.lora is not None and not self.train.lora.train_embeddings:
+            raise UserError(f"{section}.styles adds label rows, which must train and be saved: set {section}.train.lora.train_embeddings=true.")
         self.train.validate(f"{section}.train", adapted=True)
         lora = self.train.lora
         if lora is not None:

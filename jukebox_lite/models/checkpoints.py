@@ -69,10 +69,10 @@ def prior_from_checkpoint(state: dict, source: str, use_ema: bool = True) -> Pri
         return prior.eval()
     base_path = adapted_base(state, Path(source))
     base = load_checkpoint(base_path, kind="prior")
-    load_state_checked(prior, base.get("ema") or base["model"], str(base_path))
-    del base
     prior.add_adapters(cfg.train.lora)
-    load_state_checked(prior, weights, source, strict=False)
+    # what trained (adapters, embeddings: label tables grown by styles included) over the frozen base
+    load_state_checked(prior, {**(base.get("ema") or base["model"]), **weights}, f"{source} over {base_path}")
+    del base
     merge_adapters(prior).requires_grad_(True)
     return prior.eval()
 

@@ -50,11 +50,11 @@ from jukebox_lite.core.atomic import file_sha256
 from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked
 from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
 from jukebox_lite.algorithms.codes import CodesCorpus, CodesWindows
-from jukebox_lite.core.config import PriorConfig, RecipeConfig
+from jukebox_lite.core.config import PriorConfig, RecipeConfig, StylesConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.runs import Run, StageFolder
-from jukebox_lite.algorithms.vocabulary import PriorVocabulary
+from jukebox_lite.algorithms.vocabulary import PriorVocabulary, imported_names, style_rows
 from jukebox_lite.algorithms.sampling import sample_codes
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.algorithms.training import Task, TrainResult, check_compatible, is_training_run, train
@@ -156,14 +156,17 @@ class PriorTask(Task):
         vocab: PriorVocabulary,
         seed: int,
         base: Path | None = None,
+        growth: LabelGrowth | None = None,
     ):
-        """`base`: the imported prior a LoRA fine-tune (cfg.train.lora) adapts."""
+        """`base`: the imported prior a LoRA fine-tune (cfg.train.lora) adapts; `growth`: the label rows a
+        fine-tune adds to an imported prior's (cfg.styles)."""
         self.cfg, self.corpus, self.vqvae, self.vocab, self.seed = cfg, corpus, vqvae, vocab, seed
-        self.base = base
+        self.base, self.growth = base, growth
         self.base_sha256 = None if base is None else file_sha256(base)
         self.level = cfg.level
         self.section = section_name(cfg.level)
-        self.architecture = architecture_fields(cfg)
+        # an import with fewer label rows than the recipe grows into it
+        self.architecture = tuple(f for f in architecture_fields(cfg) if growth is None or f not in ("n_genres", "n_artists"))
         self.vqvae_fingerprint = corpus.fingerprint
         # corpus label ids → this prior's label ids (equal unless a resumed run's vocabulary came first)
         self.genre_ids = torch.tensor([vocab.genres.index(g) for g in corpus.genres] if cfg.labels else [], dtype=torch.long)
@@ -184,10 +187,12 @@ class PriorTask(Task):
         if init is not None:  # e.g. an imported OpenAI prior
             self._load(model, init)
 
-    @staticmethod
-    def _load(model: nn.Module, path: Path) -> None:
+    def _load(self, model: Prior, path: Path) -> None:
         state = load_checkpoint(path, "prior")
-        load_state_checked(model, state.get("ema") or state["model"], str(path))
+        weights = state.get("ema") or state["model"]
+        if self.growth is not None:
+            weights = self.growth.apply(weights, model)
+        load_state_checked(model, weights, str(path))
 
     def checkpoint_extra(self) -> dict:
         extra = {"genres": self.vocab.genres, "artists": self.vocab.artists}
@@ -294,16 +299,73 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
     base = lora_base(cfg, out) if cfg.train.lora is not None else None
     vocab = PriorVocabulary(list(corpus.genres), list(corpus.artists))
     named_by = out.checkpoint if out.has_checkpoint() else base
+    growth = None
     if named_by is not None:  # a resumed or fine-tuned prior keeps its label ids and appends new names
         state = load_checkpoint(named_by, "prior", mmap=True)  # names and config: its tensors are not read
         check_level(cfg, state, named_by)
-        vocab = PriorVocabulary.from_checkpoint(state).extended(corpus.genres, corpus.artists)
+        vocab = PriorVocabulary.from_checkpoint(state)
+        imported = base or (None if is_training_run(state) else named_by)  # the weights a fine-tune starts from
+        if cfg.styles is not None and imported is not None:
+            vocab, growth = style_growth(cfg, load_checkpoint(imported, "prior", mmap=True)["config"], vocab, corpus)
+        vocab = vocab.extended(corpus.genres, corpus.artists)
         del state
     check_codes(cfg, corpus, vocab, section)
-    task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, base=base)
+    if growth is not None:
+        growth = growth.resolved(cfg.styles, vocab)
+    task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, base=base, growth=growth)
     if base is not None:
         check_compatible(task, load_checkpoint(base, "prior", mmap=True), base)
     return train(task, cfg.train, out, seed=recipe.seed, recipe=recipe)
+
+
+@dataclasses.dataclass
+class LabelGrowth:
+    """A fine-tune's new label rows: after the imported prior's `genres` and `artists` rows, one per new
+    corpus name, each a copy of the imported row in `genre_sources` / `artist_sources` (StylesConfig)."""
+
+    genres: int
+    artists: int
+    genre_sources: list[int] = dataclasses.field(default_factory=list)
+    artist_sources: list[int] = dataclasses.field(default_factory=list)
+
+    def resolved(self, styles: StylesConfig, vocab: PriorVocabulary) -> LabelGrowth:
+        """The source rows of the names `vocab` holds after the imported ones."""
+        def rows(sources: dict, names: list[str], imported: int, what: str) -> list[int]:
+            return style_rows(sources, names[imported:], imported, what, styles.ids, styles.ids_version, styles.default)
+
+        return dataclasses.replace(
+            self, genre_sources=rows(styles.genres, vocab.genres, self.genres, "genre"),
+            artist_sources=rows(styles.artists, vocab.artists, self.artists, "artist"),
+        )
+
+    def apply(self, weights: dict[str, torch.Tensor], model: Prior) -> dict[str, torch.Tensor]:
+        """Imported weights with the label tables grown to the model's rows; rows past the corpus's names
+        keep the model's own initialisation."""
+        weights = dict(weights)
+        own = model.state_dict()
+        for key, imported, sources in (
+            ("y_emb.bow_genre_emb.emb.weight", self.genres, self.genre_sources),
+            ("y_emb.artist_emb.emb.weight", self.artists, self.artist_sources),
+        ):
+            old = weights[key]
+            if old.shape[0] != imported or own[key].shape[0] == imported:
+                continue
+            grown = own[key].detach().clone()  # (rows, width)
+            grown[:imported] = old
+            grown[imported : imported + len(sources)] = old[sources]
+            weights[key] = grown
+        return weights
+
+
+def style_growth(cfg: PriorConfig, imported: dict, vocab: PriorVocabulary, corpus: CodesCorpus) -> tuple[PriorVocabulary, LabelGrowth]:
+    """The vocabulary of a fine-tune from an imported prior (its config `imported`): every imported row keeps
+    its id under its name, or openai_genre_<id> / openai_artist_<id> where it has none; the corpus's names
+    come after them (their sources are resolved once the vocabulary is complete)."""
+    rows = {"genre": int(imported["n_genres"]), "artist": int(imported["n_artists"])}
+    names = {"genre": list(vocab.genres), "artist": list(vocab.artists)}
+    for what, count in rows.items():
+        names[what] = (names[what] + imported_names(what, count)[len(names[what]):])[:max(count, len(names[what]))]
+    return PriorVocabulary(names["genre"], names["artist"]), LabelGrowth(rows["genre"], rows["artist"])
 
 
 def lora_base(cfg: PriorConfig, out: StageFolder) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from jukebox_lite.algorithms.sampling import IncrementalDecoder
-from jukebox_lite.core.config import LoRAConfig, PriorConfig, TrainingConfig, VQVAEConfig
+from jukebox_lite.core.config import LoRAConfig, PriorConfig, StylesConfig, TrainingConfig, VQVAEConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.nn.lora import LoRAConv1D, add_adapters, has_adapters, merge_adapters
@@ -104,5 +104,8 @@ def test_bad_adapter_settings_are_refused_in_one_sentence():
         narrow.validate("prior_level2")
     with pytest.raises(UserError, match="choose among"):
         TrainingConfig(lora=LoRAConfig(targets=["attn.q"])).validate("prior_level2.train", adapted=True)
+    frozen_labels = dataclasses.replace(CFG, styles=StylesConfig(), train=TrainingConfig(lora=LoRAConfig(train_embeddings=False)))
+    with pytest.raises(UserError, match="styles adds label rows, which must train and be saved"):
+        frozen_labels.validate("prior_level2")
     with pytest.raises(UserError, match="priors' transformer only"):
         dataclasses.replace(VQVAEConfig(), train=TrainingConfig(lora=LoRAConfig())).validate()

@@ -328,6 +328,58 @@ def test_lora_with_micro_batches_on_two_torchrun_ranks_matches_one_process(run, 
     assert not torch.allclose(b["model"]["prior.x_emb.weight"], base["prior.x_emb.weight"], atol=1e-4)  # it trained
 
 
+STYLES = ["prior_level2.n_genres=4", "prior_level2.n_artists=6", "prior_level2.train.steps=1",
+          "prior_level2.train.lr=0.000000001", "prior_level2.train.ema=0"]
+
+
+@pytest.mark.parametrize("lora", [[], LORA[:1]], ids=["full", "lora"])
+def test_styles_give_the_corpus_names_rows_of_their_own_started_from_named_imported_ones(run, tmp_path, lora):
+    ids = tmp_path / "ids"  # as OpenAI's jukebox/data/ids: lines name;id
+    ids.mkdir()
+    (ids / "v2_genre_ids.txt").write_text("unknown;0\nhouse;1\n")
+    cfg = recipe(tmp_path, *STYLES, *lora, "prior_level2.styles.genres={house: House}", f"prior_level2.styles.ids={ids}")
+    torch.manual_seed(0)
+    original = Prior(dataclasses.replace(cfg.prior_level2, n_genres=2, n_artists=3, styles=None))  # the import's rows
+    config = dataclasses.asdict(dataclasses.replace(cfg.prior_level2, n_genres=2, n_artists=3, styles=None,
+                                                    train=dataclasses.replace(cfg.prior_level2.train, lora=None)))
+    save_checkpoint(run / "prior_level2" / "last.pt", "prior", config, original.state_dict(), step=0)
+    train_prior(cfg, run, level=2)
+    if lora:  # resumed: the base grows the same way again, under the adapters' checkpoint
+        assert train_prior(recipe(tmp_path, *STYLES, *lora, "prior_level2.train.steps=2", "prior_level2.styles.genres={house: House}",
+                                  f"prior_level2.styles.ids={ids}"), run, level=2).step == 2
+        assert load_prior(run / "prior_level2").y_emb.bow_genre_emb.emb.weight.shape[0] == 4
+
+    state = load_checkpoint(run / "prior_level2", "prior")
+    assert state["genres"] == ["openai_genre_0", "openai_genre_1", "house", "unknown"]
+    assert state["artists"][:3] == ["openai_artist_0", "openai_artist_1", "openai_artist_2"] and len(state["artists"]) > 3
+    genres, imported = state["model"]["y_emb.bow_genre_emb.emb.weight"], original.state_dict()["y_emb.bow_genre_emb.emb.weight"]
+    torch.testing.assert_close(genres[:2], imported, atol=1e-5, rtol=0)  # the imported styles stay
+    torch.testing.assert_close(genres[2], imported[1], atol=1e-5, rtol=0)  # house ← the imported "house"
+    torch.testing.assert_close(genres[3], imported[0], atol=1e-5, rtol=0)  # unlisted ← styles.default (0)
+    artists = state["model"]["y_emb.artist_emb.emb.weight"]
+    imported_artists = original.state_dict()["y_emb.artist_emb.emb.weight"]
+    for row in range(3, len(state["artists"])):
+        torch.testing.assert_close(artists[row], imported_artists[0], atol=1e-5, rtol=0)
+    assert PriorVocabulary.load(run / "prior_level2").genre_id("openai_genre_1") == 1  # the imported style samples by name
+
+
+@pytest.mark.parametrize("style, reason", [
+    ("{house: 7}", "styles.genres: id 7 for 'house' is outside the imported prior's 2 genre rows"),
+    ("{house: rock}", "styles.genres names 'rock' for 'house'; set styles.ids to OpenAI's id files"),
+    ("{jazz: 1}", "styles.genres names 'jazz', which is not a genre of this corpus"),
+])
+def test_bad_styles_are_refused_in_one_sentence_before_training(run, tmp_path, capsys, style, reason):
+    cfg = recipe(tmp_path, *STYLES)
+    config = dataclasses.asdict(dataclasses.replace(cfg.prior_level2, n_genres=2, n_artists=3))
+    save_checkpoint(run / "prior_level2" / "last.pt", "prior", config, Prior(dataclasses.replace(cfg.prior_level2, n_genres=2, n_artists=3)).state_dict(), step=0)
+    before = (run / "prior_level2" / "last.pt").read_bytes()
+    err = cli_error(run, tmp_path, capsys, 2, *STYLES, f"prior_level2.styles.genres={style}")
+    assert reason in err
+    err = cli_error(run, tmp_path, capsys, 2, *STYLES, "prior_level2.styles.genres={house: rock}", f"prior_level2.styles.ids={tmp_path / 'none'}")
+    assert "No OpenAI genre id file at" in err
+    assert (run / "prior_level2" / "last.pt").read_bytes() == before
+
+
 def test_lora_needs_an_import_and_refuses_a_full_run(run, tmp_path, capsys):
     err = cli_error(run, tmp_path, capsys, 2, *LORA)
     assert "fine-tunes an imported prior" in err and "import-jukebox --prior-level-2" in err
