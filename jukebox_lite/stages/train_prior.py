@@ -309,6 +309,8 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
             vocab, growth = style_growth(cfg, load_checkpoint(imported, "prior", mmap=True)["config"], vocab, corpus)
         vocab = vocab.extended(corpus.genres, corpus.artists)
         del state
+    if cfg.styles is not None and named_by is None:
+        log.warning("%s.styles: nothing was imported into %s, so there are no imported styles; the prior trains from scratch", section, out.path)
     check_codes(cfg, corpus, vocab, section)
     if growth is not None:
         growth = growth.resolved(cfg.styles, vocab)
