@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -144,3 +145,16 @@ def label_rows(prior, batch: int, total_samples: int) -> torch.Tensor | None:
     total = int(min(max(total_samples, cfg.min_duration * sr), cfg.max_duration * sr - 1))
     row = [total, 0, cfg.n_ctx * cfg.hop_length, 0, 0] + [-1] * (cfg.max_bow_genre_size - 1)
     return torch.tensor([row] * batch, device=prior.prior.x_emb.weight.device)
+
+
+def debian_package(folder: Path, package: str) -> Path:
+    """The files of a Debian package (recorded music for benchmarks: never committed, never in tests),
+    fetched with `apt-get download` into `folder` and unpacked into folder/extracted the first time."""
+    extracted = folder / "extracted"
+    if extracted.is_dir() and any(extracted.iterdir()):
+        return extracted
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", package], cwd=folder, check=True)
+    deb = next(folder.glob(f"{package}_*.deb"))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(extracted)], check=True)
+    return extracted

@@ -36,7 +36,7 @@ import torch
 from jukebox_lite import Run, load_vqvae, sample_codes
 
 # bench/ is on sys.path when a script here runs
-from common import add_out_argument, machine_line, write_results
+from common import add_out_argument, debian_package, machine_line, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "singularity-music"
@@ -56,14 +56,7 @@ STAGES = [  # (name, jukebox-lite arguments after the run folder)
 
 def fetch(cache: Path) -> Path:
     """The package's music folder, downloaded and unpacked into `cache` the first time."""
-    music = cache / "extracted" / MUSIC
-    if any(music.rglob("*.ogg")):
-        return music
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", PACKAGE], cwd=cache, check=True)
-    deb = next(cache.glob(f"{PACKAGE}_*.deb"))
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(cache / "extracted")], check=True)
-    return music
+    return debian_package(cache, PACKAGE) / MUSIC
 
 
 def run_stages(run: Path, music: Path, log: Path, timings: Path) -> dict[str, float]:
