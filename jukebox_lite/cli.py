@@ -29,6 +29,7 @@ STAGES = {
     "encode": ("jukebox_lite.stages.encode", "codes stage: encode the corpus into tokens at every level → RUN/codes"),
     "plan": ("jukebox_lite.stages.plan", "training memory of every stage on one GPU, before anything runs; what would fit"),
     "train-prior": ("jukebox_lite.stages.train_prior", "prior stage: train the top prior (--level 2) or an upsampler (1, 0) on RUN/codes"),
+    "export": ("jukebox_lite.stages.export", "write one prior as a self-contained file (EMA weights, LoRA adapters merged)"),
     "refine": ("jukebox_lite.stages.refine", "diffusion refiner: turn coarse VQ-VAE audio into cleaner audio"),
     "train-refiner": ("jukebox_lite.stages.train_refiner", "refiner stage: train the diffusion refiner on the run's VQ-VAE audio → RUN/refiner"),
     "eval-refiner": ("jukebox_lite.stages.eval_refiner", "does the refiner help? decoded vs refined audio against the original"),

@@ -265,6 +265,25 @@ def test_lora_fine_tunes_an_import_keeping_it_frozen_and_samples_merged(run, tmp
             assert torch.equal(by_hand.state_dict()[key], value), key
 
 
+def test_export_writes_a_lora_prior_merged_into_one_file_that_needs_no_base(run, tmp_path, capsys):
+    cfg = recipe(tmp_path, *LORA, "prior_level2.train.steps=6")
+    imported(run, cfg)
+    train_prior(cfg, run, level=2)
+    out = tmp_path / "shared" / "deep_house_prior.pt"
+    out.parent.mkdir()
+    assert cli.main(["export", "--run", str(run), "--level", "2", "--out", str(out)]) == 0
+    state = load_checkpoint(out, "prior")
+    assert "base" not in state and "optimizer" not in state and state["genres"] == ["house", "unknown"]
+    assert state["config"]["train"]["lora"] is None and state["vqvae_fingerprint"]
+    codes, y = torch.randint(0, 16, (2, 64)), torch.tensor([[TINY_SR * 2, 0, TINY_SR, 0, 0]] * 2)
+    with torch.no_grad():
+        expected = load_prior(run / "prior_level2").logits(codes, labels=y)
+        (run / "prior_level2" / "base.pt").unlink()  # the export stands alone
+        torch.testing.assert_close(load_prior(out).logits(codes, labels=y), expected)
+    assert cli.main(["export", "--run", str(run), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
 def test_lora_resumes_exactly_and_refuses_a_changed_base_or_other_adapters(run, tmp_path, capsys):
     other = Path(shutil.copytree(run, tmp_path / "other"))
     for folder in (run, other):
