@@ -10,6 +10,11 @@ plus the output layer's logits and log-probabilities in float32 and an upsampler
 Meta tensors take the plain (math) attention path, which saves a little more than the CPU's blocked
 kernel (measured: within 10 %) and differs from CUDA's FlexAttention; allocator slack and temporaries
 are not counted, so `fits` keeps 10 % of the memory free. `make gpu-check` measures the real peak.
+
+The VQ-VAE and the refiner are small and convolutional, and their forward reads data (codebook
+statistics) that meta tensors do not hold: their activations are counted with a real model on the
+CPU for one item at two short lengths, in float32 (an upper bound under bf16 autocast), and
+extrapolated along the length, which they grow with linearly.
 """
 
 from __future__ import annotations
@@ -101,3 +106,15 @@ def prior_memory(stage: str, cfg: PriorConfig, micro_batch: int, bf16: bool) -> 
         upper = torch.zeros(micro_batch, cfg.n_ctx // cfg.cond_downsample, dtype=torch.long, device="meta")
         conditioner = saved_bytes(lambda: prior.conditioner_blocks[0](upper))
     return dataclasses.replace(memory, activations=transformer + head + conditioner)
+
+
+def audio_model_memory(stage: str, model: nn.Module, forward, stride: int, length: int, batch: int, ema: bool) -> TrainingMemory:
+    """A convolutional audio model's training memory at `batch` windows of `length` samples: `forward(model,
+    n)` runs a training forward on one item of n samples (n a multiple of `stride`), on the CPU."""
+    memory = static_memory(stage, model, ema, bf16_base=False)
+    short = max(stride, (min(length, 16384) // 2) // stride * stride)
+    torch.manual_seed(0)
+    at_short, at_double = (saved_bytes(lambda n=n: forward(model, n)) for n in (short, 2 * short))
+    per_sample = (at_double - at_short) / short
+    activations = batch * max(0, round(at_short + per_sample * (length - short)))
+    return dataclasses.replace(memory, activations=activations)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from jukebox_lite.models.losses import _magnitude, _mono, _per_item_norm, spectral_convergence
+from jukebox_lite.core.precision import float32_region
 
 DB_FLOOR = -160.0  # dB: a ratio of 1e-8 (amplitude) or 1e-16 (power) and below
 LOG_MAG_FLOOR = 1e-5  # magnitudes below this count as silence in the log-spectral distances
@@ -93,7 +94,7 @@ def log_mel(audio: torch.Tensor, sample_rate: int, n_fft: int = 2048, hop_length
     """(batch, time) audio → (batch, n_mels, frames) log10 mel-filtered STFT magnitudes, floored at LOG_MAG_FLOOR."""
     window = torch.hann_window(n_fft, device=audio.device)
     mel = _mel_filterbank(sample_rate, n_fft, n_mels).to(audio.device)
-    with torch.autocast(device_type=audio.device.type, enabled=False):
+    with float32_region(audio.device):
         return torch.log10((mel @ _magnitude(audio, n_fft, hop_length, window)).clamp(min=LOG_MAG_FLOOR))
 
 
@@ -109,7 +110,7 @@ def multi_resolution_stft_distance(
     """
     reference, estimate = _pairs(reference, estimate)
     total = reference.new_zeros(reference.shape[0])
-    with torch.autocast(device_type=reference.device.type, enabled=False):
+    with float32_region(reference.device):
         for n_fft, hop, window_size in resolutions:
             window = torch.hann_window(window_size, device=reference.device)
             mag_ref = _magnitude(reference, n_fft, hop, window)  # (batch, freq, frames)

@@ -22,3 +22,9 @@ def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
 def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
     """The autocast context for `precision` on `device` (a disabled one for float32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision))
+
+
+def float32_region(device: torch.device) -> torch.autocast:
+    """Autocast switched off on `device` (for spectra and codebook distances); on a device autocast does
+    not know (the meta device `plan` builds models on) a no-op of the same kind."""
+    return torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu", enabled=False)

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from jukebox_lite.core.precision import float32_region
+
 # Jukebox's single-resolution STFT, used for the bandwidth statistic and the spectral-convergence metric.
 BANDWIDTH_STFT = (2048, 256, 1536)  # n_fft, hop_length, window_size
 
@@ -74,7 +76,7 @@ class MultiSpectralLoss(nn.Module):
 
     def spectra(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Audio (batch, channels, time) → its magnitude spectrogram at each resolution."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with float32_region(x.device):
             mono = _mono(x)  # (batch, time) float32
             return [
                 _magnitude(mono, n_fft, hop, getattr(self, f"window_{i}"))
@@ -96,7 +98,7 @@ def spectral_convergence(target: torch.Tensor, pred: torch.Tensor, epsilon: floa
     A metric, not a training loss: it is comparable across corpora without a bandwidth.
     """
     n_fft, hop, window_size = BANDWIDTH_STFT
-    with torch.autocast(device_type=pred.device.type, enabled=False):
+    with float32_region(pred.device):
         window = torch.hann_window(window_size, device=pred.device)
         spec_target = _magnitude(_mono(target), n_fft, hop, window)
         spec_pred = _magnitude(_mono(pred), n_fft, hop, window)

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jukebox_lite.core.config import VQVAEConfig
+from jukebox_lite.core.precision import float32_region
 from jukebox_lite.models.losses import MultiSpectralLoss, l2_loss, linf_loss, spectral_convergence
 from jukebox_lite.nn.conv import (
     Conv1d,
@@ -178,7 +179,7 @@ class BottleneckBlock(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents (B, emb_width, T) → codes (B, T)."""
         batch, width, time = x.shape
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with float32_region(x.device):
             codes, _ = self.quantise(x.float().transpose(1, 2).reshape(-1, width))
         return codes.view(batch, time)
 
@@ -250,7 +251,7 @@ class BottleneckBlock(nn.Module):
         """Latents (B, w, T) → codes (B, T), quantised latents (B, w, T) passing gradients straight
         through to x, commitment loss, metrics. `update` runs the EMA step (training only)."""
         batch, width, time = x.shape
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with float32_region(x.device):
             x = x.float()
             flat = x.detach().transpose(1, 2).reshape(-1, width)  # (B·T, w)
             if update and not bool(self.initialised):

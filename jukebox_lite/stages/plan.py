@@ -4,7 +4,8 @@ For every training stage of the recipe, what one GPU holds while it trains (`alg
 weights, gradients, AdamW moments, EMA, activations, from a meta-device model of the exact size), and
 whether that fits in --gpu-memory. For a prior that does not fit, the first of these that does is
 suggested: layer checkpointing, smaller micro-batches (the same effective batch), LoRA. Assumes CUDA's
-bf16 autocast and DDP (each GPU holds the whole model; FSDP is not there yet).
+bf16 autocast and DDP (each GPU holds the whole model; FSDP is not there yet). The VQ-VAE and the
+refiner are small: a real model of each is built on the CPU to count its activations.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 
 import torch
 
-from jukebox_lite.algorithms.memory import GB, HEADROOM, TrainingMemory, prior_memory, static_memory
+from jukebox_lite.algorithms.memory import GB, HEADROOM, TrainingMemory, audio_model_memory, prior_memory
 from jukebox_lite.core.config import LoRAConfig, PriorConfig, RecipeConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.refiner import RefinerUNet
@@ -26,19 +27,29 @@ PRIORS = ("prior_level2", "prior_level1", "prior_level0")
 
 def plan(recipe: RecipeConfig, gpus: int = 1) -> list[TrainingMemory]:
     """Each training stage's memory on one of `gpus` GPUs (bf16 autocast)."""
-    rows = []
-    with torch.device("meta"):  # the refiner's residual scale is a data statistic: any value gives its sizes
-        vqvae, refiner = VQVAE(recipe.vqvae), RefinerUNet(dataclasses.replace(recipe.refiner, residual_scale=1.0))
-    rows.append(static_memory("vqvae", vqvae, recipe.vqvae.train.ema > 0, bf16_base=False))
+    vq, ref = recipe.vqvae, dataclasses.replace(recipe.refiner, residual_scale=1.0)  # a data statistic: any value will do
+    rows = [audio_model_memory("vqvae", VQVAE(vq), vqvae_forward, vq.hop_lengths[-1], vq.sample_length,
+                               micro_batch(vq, gpus), vq.train.ema > 0)]
     for section in PRIORS:
         cfg = getattr(recipe, section)
         rows.append(prior_memory(section, cfg, micro_batch(cfg, gpus), bf16=True))
-    rows.append(static_memory("refiner", refiner, recipe.refiner.train.ema > 0, bf16_base=False))
+    rows.append(audio_model_memory("refiner", RefinerUNet(ref), refiner_forward, ref.stride, ref.segment_length,
+                                   micro_batch(ref, gpus), ref.train.ema > 0))
     return rows
 
 
-def micro_batch(cfg: PriorConfig, gpus: int) -> int:
-    """Windows per forward pass on one GPU: train.micro_batch, or the GPU's whole share of the batch."""
+def vqvae_forward(model: VQVAE, samples: int) -> None:
+    model.train()(torch.randn(1, 1, samples) * 0.1)
+
+
+def refiner_forward(model: RefinerUNet, samples: int) -> None:
+    audio = torch.randn(1, 1, samples) * 0.1
+    model(audio, torch.rand(1), audio, v_target=audio)
+
+
+def micro_batch(cfg, gpus: int) -> int:
+    """Windows per forward pass on one GPU of a stage (its config section): train.micro_batch, or the
+    GPU's whole share of the batch."""
     if cfg.train.batch_size % gpus:
         raise UserError(f"train.batch_size ({cfg.train.batch_size}) is not a multiple of --gpus ({gpus}).")
     return cfg.train.micro_batch or cfg.train.batch_size // gpus
@@ -67,14 +78,25 @@ def suggestion(section: str, cfg: PriorConfig, gpus: int, memory_gb: float) -> s
     return None
 
 
+def audio_suggestion(row: TrainingMemory, section, gpus: int, memory_gb: float) -> str | None:
+    """The largest micro-batch that makes the VQ-VAE or refiner fit (their activations grow with it linearly)."""
+    size = micro_batch(section, gpus)
+    per_item = row.activations / size
+    per_gpu = section.train.batch_size // gpus
+    for smaller in sorted((d for d in range(1, size) if per_gpu % d == 0), reverse=True):
+        if dataclasses.replace(row, activations=round(per_item * smaller)).fits(memory_gb):
+            return f"{row.stage}.train.micro_batch={smaller}"
+    return None
+
+
 def table(rows: list[TrainingMemory], memory_gb: float) -> str:
     lines = [
         f"{'stage':<13} {'parameters':>11} {'trainable':>11} {'weights':>8} {'grads':>8} {'Adam':>8} {'EMA':>8} "
         f"{'activ.':>8} {'total':>8}  fits {memory_gb:g} GB",
     ]
     for r in rows:
-        activations = "?" if r.activations is None else f"{r.activations / GB:.2f}"
-        verdict = ("yes" if r.fits(memory_gb) else "NO") + ("" if r.activations is not None else " (without activations)")
+        activations = f"{r.activations / GB:.2f}"
+        verdict = "yes" if r.fits(memory_gb) else "NO"
         lines.append(
             f"{r.stage:<13} {r.parameters / 1e6:>10.1f}M {r.trainable / 1e6:>10.1f}M {r.weights / GB:>8.2f} "
             f"{r.gradients / GB:>8.2f} {r.optimizer / GB:>8.2f} {r.ema / GB:>8.2f} {activations:>8} {r.total / GB:>8.2f}  {verdict}"
@@ -97,9 +119,14 @@ def run(args: argparse.Namespace) -> int:
           f"{HEADROOM:.0%} of {args.gpu_memory:g} GB):")
     print(table(rows, args.gpu_memory))
     for r in rows:
-        if r.stage in PRIORS and not r.fits(args.gpu_memory):
+        if r.fits(args.gpu_memory):
+            continue
+        if r.stage in PRIORS:
             fix = suggestion(r.stage, getattr(recipe, r.stage), args.gpus, args.gpu_memory)
             print(f"{r.stage}: " + (f"fits with {fix}" if fix else "does not fit even with layer checkpointing, micro-batches of 1 and LoRA rank 4"))
-    print("vqvae and refiner: activations not estimated (their forward does not run on the meta device); "
+        else:
+            fix = audio_suggestion(r, getattr(recipe, r.stage), args.gpus, args.gpu_memory)
+            print(f"{r.stage}: " + (f"fits with {fix}" if fix else "does not fit even with micro-batches of 1"))
+    print("Estimates (activations: the tensors autograd saves; the VQ-VAE's and refiner's in float32); "
           "make gpu-check measures every stage's real peak.")
     return 0
