@@ -80,8 +80,10 @@ def saved_bytes(forward) -> int:
     return total
 
 
-def prior_memory(stage: str, cfg: PriorConfig, micro_batch: int, bf16: bool) -> TrainingMemory:
-    """A prior's training memory at `micro_batch` windows per pass (see the module docstring)."""
+def prior_memory(stage: str, cfg: PriorConfig, micro_batch: int, bf16: bool, gpus: int = 1) -> TrainingMemory:
+    """A prior's training memory on one of `gpus` GPUs at `micro_batch` windows per pass (see the module
+    docstring); under `train.sharding: fsdp` weights, gradients, AdamW moments and EMA are split over the
+    GPUs (plus the largest layer gathered whole while it runs)."""
     lora = cfg.train.lora
     with torch.device("meta"):
         prior = Prior(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lora=None)))
@@ -105,7 +107,14 @@ def prior_memory(stage: str, cfg: PriorConfig, micro_batch: int, bf16: bool) -> 
     if cfg.is_upsampler:
         upper = torch.zeros(micro_batch, cfg.n_ctx // cfg.cond_downsample, dtype=torch.long, device="meta")
         conditioner = saved_bytes(lambda: prior.conditioner_blocks[0](upper))
-    return dataclasses.replace(memory, activations=transformer + head + conditioner)
+    memory = dataclasses.replace(memory, activations=transformer + head + conditioner)
+    if cfg.train.sharding == "fsdp" and gpus > 1:
+        layer = max(sum(p.numel() for p in block.parameters()) for block in prior.prior.transformer._attn_mods)
+        memory = dataclasses.replace(
+            memory, weights=memory.weights // gpus + 2 * layer * (2 if bf16 else 4), gradients=memory.gradients // gpus,
+            optimizer=memory.optimizer // gpus, ema=memory.ema // gpus,
+        )
+    return memory
 
 
 def audio_model_memory(stage: str, model: nn.Module, forward, stride: int, length: int, batch: int, ema: bool) -> TrainingMemory:

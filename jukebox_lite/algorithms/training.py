@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,18 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 from torch import nn
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from jukebox_lite.core import distributed
 from jukebox_lite.core.atomic import remove_stale_temporaries
-from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint, single_process_shards
 from jukebox_lite.core.config import PlateauConfig, RecipeConfig, TrainingConfig, save_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.core.precision import autocast, uses_bf16
@@ -103,6 +110,11 @@ class Task(abc.ABC):
     def checkpoint_extra(self) -> dict:
         """Further entries for the checkpoint."""
         return {}
+
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        """Under `train.sharding: fsdp`, the submodules sharded on their own (gathered only while each runs):
+        a prior's transformer layers. The rest of the model is sharded as one unit."""
+        return []
 
 
 @dataclass
@@ -182,6 +194,7 @@ class WeightEMA:
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
         """The EMA weights in the model for the duration (what sampling will use), its own ones restored after."""
+        _resharded(model)  # FSDP: parameters back to their shards (a forward without backward leaves the root's whole)
         params = {name: p for name, p in model.named_parameters() if name in self.shadow}
         own = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():
@@ -190,6 +203,7 @@ class WeightEMA:
         try:
             yield
         finally:
+            _resharded(model)
             with torch.no_grad():
                 for name, p in params.items():
                     p.copy_(own[name])
@@ -394,9 +408,12 @@ def _validate(
 
 def _save_best(task: Task, trainee: "_Trainee", path: Path, env: distributed.DistEnv, loss: float) -> None:
     """The EMA weights (what sampling uses) of the best validation step, loadable like any checkpoint of the kind."""
+    if isinstance(trainee.model, FSDPModule):
+        weights = _gathered_weights(trainee)  # every rank takes part; rank 0 gets them
+    else:
+        weights = trainee.ema.state_dict(trainee.model) if trainee.ema is not None else saved_weights(trainee.model)
     if not env.is_main:
         return
-    weights = trainee.ema.state_dict(trainee.model) if trainee.ema is not None else saved_weights(trainee.model)
     try:
         save_checkpoint(
             path, task.kind, task.config_dict(), weights, step=trainee.step, valid_loss=loss,
@@ -405,6 +422,81 @@ def _save_best(task: Task, trainee: "_Trainee", path: Path, env: distributed.Dis
         )
     except OSError as e:
         raise UserError(f"Could not write '{path}' ({e.strerror or e}); the previous one is intact. Free disk space and rerun.") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharded training (train.sharding: fsdp)
+
+
+def _resharded(model: nn.Module) -> None:
+    """Every FSDP unit of `model` back to its shards (no-op for a model that is not sharded)."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def _shard(task: Task, model: nn.Module) -> None:
+    """FSDP2 across the ranks: the task's units sharded on their own, then the rest of the model."""
+    for unit in task.shard_units(model):
+        fully_shard(unit)
+    fully_shard(model)
+
+
+def _shards_folder(path: Path, step: int) -> Path:
+    """Where the checkpoint at `path` keeps its shards for `step`: a new folder per save, so the one that
+    last.pt names is whole until last.pt names the next."""
+    return path.with_name(f"{path.stem}.shards-{step:09d}")
+
+
+def _sharded_content(trainee: _Trainee) -> dict:
+    """What a sharded checkpoint holds, as the live (sharded or whole) tensors DCP writes from and reads into."""
+    content = {
+        "model": get_model_state_dict(trainee.model),
+        "optimizer": get_optimizer_state_dict(trainee.model, trainee.optimizer),
+    }
+    if trainee.ema is not None:
+        content["ema"] = trainee.ema.shadow
+    return content
+
+
+def _save_shards(trainee: _Trainee, path: Path, env: distributed.DistEnv) -> Path:
+    folder = _shards_folder(path, trainee.step)
+    with single_process_shards() if not env.is_distributed else contextlib.nullcontext():
+        dcp.save(_sharded_content(trainee), checkpoint_id=folder, no_dist=not env.is_distributed)
+    return folder
+
+
+def _remove_old_shards(path: Path, step: int) -> None:
+    """The shard folders of earlier saves, once last.pt names the new one."""
+    keep = _shards_folder(path, step).name
+    for old in path.parent.glob(f"{path.stem}.shards-*"):
+        if old.name != keep and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_sharded(trainee: _Trainee, state: dict, path: Path, env: distributed.DistEnv) -> None:
+    """Model, optimizer and EMA from the shards last.pt names, resharded to this run's ranks (any number)."""
+    folder = path.parent / state["sharded"]
+    if not folder.is_dir():
+        raise UserError(f"'{path}' keeps its weights in '{folder}', which is missing; put it back or move last.pt away.")
+    content = _sharded_content(trainee)
+    with single_process_shards() if not env.is_distributed else contextlib.nullcontext():
+        dcp.load(content, checkpoint_id=folder, no_dist=not env.is_distributed)
+    set_model_state_dict(trainee.model, content["model"])
+    set_optimizer_state_dict(trainee.model, trainee.optimizer, content["optimizer"])
+    if trainee.ema is not None:
+        trainee.ema.updates = int(state.get("ema_updates", 0))
+
+
+def _gathered_weights(trainee: _Trainee) -> dict[str, torch.Tensor]:
+    """A sharded model's whole weights (the EMA's where there is one) on rank 0: every rank takes part."""
+    weights = get_model_state_dict(trainee.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if trainee.ema is not None:
+        first: dict[int, str] = {}
+        averaged = {name: first.setdefault(id(p), name) for name, p in trainee.model.named_parameters(remove_duplicate=False)}
+        shadow = {name: value.full_tensor().cpu() for name, value in trainee.ema.shadow.items()}
+        weights = {key: shadow[averaged[key]] if averaged.get(key) in shadow else value for key, value in weights.items()}
+    return weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,7 +524,7 @@ def check_compatible(task: Task, state: dict, path: Path) -> None:
 
 def is_training_run(state: dict) -> bool:
     """A checkpoint the loop wrote (it resumes); one without optimizer state (an import) starts a fine-tune."""
-    return "optimizer" in state
+    return "optimizer" in state or "sharded" in state
 
 
 @dataclass
@@ -453,7 +545,9 @@ def _restore(
     """The model, optimizer and EMA: resumed from `state` (a training run), or fresh (from `init`'s weights)."""
     torch.manual_seed(seed)  # the same initial weights on every rank
     model = task.build_model()
-    if state is not None:  # a frozen base came with build_model: the checkpoint holds the rest
+    if state is not None and "sharded" in state:
+        pass  # its weights come from the shards once the model is sharded like this run's (_load_sharded)
+    elif state is not None:  # a frozen base came with build_model: the checkpoint holds the rest
         missing = [key for key in saved_weights(model) if key not in state["model"]]
         if missing:
             raise UserError(f"'{path}' lacks the key '{missing[0]}'; the file is incomplete or of another kind of run.")
@@ -461,6 +555,8 @@ def _restore(
     else:
         task.start(model, env, init)
     model.to(env.device)
+    if cfg.sharding == "fsdp" and env.is_distributed:
+        _shard(task, model)
     if uses_bf16(env.device, cfg.precision):  # a frozen base is only read, under bf16 autocast: half its memory
         for p in model.parameters():  # its matrices; the norms' gains and biases are few and stay float32
             if not p.requires_grad and p.is_floating_point() and p.dim() >= 2:
@@ -471,9 +567,12 @@ def _restore(
         return trainee
     trainee.step, trainee.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
     trainee.validation = Validation.from_state(state.get("validation"))
-    trainee.optimizer.load_state_dict(state["optimizer"])
-    if trainee.ema is not None and state.get("ema") is not None:
-        trainee.ema.load(state["ema"], int(state.get("ema_updates", 0)))
+    if "sharded" in state:
+        _load_sharded(trainee, state, path, env)
+    else:
+        trainee.optimizer.load_state_dict(state["optimizer"])
+        if trainee.ema is not None and state.get("ema") is not None:
+            trainee.ema.load(state["ema"], int(state.get("ema_updates", 0)))
     rng = state.get("rng") or []
     if len(rng) == env.world_size:
         _set_rng_state(rng[env.rank], env.device)
@@ -519,6 +618,8 @@ def _step(task: Task, cfg: TrainingConfig, trainee: _Trainee, wrapped: nn.Module
         for name, value in part_metrics.items():
             metrics[name] = metrics.get(name, 0.0) + value.detach().float() / passes
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    if isinstance(grad_norm, DTensor):  # sharded parameters: the norm over every rank's shards
+        grad_norm = grad_norm.full_tensor()
     bad = distributed.any_rank(not (torch.isfinite(loss) and torch.isfinite(grad_norm)), device)
     trainee.step += 1
     if bad:
@@ -549,17 +650,22 @@ def _log_scalars(writer: Any, trainee: _Trainee, loss, metrics: dict, grad_norm,
     writer.add_scalar("train/skipped_steps", trainee.skipped, step)
 
 
-def _save(task: Task, trainee: _Trainee, path: Path, env: distributed.DistEnv) -> None:
+def _save(task: Task, cfg: TrainingConfig, trainee: _Trainee, path: Path, env: distributed.DistEnv) -> None:
     """The checkpoint that resumes this run exactly: every rank gives its RNG state, rank 0 writes atomically."""
     rng = distributed.gather_objects(_rng_state(env.device))  # every rank takes part
+    ema = trainee.ema
+    if cfg.sharding == "fsdp":  # every rank writes its shards; last.pt names them
+        folder = _save_shards(trainee, path, env)
+        weights, extra = {}, {"sharded": folder.name, **({"ema_updates": ema.updates} if ema is not None else {})}
+    else:
+        weights = saved_weights(trainee.model)
+        extra = {"optimizer": trainee.optimizer.state_dict()}
+        extra |= {"ema": ema.state_dict(trainee.model), "ema_updates": ema.updates} if ema is not None else {}
     if not env.is_main:
         return
-    ema = trainee.ema
-    extra = {"ema": ema.state_dict(trainee.model), "ema_updates": ema.updates} if ema is not None else {}
     try:
         save_checkpoint(
-            path, task.kind, task.config_dict(), saved_weights(trainee.model),
-            optimizer=trainee.optimizer.state_dict(), step=trainee.step, skipped_steps=trainee.skipped, rng=rng,
+            path, task.kind, task.config_dict(), weights, step=trainee.step, skipped_steps=trainee.skipped, rng=rng,
             validation=trainee.validation.to_state(),
             **({"vqvae_fingerprint": task.vqvae_fingerprint} if task.vqvae_fingerprint else {}),
             **extra, **task.checkpoint_extra(),
@@ -631,8 +737,8 @@ def train(
     model, device = trainee.model, env.device
     wrapped = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-        if env.is_distributed
-        else model
+        if env.is_distributed and not isinstance(model, FSDPModule)
+        else model  # one process, or FSDP's own model
     )
     model.train()
 
@@ -688,7 +794,9 @@ def train(
                     end = final_step(schedule(cfg, trainee.validation))
                     bar.total = end
             if step % cfg.checkpoint_every == 0 or step >= end:
-                _save(task, trainee, path, env)
+                _save(task, cfg, trainee, path, env)
+                if cfg.sharding == "fsdp" and env.is_main:
+                    _remove_old_shards(path, trainee.step)
                 saved_at = step
     finally:
         bar.close()

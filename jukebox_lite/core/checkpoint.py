@@ -10,7 +10,9 @@ Layout (a plain dict of tensors, numbers, strings, lists and dicts, so no code i
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,26 @@ def load_state_checked(model: nn.Module, state: dict, source: str, strict: bool 
         if missing:
             raise UserError(f"'{source}' lacks the key '{missing[0]}'; the file is incomplete.")
     model.load_state_dict(state, strict=strict)
+
+
+def read_shards(path: str | os.PathLike, state: dict, target: dict) -> None:
+    """Fill `target` ({"model": state dict, "ema": {name: tensor}}: whole tensors of the right shapes) from
+    the shards a checkpoint trained with `train.sharding: fsdp` names, in this one process."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = Path(path).parent / state["sharded"]
+    if not folder.is_dir():
+        raise UserError(f"'{path}' keeps its weights in '{folder}', which is missing; put it back.")
+    try:
+        with single_process_shards():
+            dcp.load(target, checkpoint_id=folder, no_dist=True)
+    except Exception as e:
+        raise UserError(f"The shards in '{folder}' cannot be read ({str(e).splitlines()[0][:200]}).") from None
+
+
+@contextlib.contextmanager
+def single_process_shards():
+    """torch.distributed.checkpoint in one process: without the warning that it assumes so (it is meant)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield

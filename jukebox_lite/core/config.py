@@ -176,6 +176,10 @@ class TrainingConfig:
     anneal_on_plateau: PlateauConfig | None = None
     # fine-tune an imported prior through low-rank adapters (priors only); null: every weight trains
     lora: LoRAConfig | None = None
+    # across ranks: "ddp" (each holds the whole model) or "fsdp" (priors only: parameters, gradients, AdamW
+    # moments and EMA sharded over the ranks, each transformer layer gathered while it runs; checkpoints
+    # sharded with torch.distributed.checkpoint and resumable on any number of ranks)
+    sharding: str = "ddp"
 
     def validate(self, section: str, adapted: bool = False) -> None:
         """`adapted`: the section trains a prior, whose transformer LoRA can adapt."""
@@ -202,6 +206,15 @@ class TrainingConfig:
             if not self.eval_every:
                 raise UserError(f"{section}.anneal_on_plateau needs validation: set {section}.eval_every above 0.")
             self.anneal_on_plateau.validate(section)
+        if self.sharding not in ("ddp", "fsdp"):
+            raise UserError(f"{section}.sharding is '{self.sharding}'; choose ddp or fsdp.")
+        if self.sharding == "fsdp":
+            if not adapted:
+                raise UserError(f"{section}.sharding: fsdp shards the priors' training only; use ddp here.")
+            if self.lora is not None:
+                raise UserError(f"{section}: LoRA trains few weights and fits one GPU; use sharding ddp with it.")
+            if self.media_every:
+                raise UserError(f"{section}.media_every: sampling media needs the whole model on one rank; set it to 0 under fsdp.")
         if self.lora is not None:
             if not adapted:
                 raise UserError(f"{section}.lora: low-rank adapters fine-tune the priors' transformer only; remove it here.")

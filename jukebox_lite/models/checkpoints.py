@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from jukebox_lite.core.atomic import file_sha256
-from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, resolve_checkpoint, save_checkpoint
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, read_shards, resolve_checkpoint, save_checkpoint
 from jukebox_lite.core.config import PriorConfig, RefinerConfig, VQVAEConfig, section_from_dict
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import Prior
@@ -64,6 +64,16 @@ def prior_from_checkpoint(state: dict, source: str, use_ema: bool = True) -> Pri
     cfg.validate()
     prior = Prior(cfg)
     weights = state.get("ema") if use_ema and state.get("ema") else state["model"]
+    if "sharded" in state:  # trained with FSDP: the weights are in its shards
+        target = {"model": prior.state_dict()}
+        if use_ema and "ema_updates" in state:
+            target["ema"] = {name: torch.empty_like(p) for name, p in prior.named_parameters()}
+        read_shards(source, state, target)
+        prior.load_state_dict(target["model"])
+        with torch.no_grad():
+            for name, p in prior.named_parameters():
+                p.copy_(target.get("ema", {}).get(name, p))
+        return prior.eval()
     if "base" not in state:
         load_state_checked(prior, weights, source)
         return prior.eval()

@@ -4,7 +4,8 @@ For every training stage of the recipe, what one GPU holds while it trains (`alg
 weights, gradients, AdamW moments, EMA, activations, from a meta-device model of the exact size), and
 whether that fits in --gpu-memory. For a prior that does not fit, the first of these that does is
 suggested: layer checkpointing, smaller micro-batches (the same effective batch), LoRA. Assumes CUDA's
-bf16 autocast and DDP (each GPU holds the whole model; FSDP is not there yet). The VQ-VAE and the
+bf16 autocast; under DDP each GPU holds the whole model, under `train.sharding: fsdp` a prior's
+weights, gradients, AdamW moments and EMA are split over --gpus (plus two layers gathered whole). The VQ-VAE and the
 refiner are small: a real model of each is built on the CPU to count its activations.
 """
 
@@ -32,7 +33,7 @@ def plan(recipe: RecipeConfig, gpus: int = 1) -> list[TrainingMemory]:
                                micro_batch(vq, gpus), vq.train.ema > 0)]
     for section in PRIORS:
         cfg = getattr(recipe, section)
-        rows.append(prior_memory(section, cfg, micro_batch(cfg, gpus), bf16=True))
+        rows.append(prior_memory(section, cfg, micro_batch(cfg, gpus), bf16=True, gpus=gpus))
     rows.append(audio_model_memory("refiner", RefinerUNet(ref), refiner_forward, ref.stride, ref.segment_length,
                                    micro_batch(ref, gpus), ref.train.ema > 0))
     return rows
@@ -73,7 +74,7 @@ def suggestion(section: str, cfg: PriorConfig, gpus: int, memory_gb: float) -> s
     applied = []
     for text, changed in changes:
         applied = [t for t in applied if not t.startswith(text.split("=")[0])] + [text]
-        if prior_memory(section, changed, micro_batch(changed, gpus), bf16=True).fits(memory_gb):
+        if prior_memory(section, changed, micro_batch(changed, gpus), bf16=True, gpus=gpus).fits(memory_gb):
             return " ".join(applied)
     return None
 

@@ -194,6 +194,9 @@ class PriorTask(Task):
             weights = self.growth.apply(weights, model)
         load_state_checked(model, weights, str(path))
 
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.prior.transformer._attn_mods)
+
     def checkpoint_extra(self) -> dict:
         extra = {"genres": self.vocab.genres, "artists": self.vocab.artists}
         if self.base is not None:  # the checkpoint holds what trains; this names the rest

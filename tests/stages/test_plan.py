@@ -91,3 +91,13 @@ def test_audio_models_activations_extrapolate_to_what_a_real_window_saves(stage)
     counted = saved_bytes(lambda: forward(model, 4 * length))  # one item of the longer window, for real
     assert planned.activations == pytest.approx(3 * counted, rel=0.05)
     assert planned.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_fsdp_splits_what_a_prior_keeps_over_the_gpus():
+    cfg = load_config(DEMO, []).prior_level2
+    sharded = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, sharding="fsdp", media_every=0))
+    whole = prior_memory("prior_level2", cfg, 1, bf16=True, gpus=4)
+    split = prior_memory("prior_level2", sharded, 1, bf16=True, gpus=4)
+    layer = sum(p.numel() for p in Prior(cfg).prior.transformer._attn_mods[0].parameters())
+    assert (split.gradients, split.optimizer, split.ema) == (whole.gradients // 4, whole.optimizer // 4, whole.ema // 4)
+    assert split.weights == whole.weights // 4 + 2 * layer * 2 and split.activations == whole.activations

@@ -399,6 +399,32 @@ def test_bad_styles_are_refused_in_one_sentence_before_training(run, tmp_path, c
     assert (run / "prior_level2" / "last.pt").read_bytes() == before
 
 
+def torchrun(run: Path, tmp_path: Path, *overrides: str) -> None:
+    """train-prior --level 2 on two gloo ranks under torchrun (the recipe: tmp_path/tiny.yaml)."""
+    command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "--",
+               str(Path(sys.executable).parent / "jukebox-lite"), "train-prior", "--level", "2", "--config",
+               str(tmp_path / "tiny.yaml"), "--run", str(run), *overrides]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_fsdp_on_two_torchrun_ranks_matches_one_process_and_resumes_on_one(run, tmp_path):
+    other = Path(shutil.copytree(run, tmp_path / "other"))
+    train_prior(recipe(tmp_path, "prior_level2.train.steps=4"), run, level=2)  # one process, whole model
+    fsdp = ["prior_level2.train.sharding=fsdp"]
+    recipe(tmp_path)
+    torchrun(other, tmp_path, *fsdp, "prior_level2.train.steps=2")  # sharded over two ranks, validated at step 2
+    folder = other / "prior_level2"
+    state = load_checkpoint(folder, "prior")
+    assert state["sharded"] == "last.shards-000000002" and state["model"] == {} and (folder / state["sharded"]).is_dir()
+    assert load_checkpoint(folder / "best.pt", "prior")["step"] == 2  # gathered whole from the shards
+    assert train_prior(recipe(tmp_path, *fsdp, "prior_level2.train.steps=4"), other, level=2).step == 4  # on one process
+    assert sorted(p.name for p in folder.glob("last.shards-*")) == ["last.shards-000000004"]
+    a, b = load_prior(run / "prior_level2"), load_prior(folder)  # the EMA weights, read from the shards for b
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
 def test_lora_needs_an_import_and_refuses_a_full_run(run, tmp_path, capsys):
     err = cli_error(run, tmp_path, capsys, 2, *LORA)
     assert "fine-tunes an imported prior" in err and "import-jukebox --prior-level-2" in err
