@@ -1,11 +1,13 @@
-"""The one training loop every stage uses: the VQ-VAE now, the priors and the diffusion refiner later.
+"""The one training loop every stage uses: the VQ-VAE, the priors and the diffusion refiner.
 
 A stage says *what* to train as a `Task` (model, data, loss, media); `train` does the rest the same
 way for all of them: device and bf16 autocast (on CUDA, or anywhere with `precision: bf16`), DDP
-across ranks, AdamW with warm-up and linear annealing to zero, gradient clipping, an EMA of the
-weights (what sampling uses), skipping non-finite steps, TensorBoard and a progress bar on rank 0,
-and atomic checkpoints that resume the run exactly where it stopped (model, EMA, optimizer, step and
-every rank's RNG state).
+across ranks (or FSDP with `sharding: fsdp`), micro-batches whose gradients add up, AdamW with
+warm-up and linear annealing to zero, gradient clipping, an EMA of the trainable weights (what
+sampling uses), skipping non-finite steps, TensorBoard and a progress bar on rank 0, and atomic
+checkpoints that resume the run exactly where it stopped (model, EMA, optimizer, step and every
+rank's RNG state; under FSDP in shards, on any number of ranks). A model whose base is frozen (LoRA)
+is saved without it.
 
 The schedule is a function of the step and of the *current* config, so a finished run can be
 extended or annealed by rerunning with new `train.*` values; rerunning it unchanged does nothing.
