@@ -269,9 +269,8 @@ def test_export_writes_a_lora_prior_merged_into_one_file_that_needs_no_base(run,
     cfg = recipe(tmp_path, *LORA, "prior_level2.train.steps=6")
     imported(run, cfg)
     train_prior(cfg, run, level=2)
-    out = tmp_path / "shared" / "deep_house_prior.pt"
-    out.parent.mkdir()
-    assert cli.main(["export", "--run", str(run), "--level", "2", "--out", str(out)]) == 0
+    assert cli.main(["export", "--run", str(run), "--level", "2", "--out", str(tmp_path / "shared")]) == 0
+    out = tmp_path / "shared" / "prior_level2.pt"
     state = load_checkpoint(out, "prior")
     assert "base" not in state and "optimizer" not in state and state["genres"] == ["house", "unknown"]
     assert state["config"]["train"]["lora"] is None and state["vqvae_fingerprint"]
@@ -280,7 +279,7 @@ def test_export_writes_a_lora_prior_merged_into_one_file_that_needs_no_base(run,
         expected = load_prior(run / "prior_level2").logits(codes, labels=y)
         (run / "prior_level2" / "base.pt").unlink()  # the export stands alone
         torch.testing.assert_close(load_prior(out).logits(codes, labels=y), expected)
-    assert cli.main(["export", "--run", str(run), "--out", str(out)]) == 2
+    assert cli.main(["export", "--run", str(run), "--out", str(out.parent)]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
