@@ -11,7 +11,10 @@
   (d) track: one --track-seconds track through the sample path, level by level (top prior, upsamplers
       in segments, VQ-VAE decoding, refiner): the full path and the fast one (--fast: level 1 decoded
       and refined, no level-0 upsampler) added up from the same stage times
-  (e) docs: everything into --doc (Markdown, with the device, torch, date and commit) and a results
+  (e) fine-tune: one LoRA step (rank 16, one 8192-token window, layer checkpointing, the frozen base
+      in bf16) of OpenAI's 5b top prior layout at its real size (random weights): seconds and peak
+      memory of what `pipelines/jukebox_5b_lora.yaml` does; --tiny: the demo prior with rank 4
+  (f) docs: everything into --doc (Markdown, with the device, torch, date and commit) and a results
       file in --out
 
 With random weights at the real sizes the times are real and the audio is noise. Parts that would run
@@ -22,6 +25,7 @@ to seconds on a CPU: the tests run it, so the check cannot rot before a GPU is l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import math
 import statistics
@@ -35,7 +39,8 @@ import torch
 
 from jukebox_lite.algorithms.refining import refine, v_loss_per_item
 from jukebox_lite.algorithms.sampling import IncrementalDecoder, auto_segments, draw, plan_segments, sample_codes
-from jukebox_lite.core.config import RecipeConfig, load_config
+from jukebox_lite.algorithms.openai_import import RELEASED_PRIORS
+from jukebox_lite.core.config import LoRAConfig, PriorConfig, RecipeConfig, load_config
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.refiner import RefinerUNet
@@ -131,6 +136,41 @@ def training_step(stage: str, model: torch.nn.Module, optimizer: torch.optim.Opt
         if not torch.isfinite(loss):
             raise RuntimeError(f"{stage}: the loss is {loss.item()}")
     return step
+
+
+def check_finetune(recipe: RecipeConfig, device: torch.device, clock: Clock, tiny: bool) -> list[dict]:
+    """One LoRA fine-tuning step of the 5b top prior's layout (the demo prior with --tiny), built on the
+    meta device and filled with random numbers on `device`: 5 billion numbers never sit on the CPU."""
+    if clock.left() < 90:
+        return [{"case": "finetune", "device": device.type, "skipped": "budget"}]
+    if tiny:
+        cfg, layout = dataclasses.replace(recipe.prior_level2, checkpoint_layers=True), "demo top prior"
+        lora = LoRAConfig(rank=4)
+    else:
+        sizes = RELEASED_PRIORS["prior_5b"]
+        cfg = PriorConfig(**sizes, n_genres=120, n_artists=4111, t_bins=128, bins=recipe.vqvae.l_bins,
+                          hop_length=128, sample_rate=recipe.data.sample_rate, checkpoint_layers=True)
+        layout, lora = "prior_5b", LoRAConfig(rank=16)
+    reset_peak(device)
+    with torch.device("meta"):
+        model = Prior(cfg)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    model.add_adapters(lora)
+    for p in model.parameters():  # as training keeps a frozen base under bf16 autocast
+        if not p.requires_grad and p.dim() >= 2 and device.type == "cuda":
+            p.data = p.data.to(torch.bfloat16)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    codes = torch.randint(0, cfg.bins, (1, cfg.n_ctx), device=device)
+    labels = label_rows(model, 1, 2 * cfg.n_ctx * cfg.hop_length)
+    step = training_step("finetune", model, optimizer, lambda m: m(codes, None, labels)[1]["loss"], device)
+    seconds = min(wall_times({"step": step}, device, warmup=1, repeats=1)["step"])
+    return [{"case": "finetune", "device": device.type, "layout": layout, "lora_rank": lora.rank, "tokens": cfg.n_ctx,
+             "seconds_per_step": seconds, "peak_gib": peak_gib(device), "parameters": sum(p.numel() for p in model.parameters()),
+             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}]
 
 
 def check_attention(recipe: RecipeConfig, device: torch.device) -> list[dict]:
@@ -284,6 +324,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, recipe_name: str) -> st
     table("track", f"(d) One {args.track_seconds:g} s track, every level",
           ["seconds_level2", "seconds_level1", "seconds_level0", "seconds_decode_level0", "seconds_refine", "seconds_full",
            "seconds_fast", "skipped"])
+    table("finetune", "(e) One LoRA fine-tuning step (one window, layer checkpointing, frozen base in bf16 on CUDA)",
+          ["layout", "lora_rank", "tokens", "seconds_per_step", "peak_gib", "parameters", "trainable", "skipped"])
     return "\n".join(lines)
 
 
@@ -313,6 +355,7 @@ def main() -> None:
         "attention": lambda: check_attention(recipe, device),
         "sampling": lambda: check_sampling(recipe, device, clock, args.sampling_steps),
         "track": lambda: check_track(recipe, device, clock, args.track_seconds, batch1_rates(rows)),
+        "finetune": lambda: check_finetune(recipe, device, clock, args.tiny),
     }
     rows = []
     for case, part in parts.items():  # a part that fails is reported, and the others still run

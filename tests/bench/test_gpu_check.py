@@ -35,6 +35,8 @@ def test_the_tiny_check_runs_every_part_and_writes_its_report(tiny_check):
     for r in by_case["attention"]:  # every kernel equals the masked reference
         assert r["max_difference_blocked"] < 1e-5 and r["max_difference_flex"] < 1e-5, r
     assert {(r["prior"], r["batch"]) for r in by_case["sampling"]} == {(p, b) for p in ("prior_level2", "prior_level1", "prior_level0") for b in (1, 16)}
+    (finetune,) = [r for r in rows if r["case"] == "finetune"]
+    assert finetune["seconds_per_step"] > 0 and 0 < finetune["trainable"] < finetune["parameters"]
     (track,) = by_case["track"]
     assert track["seconds_fast"] > 0 and track["seconds_full"] > track["seconds_level0"] > 0
     report = (out / "gpu.md").read_text()
@@ -60,7 +62,7 @@ def test_parts_that_would_overrun_the_budget_are_skipped_and_say_so(tmp_path):
     (results_file,) = tmp_path.glob("gpu_check-*.json")
     rows = json.loads(results_file.read_text())["results"]
     skipped = {r["case"] for r in rows if "skipped" in r}
-    assert skipped == {"train", "sampling", "track"}  # the attention check is short and always runs
+    assert skipped == {"train", "sampling", "track", "finetune"}  # the attention check is short and always runs
     (track,) = [r for r in rows if r["case"] == "track"]
     assert track["skipped"].startswith("budget: level 2 needs ~inf s")  # no sampling rate was measured
     assert "budget" in (tmp_path / "gpu.md").read_text()
