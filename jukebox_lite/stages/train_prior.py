@@ -26,7 +26,10 @@ LR: warm-up, then constant; annealing decays it linearly to zero from `train.ann
 `train.anneal_steps`, set from the start or switched on later by rerunning with
 `prior_level2.train.anneal_start=STEP`; the run ends when the LR reaches zero (`jukebox_lite.algorithms.training`).
 If RUN/prior_level{L}/last.pt was imported from OpenAI (`import-jukebox`, step 0) training starts
-from its weights: fine-tuning. `prior_levelN.checkpoint_layers: true` recomputes each transformer
+from its weights: fine-tuning. With `train.lora` the import moves to base.pt and stays frozen while
+low-rank adapters train (`lora_base`); with `styles` the corpus's genres and artists get label rows
+of their own after the imported ones (`LabelGrowth`); with `train.sharding: fsdp` the prior is
+sharded over the ranks (the shared loop). `prior_levelN.checkpoint_layers: true` recomputes each transformer
 layer in backward: far less activation memory for about a third more compute (the GPU recipes use it).
 Codes are read in-process from memory maps (`train.workers` is unused).
 """
@@ -309,7 +312,7 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
         vocab = PriorVocabulary.from_checkpoint(state)
         imported = base or (None if is_training_run(state) else named_by)  # the weights a fine-tune starts from
         if cfg.styles is not None and imported is not None:
-            vocab, growth = style_growth(cfg, load_checkpoint(imported, "prior", mmap=True)["config"], vocab, corpus)
+            vocab, growth = style_growth(load_checkpoint(imported, "prior", mmap=True)["config"], vocab)
         vocab = vocab.extended(corpus.genres, corpus.artists)
         del state
     if cfg.styles is not None and named_by is None:
@@ -362,7 +365,7 @@ class LabelGrowth:
         return weights
 
 
-def style_growth(cfg: PriorConfig, imported: dict, vocab: PriorVocabulary, corpus: CodesCorpus) -> tuple[PriorVocabulary, LabelGrowth]:
+def style_growth(imported: dict, vocab: PriorVocabulary) -> tuple[PriorVocabulary, LabelGrowth]:
     """The vocabulary of a fine-tune from an imported prior (its config `imported`): every imported row keeps
     its id under its name, or openai_genre_<id> / openai_artist_<id> where it has none; the corpus's names
     come after them (their sources are resolved once the vocabulary is complete)."""
