@@ -340,20 +340,23 @@ RELEASED_PRIORS: dict[str, dict[str, Any]] = {
     ),
     "upsampler_level_1": dict(level=1, cond_res_scale=True, **_UPSAMPLER),
     "upsampler_level_0": dict(level=0, cond_res_scale=False, **_UPSAMPLER),
+    # one transformer over [384 lyric characters, 6144 codes], one vocabulary of 79 characters + 2048 codes
+    "prior_1b_lyrics": dict(
+        level=2, n_ctx=6144, width=2048, depth=72, heads=2, attn_order=12, blocks=64, init_scale=0.2,
+        max_bow_genre_size=1, min_duration=17.84, max_duration=600.0, merged_decoder=False,
+        use_tokens=True, single_enc_dec=True, n_tokens=384, n_vocab=79,
+    ),
 }
-# released lyrics priors, recognised so that they are refused by name rather than misread as plain priors
-# (1b_lyrics's single transformer reads [384 lyric characters, 6144 codes] with 79 + 2048 tokens)
-LYRICS_PRIORS = {
-    "prior_1b_lyrics": dict(level=2, n_ctx=6144 + 384, width=2048, depth=72),
-    "prior_5b_lyrics": dict(level=2, n_ctx=8192, width=4800, depth=79),
-}
+# the released prior with a separate lyrics encoder, recognised so that it is refused by name
+ENCODER_LYRICS_PRIORS = {"prior_5b_lyrics": dict(level=2, n_ctx=8192, width=4800, depth=79)}
 
 
 def released_layout(sd: dict, level: int) -> str | None:
-    """The registered prior whose level and weight sizes (n_ctx, width, depth) `sd` has, if any."""
+    """The registered prior whose level and weight sizes (positions, width, depth) `sd` has, if any."""
     sizes = _sizes(sd)
-    for name, layout in {**RELEASED_PRIORS, **LYRICS_PRIORS}.items():
-        if layout["level"] == level and all(sizes[k] == layout[k] for k in ("n_ctx", "width", "depth")):
+    for name, layout in {**RELEASED_PRIORS, **ENCODER_LYRICS_PRIORS}.items():
+        positions = layout["n_ctx"] + layout.get("n_tokens", 0)
+        if layout["level"] == level and (sizes["n_ctx"], sizes["width"], sizes["depth"]) == (positions, layout["width"], layout["depth"]):
             return name
     return None
 
@@ -386,11 +389,10 @@ def openai_prior_hps(hps: dict, sd: dict, level: int, layout: str | None, source
     sizes = _sizes(sd)
     _check_level(sd, level)
     name = layout or (None if given else released_layout(sd, level))
-    if given.get("use_tokens") or given.get("single_enc_dec") or name in LYRICS_PRIORS:
-        what = f"OpenAI's {name}" if name in LYRICS_PRIORS else "a lyrics prior"
+    if name in ENCODER_LYRICS_PRIORS or (given.get("use_tokens") and not given.get("single_enc_dec")):
         raise UserError(
-            f"'{source}' is {what}, whose lyric inputs jukebox-lite does not read yet; import prior_5b "
-            "(or a small_prior) instead."
+            f"'{source}' is a lyrics prior with a separate lyrics encoder (OpenAI's 5b_lyrics), which jukebox-lite does "
+            "not read; import prior_1b_lyrics or prior_5b instead."
         )
     if name is None and not given:
         raise UserError(
@@ -427,7 +429,10 @@ def _prior_config(given: dict, sd: dict, upsampler: bool) -> PriorConfig:
     hps = {**_OPENAI_DEFAULTS, **_OPENAI_LEVEL_DEFAULTS.get(level, {}), **given}
     if any(k.startswith(("prime_", "prior.transformer._attn_mods.0.attn.c_enc_kv")) for k in sd):
         raise UserError("This OpenAI checkpoint is a lyrics prior with a lyrics encoder (5b_lyrics), which jukebox-lite does not read.")
-    bins, width, n_ctx, depth = (_sizes(sd)[k] for k in ("bins", "width", "n_ctx", "depth"))
+    vocabulary, width, positions, depth = (_sizes(sd)[k] for k in ("bins", "width", "n_ctx", "depth"))
+    # 1b_lyrics (single_enc_dec): lyric characters first in the vocabulary and in the window
+    n_tokens, n_vocab = (int(hps.get(k, 0)) for k in ("n_tokens", "n_vocab")) if hps.get("single_enc_dec") else (0, 0)
+    bins, n_ctx = vocabulary - n_vocab, positions - n_tokens
     n_state = sd["prior.transformer._attn_mods.0.attn.c_attn.w"].shape[1] // 3
     hidden = sd["prior.transformer._attn_mods.0.mlp.c_fc.w"].shape[1]
     _check_level(sd, level)
@@ -436,6 +441,7 @@ def _prior_config(given: dict, sd: dict, upsampler: bool) -> PriorConfig:
         level=level, n_ctx=n_ctx, width=width, depth=depth, heads=int(hps["heads"]), attn_order=int(hps["attn_order"]),
         blocks=int(hps["blocks"]), m_attn=n_state / width, m_mlp=hidden / width, init_scale=float(hps["init_scale"]),
         bins=bins, merged_decoder=bool(hps["merged_decoder"]), hop_length=_OPENAI_HOPS[level], labels=labels,
+        n_tokens=n_tokens, n_vocab=n_vocab,
         sample_rate=int(hps["sr"]), min_duration=float(hps["min_duration"]), max_duration=float(hps["max_duration"]),
     )
     if labels:

@@ -61,6 +61,11 @@ class IncrementalDecoder:
     def __init__(self, prior: Prior, conditioning: Conditioning, reference: bool = False):
         if has_adapters(prior):  # the fused step reads the projections' weights, which lack the adapters' update
             raise ValueError("merge the prior's LoRA adapters (nn.lora.merge_adapters) before sampling from it")
+        if prior.cfg.n_tokens:
+            raise UserError(
+                "Sampling from a lyrics prior (OpenAI's 1b_lyrics layout) is not there yet: its lyric prefix and "
+                "prime attention have no KV cache; it can be imported, evaluated and fine-tuned."
+            )
         self.prior, self.conditioning, self.reference = prior, conditioning, reference
         cfg = prior.cfg
         self.caches = [

@@ -344,6 +344,10 @@ class PriorConfig:
     init_scale: float = 0.7
     bins: int = 2048  # codebook size; in a recipe: vqvae.l_bins (DERIVED)
     merged_decoder: bool = False  # OpenAI 5b top prior: untied output layer, conditioning not re-added
+    # lyrics in the same transformer (OpenAI's 1b_lyrics: n_tokens 384, n_vocab 79, attn_order 12): the window is
+    # [n_tokens lyric characters, n_ctx codes] over one vocabulary (characters, then codes shifted by n_vocab)
+    n_tokens: int = 0
+    n_vocab: int = 0
     hop_length: int = 128  # audio samples per token at this level: 8, 32, 128; in a recipe: the VQ-VAE's
     # labels (y_emb): start token = sum of genre embeddings + artist embedding
     labels: bool = True
@@ -378,8 +382,13 @@ class PriorConfig:
             self.styles = section_from_dict(StylesConfig, self.styles, "prior.styles.")
 
     @property
+    def context(self) -> int:
+        """Positions the transformer sees: the lyric prefix, if any, and the n_ctx codes."""
+        return self.n_tokens + self.n_ctx
+
+    @property
     def block_ctx(self) -> int:
-        return self.n_ctx // self.blocks
+        return self.context // self.blocks
 
     @property
     def is_upsampler(self) -> bool:
@@ -396,10 +405,19 @@ class PriorConfig:
         for name in ("n_ctx", "width", "depth", "heads", "blocks", "bins", "hop_length"):
             if getattr(self, name) < 1:
                 raise UserError(f"{section}.{name} must be at least 1.")
-        if self.attn_order not in (0, 1, 2, 3):
-            raise UserError(f"{section}.attn_order is {self.attn_order}; choose 0, 1, 2 or 3.")
-        if self.n_ctx % self.blocks:
-            raise UserError(f"{section}.n_ctx ({self.n_ctx}) must be a multiple of {section}.blocks ({self.blocks}).")
+        if self.attn_order not in (0, 1, 2, 3, 12):
+            raise UserError(f"{section}.attn_order is {self.attn_order}; choose 0, 1, 2, 3 (or 12 with lyrics).")
+        if (self.attn_order == 12) != (self.n_tokens > 0) or self.n_tokens < 0 or (self.n_tokens > 0) != (self.n_vocab > 0):
+            raise UserError(
+                f"{section}: a lyric prefix (n_tokens, n_vocab both above 0) goes with attn_order 12, OpenAI's lyrics layout, and "
+                "only with it."
+            )
+        if self.n_tokens and (self.is_upsampler or not self.labels):
+            raise UserError(f"{section}.n_tokens: lyrics condition a labelled top-level prior only.")
+        if self.context % self.blocks:
+            raise UserError(
+                f"{section}: n_tokens + n_ctx ({self.context}) must be a multiple of {section}.blocks ({self.blocks})."
+            )
         n_state = int(self.m_attn * self.width)
         if n_state < 1 or n_state % self.heads:
             raise UserError(

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class PositionEmbedding(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
-        self.pos_emb = nn.Parameter(torch.randn(cfg.n_ctx, cfg.width) * (0.01 * cfg.init_scale))
+        self.pos_emb = nn.Parameter(torch.randn(cfg.context, cfg.width) * (0.01 * cfg.init_scale))
 
 
 class TokenModel(nn.Module):
@@ -48,11 +48,12 @@ class TokenModel(nn.Module):
         super().__init__()
         if learned_start:  # registered first, as in OpenAI's state dicts
             self.start_token = nn.Parameter(torch.randn(1, cfg.width) * (0.01 * cfg.init_scale))
-        self.x_emb = nn.Embedding(cfg.bins, cfg.width)
+        vocabulary = cfg.n_vocab + cfg.bins  # lyric characters (1b_lyrics), then the codes
+        self.x_emb = nn.Embedding(vocabulary, cfg.width)
         nn.init.normal_(self.x_emb.weight, std=0.02 * cfg.init_scale)
         self.pos_emb = PositionEmbedding(cfg)
         self.transformer = Transformer(cfg)
-        self.x_out = nn.Linear(cfg.width, cfg.bins, bias=False)
+        self.x_out = nn.Linear(cfg.width, vocabulary, bias=False)
         self.tied = not cfg.merged_decoder
         if self.tied:
             self.x_out.weight = self.x_emb.weight
@@ -357,17 +358,41 @@ class Prior(nn.Module):
     # -- teacher forcing ------------------------------------------------------------------------
 
     def logits(self, codes: torch.Tensor, upper_codes=None, labels=None) -> torch.Tensor:
-        """codes (B, T) → float logits (B, T, bins); position t predicts codes[:, t]."""
+        """codes (B, T) → float logits (B, T, bins); position t predicts codes[:, t].
+
+        A lyrics prior (cfg.n_tokens) reads the labels' lyric character ids after the label columns (none
+        given: all 0, OpenAI's padding, i.e. no lyrics) as a prefix of the window; the logits are those of
+        the codes at the codes' positions."""
         if codes.dim() != 2:
             raise UserError(f"Codes have shape {tuple(codes.shape)}; expected (batch, time).")
         self.check_codes(codes, f"level-{self.cfg.level} codes")
         B, T = codes.shape
         codes = codes.to(self.device, torch.long)
+        labels, lyrics = self._lyrics(labels, B)
         c = self.conditioning(B, T, upper_codes, labels)
-        x = self.prior.x_emb(codes)  # (B, T, W)
+        n_vocab, cond = self.cfg.n_vocab, c.cond
+        tokens = codes if lyrics is None else torch.cat([lyrics, codes + n_vocab], dim=1)  # (B, n_tokens + T)
+        x = self.prior.x_emb(tokens)  # (B, n_tokens + T, W)
         h = torch.cat([c.start[:, None].to(x.dtype), x[:, :-1]], dim=1)  # shift right, start token first
-        logits = self.prior(h, 0, c.cond)
+        if lyrics is not None and cond is not None:  # the lyric positions have no timing
+            cond = torch.cat([cond.new_zeros(B, lyrics.shape[1], cond.shape[2]), cond], dim=1)
+        logits = self.prior(h, 0, cond)
+        if lyrics is not None:
+            logits = logits[:, lyrics.shape[1]:, n_vocab:]  # (B, T, bins): the codes at the codes' positions
         return logits.float()
+
+    def _lyrics(self, labels, batch: int) -> tuple[object, torch.Tensor | None]:
+        """(labels without lyrics, lyric character ids (B, n_tokens) or None for a prior without them)."""
+        cfg = self.cfg
+        if not cfg.n_tokens:
+            return labels, None
+        columns = 4 + cfg.max_bow_genre_size
+        if torch.is_tensor(labels) and labels.dim() == 2 and labels.shape[1] == columns + cfg.n_tokens:
+            labels, lyrics = labels[:, :columns], labels[:, columns:].to(self.device, torch.long)
+            if ((lyrics < 0) | (lyrics >= cfg.n_vocab)).any():
+                raise UserError(f"Lyric character ids must lie in 0..{cfg.n_vocab - 1} (0: padding, no lyrics).")
+            return labels, lyrics
+        return labels, torch.zeros(batch, cfg.n_tokens, dtype=torch.long, device=self.device)
 
     def forward(self, codes: torch.Tensor, upper_codes=None, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """codes (B, T) → (logits (B, T, bins), metrics): the training objective, as DDP needs it in forward.

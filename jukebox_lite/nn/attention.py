@@ -8,6 +8,9 @@ layer attends with one pattern (`attn_func`), and `attn_order` cycles the patter
     2  column: the same offset in every earlier row, and itself
     3  previous row: the whole row before the query's row
     4  summary: the last position of each row up to the query
+    7  prime (OpenAI's 1b_lyrics, whose window is [lyric characters, codes]): every earlier position
+       among the first `prime_keys` (the lyric prefix rounded up as OpenAI rounds it); attn_order 12
+       puts it on every 16th layer
 
 Patterns 3 and 4 also see a *null key* (key and value all zeros) at position -1. OpenAI's code gets
 it by zero-padding: row 0 has no previous row, so pattern 3 attends to a row of zeros (and returns
@@ -34,15 +37,27 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 ATTN_FUNCS = (0, 1, 2, 3, 4)
-# attn_order → the cycle of attn_func over layers, as in OpenAI's Transformer.
-ATTN_ORDERS = {0: (0,), 1: (1, 2), 2: (1, 2, 3), 3: (1, 4)}
+PRIME = 7  # the lyric-prefix pattern: its own kernel (`prime_attention`), no KV cache yet
+# attn_order → the cycle of attn_func over layers, as in OpenAI's Transformer (12: see attn_func_for_layer).
+ATTN_ORDERS = {0: (0,), 1: (1, 2), 2: (1, 2, 3), 3: (1, 4), 12: (1, 2, 3)}
 NULL_POSITION = -1  # the position of the all-zero key of patterns 3 and 4
 EMPTY_POSITION = 1 << 40  # position recorded in an unused cache slot: no query may see it
 
 
 def attn_func_for_layer(attn_order: int, layer: int) -> int:
     cycle = ATTN_ORDERS[attn_order]
+    if attn_order == 12 and layer % 16 == 15:  # the lyrics layout: every 16th layer reads the prefix, or is dense
+        return (PRIME, PRIME, 0)[layer % 3]
     return cycle[layer % len(cycle)]
+
+
+def prime_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prime_keys: int) -> torch.Tensor:
+    """Pattern 7 over a teacher-forced window: each query attends causally to the first `prime_keys`
+    positions only. q, k, v: (B, H, T, D) → (B, H, T, D)."""
+    keys = min(prime_keys, k.shape[2])
+    q_pos = torch.arange(q.shape[2], device=q.device)
+    mask = torch.arange(keys, device=q.device)[None, :] <= q_pos[:, None]  # (T, keys)
+    return F.scaled_dot_product_attention(q, k[:, :, :keys], v[:, :, :keys], attn_mask=mask)
 
 
 def uses_null_key(attn_func: int) -> bool:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from jukebox_lite.core.config import PriorConfig
-from jukebox_lite.nn.attention import attn_func_for_layer, window_attention
+from jukebox_lite.nn.attention import PRIME, attn_func_for_layer, prime_attention, window_attention
 
 
 class Conv1D(nn.Module):
@@ -41,7 +41,9 @@ class FactorizedAttention(nn.Module):
         super().__init__()
         self.n_state = int(cfg.m_attn * cfg.width)
         self.heads, self.attn_func = cfg.heads, attn_func
-        self.block_ctx, self.n_ctx = cfg.block_ctx, cfg.n_ctx
+        self.block_ctx, self.n_ctx = cfg.block_ctx, cfg.context
+        # pattern 7's keys: the lyric prefix rounded up to a multiple of `blocks`, as OpenAI's code has it
+        self.prime_keys = (cfg.n_tokens // cfg.blocks + 1) * cfg.blocks
         self.c_attn = Conv1D(cfg.width, 3 * self.n_state, cfg.init_scale)
         self.c_proj = Conv1D(self.n_state, cfg.width, cfg.init_scale)
 
@@ -52,7 +54,9 @@ class FactorizedAttention(nn.Module):
         q, k, v = (
             t.view(B, L, self.heads, -1).transpose(1, 2) for t in self.c_attn(x).chunk(3, dim=-1)
         )
-        if cache is None:  # a whole window from position 0
+        if cache is None and self.attn_func == PRIME:
+            a = prime_attention(q, k, v, self.prime_keys)
+        elif cache is None:  # a whole window from position 0
             a = window_attention(q, k, v, self.attn_func, self.block_ctx, self.n_ctx)
         else:
             a = cache.attend(q, k, v, start)

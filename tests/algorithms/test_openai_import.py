@@ -345,11 +345,15 @@ def test_released_priors_without_hyperparameters_get_their_registered_settings()
         cfg = prior_config_from_openai(openai_prior_hps({}, up, level, None, "up.pth.tar"), up)
         assert (cfg.level, cfg.blocks, cfg.init_scale, cfg.cond_width, cfg.cond_depth, cfg.cond_res_scale) == (
             level, 128, 0.4, 1024, 16, res_scale)
-    lyrics = released_state_dict(2048, 72, 6144 + 384, 79 + 2048, upsampler=False, untied=True, y_bins=(604, 7898), t_bins=64)
-    with pytest.raises(UserError, match="is OpenAI's prior_1b_lyrics, whose lyric inputs jukebox-lite does not read yet"):
-        openai_prior_hps({}, lyrics, 2, None, "1b.pth.tar")
-    with pytest.raises(UserError, match="is a lyrics prior"):
-        openai_prior_hps({"single_enc_dec": True, "use_tokens": True}, lyrics, 2, None, "1b.pth.tar")
+    lyrics = released_state_dict(2048, 72, 6144 + 384, 79 + 2048, upsampler=False, untied=False, y_bins=(604, 7898), t_bins=64)
+    cfg = prior_config_from_openai(openai_prior_hps({}, lyrics, 2, None, "1b.pth.tar"), lyrics)
+    assert (cfg.n_ctx, cfg.n_tokens, cfg.n_vocab, cfg.bins, cfg.heads, cfg.attn_order, cfg.blocks) == (6144, 384, 79, 2048, 2, 12, 64)
+    assert (cfg.n_genres, cfg.n_artists, cfg.t_bins, cfg.max_bow_genre_size, cfg.min_duration) == (604, 7898, 64, 1, 17.84)
+    encoder = released_state_dict(4800, 79, 8192, 2048, upsampler=False, untied=True)
+    with pytest.raises(UserError, match="a separate lyrics encoder .OpenAI's 5b_lyrics."):
+        openai_prior_hps({}, encoder, 2, None, "5b_lyrics.pth.tar")
+    with pytest.raises(UserError, match="a separate lyrics encoder"):
+        openai_prior_hps({"use_tokens": True, "n_tokens": 512}, top, 2, None, "5b_lyrics.pth.tar")
     with pytest.raises(UserError, match="is a level-1 prior, but 'x' was given as level 0"):
         openai_prior_hps({}, up, 0, "upsampler_level_1", "x")
 
@@ -384,3 +388,26 @@ def test_a_file_without_hyperparameters_is_recognised_by_its_sizes_or_named_or_r
     monkeypatch.setitem(openai_import.RELEASED_PRIORS, "tiny_other_size", {**settings, "n_ctx": 4096})
     assert main(["import-jukebox", "--prior-level-1", str(bare), "--openai-model", "tiny_other_size", "--run", str(tmp_path / "r")]) == 2
     assert "--openai-model tiny_other_size describes a level-2 prior; give it once, with --prior-level-2" in capsys.readouterr().err
+
+
+def test_import_jukebox_reads_the_1b_lyrics_layout_with_or_without_hyperparameters(tmp_path, monkeypatch):
+    from jukebox_lite.algorithms import openai_import
+    from jukebox_lite.cli import main
+    from jukebox_lite.models.checkpoints import load_prior
+
+    f = torch.load(FIXTURES / "openai_prior_1b_lyrics.pt", weights_only=True)["lyrics"]
+    hps = f["hps"]
+    # the fixture's sizes under a registered name: what a weights-only file of another size needs --openai-model for
+    monkeypatch.setitem(openai_import.RELEASED_PRIORS, "tiny_1b_lyrics", {
+        **openai_import.RELEASED_PRIORS["prior_1b_lyrics"], "n_ctx": 64, "width": 16, "depth": 16, "blocks": hps["blocks"],
+        "init_scale": 1.0, "n_tokens": 16, "min_duration": 10.0, "max_duration": 100.0,
+    })
+    model = {f"module.{k}": v for k, v in f["state_dict"].items()}
+    for name, container, argv in (("with_hps", {"hps": hps, "model": model}, []),
+                                  ("weights_only", {"model": model}, ["--openai-model", "tiny_1b_lyrics"])):
+        path = tmp_path / f"{name}.pth.tar"
+        torch.save(container, path)
+        assert main(["import-jukebox", "--prior-level-2", str(path), *argv, "--run", str(tmp_path / name)]) == 0
+        prior = load_prior(tmp_path / name / "prior_level2")
+        assert (prior.cfg.n_tokens, prior.cfg.n_vocab, prior.cfg.attn_order) == (16, 79, 12)
+        torch.testing.assert_close(prior.logits(f["codes"], labels=f["labels"]), f["logits"], atol=2e-5, rtol=1e-5)

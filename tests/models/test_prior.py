@@ -23,6 +23,8 @@ def read_tsv(name: str) -> list[tuple[str, tuple]]:
         if line.startswith("#") or not line.strip():
             continue
         key, shape = line.split("\t")
+        if key == "key":  # a header row
+            continue
         rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
     return rows
 
@@ -60,6 +62,32 @@ def test_logits_equal_openai(name):
     assert list(prior.state_dict()) == list(f["state_dict"])
     ours = prior.logits(f["codes"], upper_codes=f["upper_codes"], labels=f["labels"])
     torch.testing.assert_close(ours, f["logits"], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lyrics", ["lyrics", "no_lyrics"])
+def test_logits_equal_openai_1b_lyrics_layout(lyrics):
+    """OpenAI's single_enc_dec lyrics prior: [lyric characters, codes] in one window and one vocabulary, attn_order
+    12 (layer 15 attends to the lyric prefix). Without lyrics their ids are left off the labels (0: padding)."""
+    f = load_fixture("1b_lyrics")[lyrics]
+    prior = prior_from_openai(f["hps"], f["state_dict"])
+    cfg = prior.cfg
+    assert (cfg.n_tokens, cfg.n_vocab, cfg.attn_order, prior.attn_funcs[-1]) == (16, 79, 12, 7)
+    labels = f["labels"] if lyrics == "lyrics" else f["labels"][:, : 4 + cfg.max_bow_genre_size]
+    torch.testing.assert_close(prior.logits(f["codes"], labels=labels), f["logits"], atol=2e-5, rtol=1e-5)
+    if lyrics == "lyrics":  # the lyrics matter: the same codes without them give other logits
+        without = prior.logits(f["codes"], labels=labels[:, : 4 + cfg.max_bow_genre_size])
+        assert not torch.allclose(without, f["logits"], atol=1e-3)
+
+
+def test_1b_lyrics_layout_keys_and_attention_patterns_match_openai():
+    """The reduced 1b_lyrics listing in ../shared/jukebox-format: every key's shape and every layer's attn_func."""
+    cfg = PriorConfig(n_ctx=512, n_tokens=64, n_vocab=79, width=256, depth=16, heads=2, attn_order=12, blocks=64, bins=2048,
+                      n_genres=604, n_artists=7898, t_bins=64, max_bow_genre_size=1)
+    prior = Prior(cfg)
+    assert [(k, tuple(v.shape)) for k, v in prior.state_dict().items()] == read_tsv("prior_1b_lyrics_small.tsv")
+    listed = [int(line.rsplit(" ", 1)[1]) for line in (FORMAT / "prior_1b_lyrics_small.tsv").read_text().splitlines()
+              if line.startswith("# layer ")]
+    assert prior.attn_funcs == listed
 
 
 @pytest.mark.parametrize("order", ["0", "1", "3"])
