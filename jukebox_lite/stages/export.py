@@ -1,5 +1,5 @@
 """`jukebox-lite export --run RUN --level L --out FOLDER [--which last|best] [--force]`: one prior, one file
-(FOLDER/prior_level<L>.pt).
+(FOLDER/<run folder's name>-prior-level<L>.pt).
 
 Writes the level's prior as a self-contained checkpoint of our format, ready for `load_prior` and to
 share: the EMA weights (what sampling uses), with a LoRA fine-tune's adapters merged into its base
@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def export_prior(run_dir: str | Path, level: int, folder: str | Path, which: str = "last", overwrite: bool = False) -> Path:
-    """The stage as a function; returns the file written (folder/prior_level<L>.pt)."""
+    """The stage as a function; returns the file written (folder/<run name>-prior-level<L>.pt)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out '{folder}' is a file; give the folder to write prior_level{level}.pt into.")
-    out = folder / f"prior_level{level}.pt"
+        raise UserError(f"--out '{folder}' is a file; give the folder to write the prior into.")
+    out = folder / f"{Path(run_dir).resolve().name}-prior-level{level}.pt"
     if out.exists() and not overwrite:
         raise UserError(f"'{out}' already exists; choose another --out or pass --force to replace it.")
     loaded = Run(run_dir).load_prior(level, "cpu", None, which)
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, "reads RUN/prior_level<L>", computes=False)
     parser.add_argument("--level", type=int, choices=(2, 1, 0), default=2, help="which prior (default 2, the top)")
     parser.add_argument("--which", choices=("last", "best"), default="last", help="last.pt (default) or best.pt")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write prior_level<L>.pt into (our checkpoint format)")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write <run name>-prior-level<L>.pt into (our checkpoint format)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 

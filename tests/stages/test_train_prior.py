@@ -270,7 +270,7 @@ def test_export_writes_a_lora_prior_merged_into_one_file_that_needs_no_base(run,
     imported(run, cfg)
     train_prior(cfg, run, level=2)
     assert cli.main(["export", "--run", str(run), "--level", "2", "--out", str(tmp_path / "shared")]) == 0
-    out = tmp_path / "shared" / "prior_level2.pt"
+    out = tmp_path / "shared" / "run-prior-level2.pt"  # named after the run folder
     state = load_checkpoint(out, "prior")
     assert "base" not in state and "optimizer" not in state and state["genres"] == ["house", "unknown"]
     assert state["config"]["train"]["lora"] is None and state["vqvae_fingerprint"]
