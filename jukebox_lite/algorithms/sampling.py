@@ -61,19 +61,18 @@ class IncrementalDecoder:
     def __init__(self, prior: Prior, conditioning: Conditioning, reference: bool = False):
         if has_adapters(prior):  # the fused step reads the projections' weights, which lack the adapters' update
             raise ValueError("merge the prior's LoRA adapters (nn.lora.merge_adapters) before sampling from it")
-        if prior.cfg.n_tokens:
-            raise UserError(
-                "Sampling from a lyrics prior (OpenAI's 1b_lyrics layout) is not there yet: its lyric prefix and "
-                "prime attention have no KV cache; it can be imported, evaluated and fine-tuned."
-            )
         self.prior, self.conditioning, self.reference = prior, conditioning, reference
         cfg = prior.cfg
         self.caches = [
-            LayerCache(attn_func, cfg.n_ctx, cfg.block_ctx) for attn_func in prior.attn_funcs
+            LayerCache(attn_func, cfg.context, cfg.block_ctx, cfg.prime_keys) for attn_func in prior.attn_funcs
         ]
-        self.length = cfg.n_ctx if conditioning.cond is None else conditioning.cond.shape[1]
+        self.length = cfg.context if conditioning.cond is None else conditioning.cond.shape[1]
         self.t = 0  # next position
-        self.out_weight = None if reference else prior.prior.output_weight()
+        self.n_vocab = cfg.n_vocab  # a lyrics prior's vocabulary: characters, then the codes
+        weight = None if reference else prior.prior.output_weight()  # (W, n_vocab + bins)
+        if weight is not None and self.n_vocab:  # the codes' columns only
+            weight = weight[:, self.n_vocab :].contiguous() if weight.device.type == "cpu" else weight[:, self.n_vocab :]
+        self.out_weight = weight
 
     def _run(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, L, W) inputs of positions t..t+L-1 → (B, L, bins) float logits."""
@@ -86,16 +85,21 @@ class IncrementalDecoder:
                 h[:, 0], t, None if cond is None else cond[:, 0], self.caches, self.out_weight
             )[:, None]
         else:
-            logits = self.prior.prior(h, t, cond, self.caches)
+            logits = self.prior.prior(h, t, cond, self.caches)[..., self.n_vocab :]
         self.t += L
         return logits.float()
 
     def start(self) -> torch.Tensor:
-        """→ (B, bins) logits for position 0."""
-        return self._run(self.conditioning.start[:, None])[:, 0]
+        """→ (B, bins) logits for the first code: position 0, or after a lyrics prior's lyric prefix."""
+        h = self.conditioning.start[:, None]
+        if self.conditioning.lyrics is not None:  # start token, then the characters: the first code comes after them
+            h = torch.cat([h.to(self.prior.prior.x_emb.weight.dtype), self.prior.prior.x_emb(self.conditioning.lyrics)], dim=1)
+        return self._run(h)[:, -1]
 
     def feed(self, codes: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
         """codes (B, L): the codes at positions t-1..t+L-2 → (B, L, bins) logits for positions t..t+L-1."""
+        if self.n_vocab:
+            codes = codes + self.n_vocab  # the codes follow the characters in a lyrics prior's vocabulary
         if codes.shape[1] <= chunk_size:  # every sampled token: no split, no copy
             return self._run(self.prior.prior.x_emb(codes))
         return torch.cat([self._run(self.prior.prior.x_emb(c)) for c in codes.split(chunk_size, dim=1)], dim=1)

@@ -391,6 +391,12 @@ class PriorConfig:
         return self.context // self.blocks
 
     @property
+    def prime_keys(self) -> int:
+        """Keys of the lyric-prefix pattern (7): the prefix rounded up to a multiple of `blocks`, as OpenAI's
+        code rounds it (448 for 1b_lyrics' 384 characters)."""
+        return (self.n_tokens // self.blocks + 1) * self.blocks
+
+    @property
     def is_upsampler(self) -> bool:
         return self.level < 2
 

@@ -242,10 +242,12 @@ class UpperConditioner(nn.Module):
 
 @dataclass
 class Conditioning:
-    """What a window is conditioned on: start embedding (B, W) and per-position cond (B, T, W) or None."""
+    """What a window is conditioned on: start embedding (B, W), per-position cond (B, T, W) or None and, for
+    a lyrics prior, the lyric character ids (B, n_tokens) of its prefix (cond then covers the prefix too)."""
 
     start: torch.Tensor
     cond: torch.Tensor | None
+    lyrics: torch.Tensor | None = None
 
 
 class Prior(nn.Module):
@@ -320,6 +322,7 @@ class Prior(nn.Module):
         cfg = self.cfg
         if length > cfg.n_ctx:
             raise UserError(f"A window of {length} tokens is longer than this prior's n_ctx ({cfg.n_ctx}).")
+        labels, lyrics = self._lyrics(labels, batch)
         cond = None
         if cfg.labels:
             if labels is None:
@@ -335,7 +338,9 @@ class Prior(nn.Module):
             cond = self.upper_conditioning(upper_codes, batch, length)
         elif upper_codes is not None:
             raise UserError("The top-level prior takes no upper codes; pass upper_codes only to upsamplers.")
-        return Conditioning(start, cond)
+        if lyrics is not None and cond is not None:  # the lyric positions have no timing
+            cond = torch.cat([cond.new_zeros(batch, cfg.n_tokens, cond.shape[2]), cond], dim=1)
+        return Conditioning(start, cond, lyrics)
 
     def upper_conditioning(self, upper_codes, batch: int, length: int) -> torch.Tensor:
         cfg, s = self.cfg, self.cfg.cond_downsample
@@ -368,17 +373,14 @@ class Prior(nn.Module):
         self.check_codes(codes, f"level-{self.cfg.level} codes")
         B, T = codes.shape
         codes = codes.to(self.device, torch.long)
-        labels, lyrics = self._lyrics(labels, B)
         c = self.conditioning(B, T, upper_codes, labels)
-        n_vocab, cond = self.cfg.n_vocab, c.cond
-        tokens = codes if lyrics is None else torch.cat([lyrics, codes + n_vocab], dim=1)  # (B, n_tokens + T)
+        n_vocab = self.cfg.n_vocab
+        tokens = codes if c.lyrics is None else torch.cat([c.lyrics, codes + n_vocab], dim=1)  # (B, n_tokens + T)
         x = self.prior.x_emb(tokens)  # (B, n_tokens + T, W)
         h = torch.cat([c.start[:, None].to(x.dtype), x[:, :-1]], dim=1)  # shift right, start token first
-        if lyrics is not None and cond is not None:  # the lyric positions have no timing
-            cond = torch.cat([cond.new_zeros(B, lyrics.shape[1], cond.shape[2]), cond], dim=1)
-        logits = self.prior(h, 0, cond)
-        if lyrics is not None:
-            logits = logits[:, lyrics.shape[1]:, n_vocab:]  # (B, T, bins): the codes at the codes' positions
+        logits = self.prior(h, 0, c.cond)
+        if c.lyrics is not None:
+            logits = logits[:, self.cfg.n_tokens :, n_vocab:]  # (B, T, bins): the codes at the codes' positions
         return logits.float()
 
     def _lyrics(self, labels, batch: int) -> tuple[object, torch.Tensor | None]:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 ATTN_FUNCS = (0, 1, 2, 3, 4)
-PRIME = 7  # the lyric-prefix pattern: its own kernel (`prime_attention`), no KV cache yet
+PRIME = 7  # the lyric-prefix pattern: its own kernel (`prime_attention`) and cache slots
 # attn_order → the cycle of attn_func over layers, as in OpenAI's Transformer (12: see attn_func_for_layer).
 ATTN_ORDERS = {0: (0,), 1: (1, 2), 2: (1, 2, 3), 3: (1, 4), 12: (1, 2, 3)}
 NULL_POSITION = -1  # the position of the all-zero key of patterns 3 and 4
@@ -260,10 +260,11 @@ class LayerCache:
     reference the tests and bench/bench_prior.py hold the steps against.
     """
 
-    def __init__(self, attn_func: int, n_ctx: int, block_ctx: int):
-        self.attn_func, self.n_ctx, self.block_ctx = attn_func, n_ctx, block_ctx
+    def __init__(self, attn_func: int, n_ctx: int, block_ctx: int, prime_keys: int = 0):
+        """n_ctx: the window's positions (a lyrics prior's prefix included); prime_keys: pattern 7's keys."""
+        self.attn_func, self.n_ctx, self.block_ctx, self.prime_keys = attn_func, n_ctx, block_ctx, prime_keys
         self.blocks = n_ctx // block_ctx
-        self.capacity = {0: n_ctx, 1: block_ctx, 2: n_ctx, 3: 2 * block_ctx, 4: self.blocks + 1}[attn_func]
+        self.capacity = {0: n_ctx, 1: block_ctx, 2: n_ctx, 3: 2 * block_ctx, 4: self.blocks + 1, PRIME: prime_keys}[attn_func]
         self.k = self.v = None
         self.positions = [EMPTY_POSITION] * self.capacity  # of each slot
         if attn_func == 4:
@@ -271,7 +272,7 @@ class LayerCache:
 
     def _slots(self, pos: torch.Tensor | int):
         f, bc = self.attn_func, self.block_ctx
-        if f == 0:
+        if f in (0, PRIME):
             return pos
         if f == 1:
             return pos % bc
@@ -292,6 +293,13 @@ class LayerCache:
             self._allocate(k)
         f, bc = self.attn_func, self.block_ctx
         r, c = divmod(t, bc)
+        if f == PRIME:  # the first prime_keys positions, each seen from itself on
+            if t < self.prime_keys:
+                self.k.narrow(2, t, 1).copy_(k)
+                self.v.narrow(2, t, 1).copy_(v)
+                self.positions[t] = t
+            count = min(t + 1, self.prime_keys)
+            return F.scaled_dot_product_attention(q, self.k.narrow(2, 0, count), self.v.narrow(2, 0, count))
         if f != 4 or c == bc - 1:  # pattern 4 keeps row ends only
             slot = self._slots(t)
             self.k.narrow(2, slot, 1).copy_(k)
@@ -318,10 +326,15 @@ class LayerCache:
         q_pos = torch.arange(start, start + q.shape[2], device=q.device)
         held = slice(1, None) if self.attn_func == 4 else slice(None)  # sdpa_attention adds the null key itself
         held_pos = torch.tensor(self.positions[held], device=q.device)
-        out = sdpa_attention(
-            q, torch.cat([self.k[:, :, held], k], 2), torch.cat([self.v[:, :, held], v], 2), q_pos,
-            torch.cat([held_pos, q_pos]), self.attn_func, self.block_ctx, self.n_ctx,
-        )
+        keys, values = torch.cat([self.k[:, :, held], k], 2), torch.cat([self.v[:, :, held], v], 2)
+        if self.attn_func == PRIME:
+            k_pos = torch.cat([held_pos, q_pos])
+            mask = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] < self.prime_keys)  # (L, keys)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        else:
+            out = sdpa_attention(
+                q, keys, values, q_pos, torch.cat([held_pos, q_pos]), self.attn_func, self.block_ctx, self.n_ctx,
+            )
         keep = self._worth_keeping(q_pos, start + q.shape[2])
         slots = self._slots(q_pos[keep])
         self.k[:, :, slots] = k[:, :, keep].to(self.k.dtype)
@@ -333,6 +346,8 @@ class LayerCache:
     def _worth_keeping(self, pos: torch.Tensor, next_pos: int) -> torch.Tensor:
         """Which of the new positions a query at `next_pos` or later may still see."""
         f, bc = self.attn_func, self.block_ctx
+        if f == PRIME:
+            return pos < self.prime_keys
         if f in (0, 2):
             return torch.ones_like(pos, dtype=torch.bool)
         if f == 1:

@@ -42,8 +42,7 @@ class FactorizedAttention(nn.Module):
         self.n_state = int(cfg.m_attn * cfg.width)
         self.heads, self.attn_func = cfg.heads, attn_func
         self.block_ctx, self.n_ctx = cfg.block_ctx, cfg.context
-        # pattern 7's keys: the lyric prefix rounded up to a multiple of `blocks`, as OpenAI's code has it
-        self.prime_keys = (cfg.n_tokens // cfg.blocks + 1) * cfg.blocks
+        self.prime_keys = cfg.prime_keys
         self.c_attn = Conv1D(cfg.width, 3 * self.n_state, cfg.init_scale)
         self.c_proj = Conv1D(self.n_state, cfg.width, cfg.init_scale)
 

@@ -257,11 +257,6 @@ class PriorTask(Task):
 
     @torch.no_grad()
     def log_media(self, model: nn.Module, writer: Any, step: int) -> None:
-        if self.cfg.n_tokens:  # a lyrics prior cannot be sampled yet (sampling.IncrementalDecoder says why)
-            if not getattr(self, "_said_no_media", False):
-                log.warning("%s: no audio in TensorBoard: sampling a lyrics prior is not there yet", self.section)
-                self._said_no_media = True
-            return
         batch = self.media_batch()
         device = model.device
         self.vqvae.to(device)

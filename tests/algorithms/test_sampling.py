@@ -49,6 +49,8 @@ CASES = [
     ("order2-labelled", lambda: top_config(2), False),
     ("order3-labelled", lambda: top_config(3), False),
     ("upsampler-order2", lambda: up_config(), True),
+    # OpenAI's 1b_lyrics layout: 8 lyric characters before the codes, layer 15 reads them (pattern 7)
+    ("order12-lyrics", lambda: top_config(12, n_tokens=8, n_vocab=5, depth=16, width=16), False),
 ]
 
 
@@ -61,6 +63,8 @@ def test_cached_steps_equal_full_forward(name, make_config, upsampler, reference
     kwargs = dict(upper_codes=torch.randint(0, 16, (2, 8))) if upsampler else dict(labels=labels_for())
     if not upsampler and not prior.cfg.labels:
         kwargs = {}
+    if prior.cfg.n_tokens:  # the lyric character ids follow the label columns
+        kwargs = dict(labels=torch.cat([labels_for(), torch.randint(1, 5, (2, prior.cfg.n_tokens))], dim=1))
     full = prior.logits(codes, **kwargs)
     assert full.std() > 0.1  # far from uniform, so a masking mistake would show
     torch.testing.assert_close(cached_logits(prior, codes, kwargs, reference=reference), full, atol=2e-5, rtol=1e-5)

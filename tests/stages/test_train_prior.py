@@ -424,9 +424,10 @@ def test_fsdp_on_two_torchrun_ranks_matches_one_process_and_resumes_on_one(run, 
         assert torch.allclose(x, y, atol=1e-5), name
 
 
-def test_an_imported_lyrics_prior_fine_tunes_with_lora_on_codes_without_lyrics(run, tmp_path):
+def test_an_imported_lyrics_prior_fine_tunes_with_lora_on_codes_without_lyrics_and_samples(run, tmp_path):
     """OpenAI's 1b_lyrics layout (a lyric prefix, attn_order 12: layer 15 reads the prefix) at tiny sizes: our
-    corpus has no lyrics, so the prefix is all padding; the adapters learn the codes."""
+    corpus has no lyrics, so the prefix is all padding; the adapters learn the codes, and long tracks sample
+    window after window with the prefix in each."""
     lyrics = ["prior_level2.n_tokens=8", "prior_level2.n_vocab=5", "prior_level2.attn_order=12", "prior_level2.depth=16",
               "prior_level2.width=16", "prior_level2.train.media_every=1"]
     cfg = recipe(tmp_path, *LORA, *lyrics, "prior_level2.train.steps=30")
@@ -435,9 +436,10 @@ def test_an_imported_lyrics_prior_fine_tunes_with_lora_on_codes_without_lyrics(r
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1
     prior = load_prior(run / "prior_level2")
     assert prior.cfg.n_tokens == 8 and prior.attn_funcs[15] == 7
-    y = torch.tensor([[TINY_SR * 2, 0, TINY_SR, 0, 0]])
-    with pytest.raises(UserError, match="Sampling from a lyrics prior .* is not there yet"):
-        sample_codes(prior, 1, 8, labels=y)
+    y = torch.tensor([[TINY_SR * 4, 0, TINY_SR, 0, 0]])
+    for labels in (y, torch.cat([y, torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4]])], dim=1)):  # no lyrics, lyrics
+        codes = sample_codes(prior, 1, 96, labels=labels, generator=torch.Generator().manual_seed(0))  # 2 windows
+        assert codes.shape == (1, 96) and 0 <= codes.min() and codes.max() < 16
 
 
 def test_lora_needs_an_import_and_refuses_a_full_run(run, tmp_path, capsys):
