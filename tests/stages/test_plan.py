@@ -9,6 +9,7 @@ from jukebox_lite.algorithms.memory import GB, HEADROOM, prior_memory, saved_byt
 from jukebox_lite.cli import main
 from jukebox_lite.core.config import LoRAConfig, load_config
 from jukebox_lite.models.prior import Prior
+from tests.helpers import ROOT
 
 DEMO = "pipelines/demo.yaml"
 
@@ -101,3 +102,11 @@ def test_fsdp_splits_what_a_prior_keeps_over_the_gpus():
     layer = sum(p.numel() for p in Prior(cfg).prior.transformer._attn_mods[0].parameters())
     assert (split.gradients, split.optimizer, split.ema) == (whole.gradients // 4, whole.optimizer // 4, whole.ema // 4)
     assert split.weights == whole.weights // 4 + 2 * layer * 2 and split.activations == whole.activations
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")))
+def test_plan_prints_a_row_for_every_stage_of_every_recipe(recipe, capsys):
+    assert main(["plan", "--config", str(ROOT / "pipelines" / recipe)]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()]
+    assert ["vqvae", "prior_level2", "prior_level1", "prior_level0", "refiner"] == [r for r in rows if r in
+                                                                                   ("vqvae", "prior_level2", "prior_level1", "prior_level0", "refiner")]
