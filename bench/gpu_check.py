@@ -11,9 +11,10 @@
   (d) track: one --track-seconds track through the sample path, level by level (top prior, upsamplers
       in segments, VQ-VAE decoding, refiner): the full path and the fast one (--fast: level 1 decoded
       and refined, no level-0 upsampler) added up from the same stage times
-  (e) fine-tune: one LoRA step (rank 16, one 8192-token window, layer checkpointing, the frozen base
-      in bf16) of OpenAI's 5b top prior layout at its real size (random weights): seconds and peak
-      memory of what `pipelines/jukebox_5b_lora.yaml` does; --tiny: the demo prior with rank 4
+  (e) fine-tune: one training step, one window, layer checkpointing, of OpenAI's released top priors
+      at their real sizes (random weights): 1b_lyrics in full (6528 positions, what
+      `pipelines/jukebox_1b_finetune.yaml` does) and 5b with LoRA rank 16 (the frozen base in bf16,
+      `pipelines/jukebox_5b_lora.yaml`): seconds and peak memory; --tiny: the demo prior both ways
   (f) docs: everything into --doc (Markdown, with the device, torch, date and commit) and a results
       file in --out
 
@@ -139,18 +140,29 @@ def training_step(stage: str, model: torch.nn.Module, optimizer: torch.optim.Opt
 
 
 def check_finetune(recipe: RecipeConfig, device: torch.device, clock: Clock, tiny: bool) -> list[dict]:
-    """One LoRA fine-tuning step of the 5b top prior's layout (the demo prior with --tiny), built on the
-    meta device and filled with random numbers on `device`: 5 billion numbers never sit on the CPU."""
-    if clock.left() < 90:
-        return [{"case": "finetune", "device": device.type, "skipped": "budget"}]
-    if tiny:
-        cfg, layout = dataclasses.replace(recipe.prior_level2, checkpoint_layers=True), "demo top prior"
-        lora = LoRAConfig(rank=4)
-    else:
-        sizes = RELEASED_PRIORS["prior_5b"]
-        cfg = PriorConfig(**sizes, n_genres=120, n_artists=4111, t_bins=128, bins=recipe.vqvae.l_bins,
-                          hop_length=128, sample_rate=recipe.data.sample_rate, checkpoint_layers=True)
-        layout, lora = "prior_5b", LoRAConfig(rank=16)
+    """One fine-tuning step of each released top prior's layout (the demo prior with --tiny), built on the
+    meta device and filled with random numbers on `device`: billions of numbers never sit on the CPU."""
+    cases = []
+    for layout, lora in (("prior_1b_lyrics", None), ("prior_5b", LoRAConfig(rank=16))):
+        if tiny:
+            cfg = dataclasses.replace(recipe.prior_level2, checkpoint_layers=True)
+            lora = None if lora is None else LoRAConfig(rank=4)
+        else:
+            registered = {k: v for k, v in RELEASED_PRIORS[layout].items() if k not in ("use_tokens", "single_enc_dec")}
+            labels = dict(n_genres=604, n_artists=7898, t_bins=64) if layout == "prior_1b_lyrics" else dict(n_genres=120, n_artists=4111, t_bins=128)
+            cfg = PriorConfig(**registered, **labels, bins=recipe.vqvae.l_bins, hop_length=128,
+                              sample_rate=recipe.data.sample_rate, checkpoint_layers=True)
+        cases.append((layout if not tiny else f"demo top prior ({'LoRA' if lora else 'full'})", cfg, lora))
+    rows = []
+    for layout, cfg, lora in cases:
+        if clock.left() < 60:
+            rows.append({"case": "finetune", "device": device.type, "layout": layout, "skipped": "budget"})
+            continue
+        rows.append(finetune_step(layout, cfg, lora, device))
+    return rows
+
+
+def finetune_step(layout: str, cfg: PriorConfig, lora: LoRAConfig | None, device: torch.device) -> dict:
     reset_peak(device)
     with torch.device("meta"):
         model = Prior(cfg)
@@ -158,19 +170,23 @@ def check_finetune(recipe: RecipeConfig, device: torch.device, clock: Clock, tin
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02)
-    model.add_adapters(lora)
-    for p in model.parameters():  # as training keeps a frozen base under bf16 autocast
-        if not p.requires_grad and p.dim() >= 2 and device.type == "cuda":
-            p.data = p.data.to(torch.bfloat16)
+    if lora is not None:
+        model.add_adapters(lora)
+        for p in model.parameters():  # as training keeps a frozen base under bf16 autocast
+            if not p.requires_grad and p.dim() >= 2 and device.type == "cuda":
+                p.data = p.data.to(torch.bfloat16)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     codes = torch.randint(0, cfg.bins, (1, cfg.n_ctx), device=device)
     labels = label_rows(model, 1, 2 * cfg.n_ctx * cfg.hop_length)
     step = training_step("finetune", model, optimizer, lambda m: m(codes, None, labels)[1]["loss"], device)
     seconds = min(wall_times({"step": step}, device, warmup=1, repeats=1)["step"])
-    return [{"case": "finetune", "device": device.type, "layout": layout, "lora_rank": lora.rank, "tokens": cfg.n_ctx,
-             "seconds_per_step": seconds, "peak_gib": peak_gib(device), "parameters": sum(p.numel() for p in model.parameters()),
-             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}]
+    row = {"case": "finetune", "device": device.type, "layout": layout, "lora_rank": None if lora is None else lora.rank,
+           "positions": cfg.context, "seconds_per_step": seconds, "peak_gib": peak_gib(device),
+           "parameters": sum(p.numel() for p in model.parameters()),
+           "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    del model, optimizer, step
+    return row
 
 
 def check_attention(recipe: RecipeConfig, device: torch.device) -> list[dict]:
@@ -324,8 +340,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, recipe_name: str) -> st
     table("track", f"(d) One {args.track_seconds:g} s track, every level",
           ["seconds_level2", "seconds_level1", "seconds_level0", "seconds_decode_level0", "seconds_refine", "seconds_full",
            "seconds_fast", "skipped"])
-    table("finetune", "(e) One LoRA fine-tuning step (one window, layer checkpointing, frozen base in bf16 on CUDA)",
-          ["layout", "lora_rank", "tokens", "seconds_per_step", "peak_gib", "parameters", "trainable", "skipped"])
+    table("finetune", "(e) One fine-tuning step of a released top prior (one window, layer checkpointing; LoRA: frozen base in bf16)",
+          ["layout", "lora_rank", "positions", "seconds_per_step", "peak_gib", "parameters", "trainable", "skipped"])
     return "\n".join(lines)
 
 

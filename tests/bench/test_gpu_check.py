@@ -35,8 +35,9 @@ def test_the_tiny_check_runs_every_part_and_writes_its_report(tiny_check):
     for r in by_case["attention"]:  # every kernel equals the masked reference
         assert r["max_difference_blocked"] < 1e-5 and r["max_difference_flex"] < 1e-5, r
     assert {(r["prior"], r["batch"]) for r in by_case["sampling"]} == {(p, b) for p in ("prior_level2", "prior_level1", "prior_level0") for b in (1, 16)}
-    (finetune,) = [r for r in rows if r["case"] == "finetune"]
-    assert finetune["seconds_per_step"] > 0 and 0 < finetune["trainable"] < finetune["parameters"]
+    full, adapted = [r for r in rows if r["case"] == "finetune"]
+    assert full["seconds_per_step"] > 0 and full["trainable"] == full["parameters"]
+    assert adapted["seconds_per_step"] > 0 and 0 < adapted["trainable"] < adapted["parameters"]
     (track,) = by_case["track"]
     assert track["seconds_fast"] > 0 and track["seconds_full"] > track["seconds_level0"] > 0
     report = (out / "gpu.md").read_text()

@@ -229,6 +229,15 @@ def imported(run: Path, cfg, seed: int = 123) -> Prior:
     return prior
 
 
+def test_a_full_fine_tune_of_an_import_learns_the_corpus(run, tmp_path):
+    cfg = recipe(tmp_path, "prior_level2.train.steps=30")
+    base = imported(run, cfg)
+    result = train_prior(cfg, run, level=2)
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1
+    trained = load_checkpoint(run / "prior_level2", "prior")["model"]
+    assert set(trained) == set(base.state_dict()) and not (run / "prior_level2" / "base.pt").exists()  # every weight trains
+
+
 def test_lora_fine_tunes_an_import_keeping_it_frozen_and_samples_merged(run, tmp_path):
     cfg = recipe(tmp_path, *LORA, "prior_level2.train.steps=40")
     base = imported(run, cfg)
