@@ -411,3 +411,24 @@ def test_import_jukebox_reads_the_1b_lyrics_layout_with_or_without_hyperparamete
         prior = load_prior(tmp_path / name / "prior_level2")
         assert (prior.cfg.n_tokens, prior.cfg.n_vocab, prior.cfg.attn_order) == (16, 79, 12)
         torch.testing.assert_close(prior.logits(f["codes"], labels=f["labels"]), f["logits"], atol=2e-5, rtol=1e-5)
+
+
+def test_a_weights_only_5b_layout_file_of_other_sizes_imports_with_openai_model_prior_5b(tmp_path, capsys):
+    """A fixture OpenAI's code made with prior_5b's registered settings (8 heads, attn_order 2, 128 blocks, untied
+    merged decoder, 5 genre slots, 60-600 s) at reduced sizes: without hyperparameters, --openai-model prior_5b
+    supplies exactly what the weights cannot tell."""
+    from jukebox_lite.cli import main
+    from jukebox_lite.models.checkpoints import load_prior
+
+    f = torch.load(FIXTURES / "openai_prior_5b_layout.pt", weights_only=True)
+    bare = tmp_path / "prior_level_2.pth.tar"
+    torch.save({"model": {f"module.{k}": v for k, v in f["state_dict"].items()}}, bare)
+    assert main(["import-jukebox", "--prior-level-2", str(bare), "--run", str(tmp_path / "refused")]) == 2
+    assert "pass --openai-model NAME" in capsys.readouterr().err
+    for name, path, argv in (("named", bare, ["--openai-model", "prior_5b"]), ("with_hps", tmp_path / "hps.pth.tar", [])):
+        if name == "with_hps":
+            torch.save({"hps": f["hps"], "model": f["state_dict"]}, path)
+        assert main(["import-jukebox", "--prior-level-2", str(path), *argv, "--run", str(tmp_path / name)]) == 0
+        prior = load_prior(tmp_path / name / "prior_level2")
+        assert (prior.cfg.heads, prior.cfg.blocks, prior.cfg.merged_decoder, prior.cfg.max_bow_genre_size) == (8, 128, True, 5)
+        torch.testing.assert_close(prior.logits(f["codes"], labels=f["labels"]), f["logits"], atol=2e-5, rtol=1e-5)
