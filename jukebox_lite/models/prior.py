@@ -6,7 +6,9 @@ above for the upsamplers), then `Prior`, which ties them together. Loading is `m
 (ours) and `algorithms.openai_import`'s (OpenAI's).
 
 Teacher forcing: the input at position t is the code at t-1 (the start token at t = 0), so the
-logits at t predict codes[:, t]. Conditioning (`cond`, one vector per position: timing embeddings
+logits at t predict codes[:, t]. A lyrics prior (OpenAI's 1b_lyrics: `n_tokens`, `n_vocab`) puts the
+lyric characters before the codes in the same window and vocabulary (codes shifted by n_vocab); its
+logits are the codes' at the codes' positions. Conditioning (`cond`, one vector per position: timing embeddings
 on the top level, the upsampled upper codes on the upsamplers) is added to the input embeddings and
 again to the transformer's output, as in OpenAI's code.
 """

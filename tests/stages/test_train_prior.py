@@ -20,7 +20,7 @@ from jukebox_lite.algorithms.codes import CodesCorpus
 from jukebox_lite.stages.encode import encode_run
 from jukebox_lite.core.config import load_config
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.algorithms.sampling import sample_codes
+from jukebox_lite.algorithms.sampling import morph, sample_codes
 from jukebox_lite.models.checkpoints import load_prior
 from jukebox_lite.algorithms.vocabulary import PriorVocabulary
 from jukebox_lite.models.prior import Prior
@@ -449,6 +449,12 @@ def test_an_imported_lyrics_prior_fine_tunes_with_lora_on_codes_without_lyrics_a
     for labels in (y, torch.cat([y, torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4]])], dim=1)):  # no lyrics, lyrics
         codes = sample_codes(prior, 1, 96, labels=labels, generator=torch.Generator().manual_seed(0))  # 2 windows
         assert codes.shape == (1, 96) and 0 <= codes.min() and codes.max() < 16
+    primed = sample_codes(prior, 1, 80, labels=y, prime=codes[:, :20], generator=torch.Generator().manual_seed(1))
+    assert torch.equal(primed[:, :20], codes[:, :20]) and primed.shape == (1, 80)  # priming keeps its codes
+    other = y.clone()
+    other[:, 4] = 1  # the other genre
+    morphed = sample_codes(prior, 1, 80, labels=morph(y, other, 80), generator=torch.Generator().manual_seed(2))
+    assert morphed.shape == (1, 80) and morphed.max() < 16
 
 
 def test_lora_needs_an_import_and_refuses_a_full_run(run, tmp_path, capsys):
