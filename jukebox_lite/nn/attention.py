@@ -51,27 +51,33 @@ def attn_func_for_layer(attn_order: int, layer: int) -> int:
     return cycle[layer % len(cycle)]
 
 
-def prime_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prime_keys: int) -> torch.Tensor:
-    """Pattern 7 over a teacher-forced window: each query attends causally to the first `prime_keys`
-    positions only. q, k, v: (B, H, T, D) → (B, H, T, D)."""
+def prime_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_ctx: int, n_ctx: int, prime_keys: int
+) -> torch.Tensor:
+    """Pattern 7 over a teacher-forced window: only the first `prime_keys` keys are read (the rest of the
+    window is masked for every query). q, k, v: (B, H, T, D) → (B, H, T, D)."""
     keys = min(prime_keys, k.shape[2])
     q_pos = torch.arange(q.shape[2], device=q.device)
-    mask = torch.arange(keys, device=q.device)[None, :] <= q_pos[:, None]  # (T, keys)
-    return F.scaled_dot_product_attention(q, k[:, :, :keys], v[:, :, :keys], attn_mask=mask)
+    return sdpa_attention(q, k[:, :, :keys], v[:, :, :keys], q_pos, q_pos[:keys], PRIME, block_ctx, n_ctx, prime_keys)
 
 
 def uses_null_key(attn_func: int) -> bool:
     return attn_func in (3, 4)
 
 
-def allowed(attn_func: int, q: torch.Tensor, k: torch.Tensor, block_ctx: int, n_ctx: int) -> torch.Tensor:
+def allowed(
+    attn_func: int, q: torch.Tensor, k: torch.Tensor, block_ctx: int, n_ctx: int, prime_keys: int = 0
+) -> torch.Tensor:
     """True where the query at position `q` may attend to the key at position `k` (broadcasting).
 
-    Positions are window positions (0..n_ctx-1); `k == NULL_POSITION` is the null key.
+    Positions are window positions (0..n_ctx-1); `k == NULL_POSITION` is the null key; `prime_keys`:
+    pattern 7's keys.
     """
     real = (k >= 0) & (k <= q)
     if attn_func == 0:
         return real
+    if attn_func == PRIME:
+        return real & (k < prime_keys)
     if attn_func == 1:
         return real & (k // block_ctx == q // block_ctx)
     if attn_func == 2:
@@ -82,7 +88,7 @@ def allowed(attn_func: int, q: torch.Tensor, k: torch.Tensor, block_ctx: int, n_
     if attn_func == 4:
         row_end = real & (k % block_ctx == block_ctx - 1) & (k < n_ctx - 1)
         return row_end | (k == NULL_POSITION)
-    raise ValueError(f"attn_func {attn_func} is not one of {ATTN_FUNCS}")
+    raise ValueError(f"attn_func {attn_func} is not one of {(*ATTN_FUNCS, PRIME)}")
 
 
 def dense_mask(attn_func: int, length: int, block_ctx: int, n_ctx: int) -> torch.Tensor:
@@ -112,6 +118,7 @@ def sdpa_attention(
     attn_func: int,
     block_ctx: int,
     n_ctx: int,
+    prime_keys: int = 0,
 ) -> torch.Tensor:
     """Masked attention at explicit positions; works for full windows and for KV-cache steps alike.
 
@@ -120,7 +127,7 @@ def sdpa_attention(
     """
     if uses_null_key(attn_func):
         k, v, k_pos = with_null_key(k, v, k_pos)
-    mask = allowed(attn_func, q_pos[:, None], k_pos[None, :], block_ctx, n_ctx)  # (Tq, Tk)
+    mask = allowed(attn_func, q_pos[:, None], k_pos[None, :], block_ctx, n_ctx, prime_keys)  # (Tq, Tk)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -293,20 +300,15 @@ class LayerCache:
             self._allocate(k)
         f, bc = self.attn_func, self.block_ctx
         r, c = divmod(t, bc)
-        if f == PRIME:  # the first prime_keys positions, each seen from itself on
-            if t < self.prime_keys:
-                self.k.narrow(2, t, 1).copy_(k)
-                self.v.narrow(2, t, 1).copy_(v)
-                self.positions[t] = t
-            count = min(t + 1, self.prime_keys)
-            return F.scaled_dot_product_attention(q, self.k.narrow(2, 0, count), self.v.narrow(2, 0, count))
-        if f != 4 or c == bc - 1:  # pattern 4 keeps row ends only
+        if (f != 4 or c == bc - 1) and (f != PRIME or t < self.prime_keys):  # 4 keeps row ends, 7 the first keys
             slot = self._slots(t)
             self.k.narrow(2, slot, 1).copy_(k)
             self.v.narrow(2, slot, 1).copy_(v)
             self.positions[slot] = t
         if f == 0:
             first, count = 0, t + 1
+        elif f == PRIME:
+            first, count = 0, min(t + 1, self.prime_keys)
         elif f == 1:
             first, count = 0, c + 1
         elif f == 2:
@@ -326,15 +328,10 @@ class LayerCache:
         q_pos = torch.arange(start, start + q.shape[2], device=q.device)
         held = slice(1, None) if self.attn_func == 4 else slice(None)  # sdpa_attention adds the null key itself
         held_pos = torch.tensor(self.positions[held], device=q.device)
-        keys, values = torch.cat([self.k[:, :, held], k], 2), torch.cat([self.v[:, :, held], v], 2)
-        if self.attn_func == PRIME:
-            k_pos = torch.cat([held_pos, q_pos])
-            mask = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] < self.prime_keys)  # (L, keys)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        else:
-            out = sdpa_attention(
-                q, keys, values, q_pos, torch.cat([held_pos, q_pos]), self.attn_func, self.block_ctx, self.n_ctx,
-            )
+        out = sdpa_attention(
+            q, torch.cat([self.k[:, :, held], k], 2), torch.cat([self.v[:, :, held], v], 2), q_pos,
+            torch.cat([held_pos, q_pos]), self.attn_func, self.block_ctx, self.n_ctx, self.prime_keys,
+        )
         keep = self._worth_keeping(q_pos, start + q.shape[2])
         slots = self._slots(q_pos[keep])
         self.k[:, :, slots] = k[:, :, keep].to(self.k.dtype)

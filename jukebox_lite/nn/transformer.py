@@ -54,7 +54,7 @@ class FactorizedAttention(nn.Module):
             t.view(B, L, self.heads, -1).transpose(1, 2) for t in self.c_attn(x).chunk(3, dim=-1)
         )
         if cache is None and self.attn_func == PRIME:
-            a = prime_attention(q, k, v, self.prime_keys)
+            a = prime_attention(q, k, v, self.block_ctx, self.n_ctx, self.prime_keys)
         elif cache is None:  # a whole window from position 0
             a = window_attention(q, k, v, self.attn_func, self.block_ctx, self.n_ctx)
         else:
