@@ -158,6 +158,14 @@ def saved_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if key not in frozen} if frozen else state
 
 
+def _averaged_names(model: nn.Module) -> dict[str, str]:
+    """Every parameter name → the name the EMA averages it under: a tied parameter (the prior's output layer
+    is its token embedding) once, under its first name, and saved under each of them, so that loading never
+    overwrites the average with the live weight."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+
+
 class WeightEMA:
     """An exponential moving average of a model's parameters in float32: the weights sampling uses.
 
@@ -179,10 +187,7 @@ class WeightEMA:
         torch._foreach_lerp_(list(self.shadow.values()), params, 1.0 - decay)
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        # a tied parameter (the prior's output layer is its token embedding) is averaged once, under its first
-        # name, and saved under each of them: loading must not overwrite the average with the live weight
-        first: dict[int, str] = {}
-        averaged = {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+        averaged = _averaged_names(model)
         return {
             key: self.shadow[averaged[key]].clone() if averaged.get(key) in self.shadow else value
             for key, value in saved_weights(model).items()
@@ -494,8 +499,7 @@ def _gathered_weights(trainee: _Trainee) -> dict[str, torch.Tensor]:
     """A sharded model's whole weights (the EMA's where there is one) on rank 0: every rank takes part."""
     weights = get_model_state_dict(trainee.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if trainee.ema is not None:
-        first: dict[int, str] = {}
-        averaged = {name: first.setdefault(id(p), name) for name, p in trainee.model.named_parameters(remove_duplicate=False)}
+        averaged = _averaged_names(trainee.model)
         shadow = {name: value.full_tensor().cpu() for name, value in trainee.ema.shadow.items()}
         weights = {key: shadow[averaged[key]] if averaged.get(key) in shadow else value for key, value in weights.items()}
     return weights
@@ -677,6 +681,8 @@ def _save(task: Task, cfg: TrainingConfig, trainee: _Trainee, path: Path, env: d
             f"Could not write checkpoint '{path}' ({e.strerror or e}); the previous one is intact. "
             "Free disk space and rerun to resume."
         ) from None
+    if cfg.sharding == "fsdp":  # last.pt names the new shards now: the earlier ones can go
+        _remove_old_shards(path, trainee.step)
     log.debug("saved %s at step %d", path, trainee.step)
 
 
@@ -797,8 +803,6 @@ def train(
                     bar.total = end
             if step % cfg.checkpoint_every == 0 or step >= end:
                 _save(task, cfg, trainee, path, env)
-                if cfg.sharding == "fsdp" and env.is_main:
-                    _remove_old_shards(path, trainee.step)
                 saved_at = step
     finally:
         bar.close()
