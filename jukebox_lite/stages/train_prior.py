@@ -159,13 +159,13 @@ class PriorTask(Task):
         vocab: PriorVocabulary,
         seed: int,
         base: Path | None = None,
+        base_sha256: str | None = None,
         growth: LabelGrowth | None = None,
     ):
-        """`base`: the imported prior a LoRA fine-tune (cfg.train.lora) adapts; `growth`: the label rows a
-        fine-tune adds to an imported prior's (cfg.styles)."""
+        """`base`, `base_sha256`: the imported prior a LoRA fine-tune (cfg.train.lora) adapts and its hash
+        (`lora_base`); `growth`: the label rows a fine-tune adds to an imported prior's (cfg.styles)."""
         self.cfg, self.corpus, self.vqvae, self.vocab, self.seed = cfg, corpus, vqvae, vocab, seed
-        self.base, self.growth = base, growth
-        self.base_sha256 = None if base is None else file_sha256(base)
+        self.base, self.base_sha256, self.growth = base, base_sha256, growth
         self.level = cfg.level
         self.section = section_name(cfg.level)
         # an import with fewer label rows than the recipe grows into it
@@ -302,7 +302,7 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
     cfg = dataclasses.replace(
         getattr(recipe, section), bins=corpus.bins, hop_length=corpus.hop_lengths[level], sample_rate=corpus.sample_rate
     )
-    base = lora_base(cfg, out) if cfg.train.lora is not None else None
+    base, base_sha256 = lora_base(cfg, out) if cfg.train.lora is not None else (None, None)
     vocab = PriorVocabulary(list(corpus.genres), list(corpus.artists))
     named_by = out.checkpoint if out.has_checkpoint() else base
     growth = None
@@ -320,7 +320,7 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
     check_codes(cfg, corpus, vocab, section)
     if growth is not None:
         growth = growth.resolved(cfg.styles, vocab)
-    task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, base=base, growth=growth)
+    task = PriorTask(cfg, corpus, vqvae, vocab, recipe.seed, base=base, base_sha256=base_sha256, growth=growth)
     if base is not None:
         check_compatible(task, load_checkpoint(base, "prior", mmap=True), base)
     return train(task, cfg.train, out, seed=recipe.seed, recipe=recipe)
@@ -376,24 +376,25 @@ def style_growth(imported: dict, vocab: PriorVocabulary) -> tuple[PriorVocabular
     return PriorVocabulary(names["genre"], names["artist"]), LabelGrowth(rows["genre"], rows["artist"])
 
 
-def lora_base(cfg: PriorConfig, out: StageFolder) -> Path:
-    """The imported prior a LoRA fine-tune adapts: RUN/prior_levelL/base.pt. An import still at last.pt
-    moves there first (nothing is lost: the adapters' checkpoints take last.pt); a LoRA run already in
-    the folder must be adapting that very file with the recipe's adapters. On several ranks rank 0
-    alone looks and moves; the others learn the outcome from it."""
-    problem = None
+def lora_base(cfg: PriorConfig, out: StageFolder) -> tuple[Path, str]:
+    """The imported prior a LoRA fine-tune adapts, RUN/prior_levelL/base.pt, and its SHA-256. An import
+    still at last.pt moves there first (nothing is lost: the adapters' checkpoints take last.pt); a LoRA
+    run already in the folder must be adapting that very file with the recipe's adapters. On several
+    ranks rank 0 alone looks, moves and hashes (a 5B base is gigabytes); the others learn the outcome."""
+    outcome = None
     if distributed.current().is_main:
         try:
-            _prepare_lora_base(cfg, out)
+            outcome = ("sha256", _prepare_lora_base(cfg, out))
         except UserError as e:
-            problem = str(e)
-    problem = distributed.broadcast_object(problem)
-    if problem is not None:
-        raise UserError(problem)
-    return out.base
+            outcome = ("problem", str(e))
+    kind, value = distributed.broadcast_object(outcome)
+    if kind == "problem":
+        raise UserError(value)
+    return out.base, value
 
 
-def _prepare_lora_base(cfg: PriorConfig, out: StageFolder) -> None:
+def _prepare_lora_base(cfg: PriorConfig, out: StageFolder) -> str:
+    """lora_base on one rank; returns the base's SHA-256."""
     section = section_name(cfg.level)
     if out.has_checkpoint():
         state = load_checkpoint(out.checkpoint, "prior", mmap=True)
@@ -411,18 +412,20 @@ def _prepare_lora_base(cfg: PriorConfig, out: StageFolder) -> None:
                 "prior: remove the lora setting to resume it, or move the folder away and import a prior."
             )
         else:
-            adapted_base(state, out.checkpoint)  # the base is there and unchanged
+            adapted_base(state, out.checkpoint)  # the base is there and unchanged: its hash is the recorded one
             trained_with = state["config"].get("train", {}).get("lora")
             if trained_with != dataclasses.asdict(cfg.train.lora):
                 raise UserError(
                     f"'{out.checkpoint}' was trained with the adapters {trained_with}, the recipe asks for "
                     f"{dataclasses.asdict(cfg.train.lora)}; set {section}.train.lora back to resume, or move last.pt away."
                 )
+            return state["base"]["sha256"]
     if not out.base.is_file():
         raise UserError(
             f"{section}.train.lora fine-tunes an imported prior, and '{out.path}' has none; import one first "
             f"(jukebox-lite import-jukebox --prior-level-{cfg.level} FILE) or remove the lora setting to train from scratch."
         )
+    return file_sha256(out.base)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
