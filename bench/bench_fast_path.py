@@ -36,7 +36,7 @@ from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.algorithms.sampling import auto_segments, sample_codes
 from jukebox_lite.core.config import load_config
 from jukebox_lite.core.precision import autocast
-from jukebox_lite.stages.common import evaluation_clips
+from jukebox_lite.stages.evaluation import evaluation_clips
 
 # bench/ is on sys.path when a script here runs
 from common import add_common_arguments, apply_threads, devices, label_rows, machine_line, write_results

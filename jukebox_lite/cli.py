@@ -60,10 +60,12 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
 
 def _lock_written_folder(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """The lock on the run folder this command writes (rank 0 of a launch takes it for every rank)."""
-    from jukebox_lite.runs import Run
+    if getattr(args, "run", None) is None or launch_rank() != 0:
+        return contextlib.nullcontext()
+    from jukebox_lite.runs import Run  # here: a command without a run folder (recipe) starts without torch
 
-    folder = Run(args.run).folder_written_by(args.stage, getattr(args, "level", 2)) if getattr(args, "run", None) else None
-    if folder is None or launch_rank() != 0:
+    folder = Run(args.run).folder_written_by(args.stage, getattr(args, "level", 2))
+    if folder is None:
         return contextlib.nullcontext()
     return folder_lock(folder, f"jukebox-lite {args.stage}")
 

@@ -6,8 +6,8 @@ across ranks (or FSDP with `sharding: fsdp`), micro-batches whose gradients add 
 warm-up and linear annealing to zero, gradient clipping, an EMA of the trainable weights (what
 sampling uses), skipping non-finite steps, TensorBoard and a progress bar on rank 0, and atomic
 checkpoints that resume the run exactly where it stopped (model, EMA, optimizer, step and every
-rank's RNG state; under FSDP in shards, on any number of ranks). A model whose base is frozen (LoRA)
-is saved without it.
+rank's RNG state; under FSDP in shards, on any number of ranks: `sharding`, imported only by a
+sharded run). A model whose base is frozen (LoRA) is saved without it.
 
 The schedule is a function of the step and of the *current* config, so a finished run can be
 extended or annealed by rerunning with new `train.*` values; rerunning it unchanged does nothing.
@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +29,12 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 import torch
 from torch import nn
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from jukebox_lite.core import distributed
 from jukebox_lite.core.atomic import remove_stale_temporaries
-from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint, single_process_shards
+from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, save_checkpoint
 from jukebox_lite.core.config import PlateauConfig, RecipeConfig, TrainingConfig, save_config
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.core.precision import autocast, uses_bf16
@@ -175,8 +168,9 @@ class WeightEMA:
     in `state_dict`, so the EMA loads wherever the model's state does.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, sharded: bool = False):
         self.decay, self.updates = decay, 0
+        self.sharded = sharded  # FSDP: parameters go back to their shards before each swap
         self.shadow = {name: p.detach().float().clone() for name, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
@@ -198,10 +192,16 @@ class WeightEMA:
             value.copy_(state[name])
         self.updates = updates
 
+    def _reshard(self, model: nn.Module) -> None:
+        if self.sharded:
+            from jukebox_lite.algorithms import sharding
+
+            sharding.reshard(model)
+
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
         """The EMA weights in the model for the duration (what sampling will use), its own ones restored after."""
-        _resharded(model)  # FSDP: parameters back to their shards (a forward without backward leaves the root's whole)
+        self._reshard(model)
         params = {name: p for name, p in model.named_parameters() if name in self.shadow}
         own = {name: p.detach().clone() for name, p in params.items()}
         with torch.no_grad():
@@ -210,7 +210,7 @@ class WeightEMA:
         try:
             yield
         finally:
-            _resharded(model)
+            self._reshard(model)
             with torch.no_grad():
                 for name, p in params.items():
                     p.copy_(own[name])
@@ -415,8 +415,11 @@ def _validate(
 
 def _save_best(task: Task, trainee: "_Trainee", path: Path, env: distributed.DistEnv, loss: float) -> None:
     """The EMA weights (what sampling uses) of the best validation step, loadable like any checkpoint of the kind."""
-    if isinstance(trainee.model, FSDPModule):
-        weights = _gathered_weights(trainee)  # every rank takes part; rank 0 gets them
+    if trainee.sharded:
+        from jukebox_lite.algorithms import sharding
+
+        shadow = trainee.ema.shadow if trainee.ema is not None else None
+        weights = sharding.gathered_weights(trainee.model, shadow, _averaged_names(trainee.model))  # rank 0 gets them
     else:
         weights = trainee.ema.state_dict(trainee.model) if trainee.ema is not None else saved_weights(trainee.model)
     if not env.is_main:
@@ -429,80 +432,6 @@ def _save_best(task: Task, trainee: "_Trainee", path: Path, env: distributed.Dis
         )
     except OSError as e:
         raise UserError(f"Could not write '{path}' ({e.strerror or e}); the previous one is intact. Free disk space and rerun.") from None
-
-
-# ----------------------------------------------------------------------------------------------
-# Sharded training (train.sharding: fsdp)
-
-
-def _resharded(model: nn.Module) -> None:
-    """Every FSDP unit of `model` back to its shards (no-op for a model that is not sharded)."""
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
-
-
-def _shard(task: Task, model: nn.Module) -> None:
-    """FSDP2 across the ranks: the task's units sharded on their own, then the rest of the model."""
-    for unit in task.shard_units(model):
-        fully_shard(unit)
-    fully_shard(model)
-
-
-def _shards_folder(path: Path, step: int) -> Path:
-    """Where the checkpoint at `path` keeps its shards for `step`: a new folder per save, so the one that
-    last.pt names is whole until last.pt names the next."""
-    return path.with_name(f"{path.stem}.shards-{step:09d}")
-
-
-def _sharded_content(trainee: _Trainee) -> dict:
-    """What a sharded checkpoint holds, as the live (sharded or whole) tensors DCP writes from and reads into."""
-    content = {
-        "model": get_model_state_dict(trainee.model),
-        "optimizer": get_optimizer_state_dict(trainee.model, trainee.optimizer),
-    }
-    if trainee.ema is not None:
-        content["ema"] = trainee.ema.shadow
-    return content
-
-
-def _save_shards(trainee: _Trainee, path: Path, env: distributed.DistEnv) -> Path:
-    folder = _shards_folder(path, trainee.step)
-    with single_process_shards() if not env.is_distributed else contextlib.nullcontext():
-        dcp.save(_sharded_content(trainee), checkpoint_id=folder, no_dist=not env.is_distributed)
-    return folder
-
-
-def _remove_old_shards(path: Path, step: int) -> None:
-    """The shard folders of earlier saves, once last.pt names the new one."""
-    keep = _shards_folder(path, step).name
-    for old in path.parent.glob(f"{path.stem}.shards-*"):
-        if old.name != keep and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_sharded(trainee: _Trainee, state: dict, path: Path, env: distributed.DistEnv) -> None:
-    """Model, optimizer and EMA from the shards last.pt names, resharded to this run's ranks (any number)."""
-    folder = path.parent / state["sharded"]
-    if not folder.is_dir():
-        raise UserError(f"'{path}' keeps its weights in '{folder}', which is missing; put it back or move last.pt away.")
-    content = _sharded_content(trainee)
-    with single_process_shards() if not env.is_distributed else contextlib.nullcontext():
-        dcp.load(content, checkpoint_id=folder, no_dist=not env.is_distributed)
-    set_model_state_dict(trainee.model, content["model"])
-    set_optimizer_state_dict(trainee.model, trainee.optimizer, content["optimizer"])
-    if trainee.ema is not None:
-        trainee.ema.updates = int(state.get("ema_updates", 0))
-
-
-def _gathered_weights(trainee: _Trainee) -> dict[str, torch.Tensor]:
-    """A sharded model's whole weights (the EMA's where there is one) on rank 0: every rank takes part."""
-    weights = get_model_state_dict(trainee.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if trainee.ema is not None:
-        averaged = _averaged_names(trainee.model)
-        shadow = {name: value.full_tensor().cpu() for name, value in trainee.ema.shadow.items()}
-        weights = {key: shadow[averaged[key]] if averaged.get(key) in shadow else value for key, value in weights.items()}
-    return weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -540,6 +469,7 @@ class _Trainee:
     model: nn.Module
     optimizer: torch.optim.AdamW
     ema: WeightEMA | None
+    sharded: bool  # FSDP across the ranks
     step: int = 0
     skipped: int = 0
     validation: Validation = field(default_factory=Validation)
@@ -561,20 +491,26 @@ def _restore(
     else:
         task.start(model, env, init)
     model.to(env.device)
-    if cfg.sharding == "fsdp" and env.is_distributed:
-        _shard(task, model)
+    sharded = cfg.sharding == "fsdp" and env.is_distributed
+    if sharded or (state is not None and "sharded" in state):
+        from jukebox_lite.algorithms import sharding
+    if sharded:
+        sharding.shard(task.shard_units(model), model)
     if uses_bf16(env.device, cfg.precision):  # a frozen base is only read, under bf16 autocast: half its memory
         for p in model.parameters():  # its matrices; the norms' gains and biases are few and stay float32
             if not p.requires_grad and p.is_floating_point() and p.dim() >= 2:
                 p.data = p.data.to(torch.bfloat16)
-    trainee = _Trainee(model, _optimizer(model, cfg), WeightEMA(model, cfg.ema) if cfg.ema > 0 else None)
+    ema = WeightEMA(model, cfg.ema, sharded) if cfg.ema > 0 else None
+    trainee = _Trainee(model, _optimizer(model, cfg), ema, sharded)
     if state is None:
         _seed_rank(seed, env.rank)
         return trainee
     trainee.step, trainee.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
     trainee.validation = Validation.from_state(state.get("validation"))
     if "sharded" in state:
-        _load_sharded(trainee, state, path, env)
+        sharding.load(model, trainee.optimizer, ema and ema.shadow, path, state, env.is_distributed)
+        if ema is not None:
+            ema.updates = int(state.get("ema_updates", 0))
     else:
         trainee.optimizer.load_state_dict(state["optimizer"])
         if trainee.ema is not None and state.get("ema") is not None:
@@ -624,7 +560,7 @@ def _step(task: Task, cfg: TrainingConfig, trainee: _Trainee, wrapped: nn.Module
         for name, value in part_metrics.items():
             metrics[name] = metrics.get(name, 0.0) + value.detach().float() / passes
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-    if isinstance(grad_norm, DTensor):  # sharded parameters: the norm over every rank's shards
+    if trainee.sharded:  # a DTensor: the norm over every rank's shards
         grad_norm = grad_norm.full_tensor()
     bad = distributed.any_rank(not (torch.isfinite(loss) and torch.isfinite(grad_norm)), device)
     trainee.step += 1
@@ -661,7 +597,9 @@ def _save(task: Task, cfg: TrainingConfig, trainee: _Trainee, path: Path, env: d
     rng = distributed.gather_objects(_rng_state(env.device))  # every rank takes part
     ema = trainee.ema
     if cfg.sharding == "fsdp":  # every rank writes its shards; last.pt names them
-        folder = _save_shards(trainee, path, env)
+        from jukebox_lite.algorithms import sharding
+
+        folder = sharding.save(trainee.model, trainee.optimizer, ema and ema.shadow, path, trainee.step, env.is_distributed)
         weights, extra = {}, {"sharded": folder.name, **({"ema_updates": ema.updates} if ema is not None else {})}
     else:
         weights = saved_weights(trainee.model)
@@ -682,7 +620,7 @@ def _save(task: Task, cfg: TrainingConfig, trainee: _Trainee, path: Path, env: d
             "Free disk space and rerun to resume."
         ) from None
     if cfg.sharding == "fsdp":  # last.pt names the new shards now: the earlier ones can go
-        _remove_old_shards(path, trainee.step)
+        sharding.remove_old(path, trainee.step)
     log.debug("saved %s at step %d", path, trainee.step)
 
 
@@ -745,7 +683,7 @@ def train(
     model, device = trainee.model, env.device
     wrapped = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-        if env.is_distributed and not isinstance(model, FSDPModule)
+        if env.is_distributed and not trainee.sharded
         else model  # one process, or FSDP's own model
     )
     model.train()

@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pyloudnorm
 import soundfile as sf
 import soxr
 
@@ -161,6 +160,8 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 def integrated_loudness(audio: np.ndarray, sr: int) -> float:
     """Gated integrated loudness in LUFS (ITU-R BS.1770-4, via pyloudnorm) of (channels, time); -inf for silence."""
+    import pyloudnorm  # here, not at the top: it imports scipy.signal (~2 s), which most commands never need
+
     x = audio.astype(np.float64).T  # pyloudnorm wants (time, channels)
     block = min(0.4, x.shape[0] / sr)  # the standard's 400 ms blocks; a shorter file is one block
     # De Man's K-weighting design reproduces the standard's 48 kHz biquads at any rate: the reference

@@ -27,10 +27,10 @@ import yaml
 
 from jukebox_lite.core.atomic import atomic_path
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.core.precision import PRECISIONS
 
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "opus", "mp3", "m4a")
 SEPARATION_BACKENDS = ("torch", "spleeter-cli", "none")
+PRECISIONS = ("auto", "bf16", "float32")  # train.precision: see core.precision
 
 
 @dataclass

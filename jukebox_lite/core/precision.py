@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "float32")
+from jukebox_lite.core.config import PRECISIONS
 
 
 def uses_bf16(device: torch.device, precision: str = "auto") -> bool:

@@ -41,15 +41,8 @@ from jukebox_lite.core.precision import autocast
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.stages.common import (
-    add_recipe_arguments,
-    add_run_arguments,
-    add_segment_arguments,
-    check_segment_arguments,
-    evaluation_clips,
-    load_recipe,
-    text_table,
-)
+from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
+from jukebox_lite.stages.evaluation import add_segment_arguments, check_segment_arguments, evaluation_clips, text_table
 from jukebox_lite.models.refiner import RefinerUNet
 from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.models.vqvae import VQVAE

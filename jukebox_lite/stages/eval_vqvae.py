@@ -24,13 +24,8 @@ from tqdm import tqdm
 
 from jukebox_lite.algorithms import metrics
 from jukebox_lite.core.atomic import atomic_path
-from jukebox_lite.stages.common import (
-    add_run_arguments,
-    add_segment_arguments,
-    check_segment_arguments,
-    evaluation_clips,
-    text_table,
-)
+from jukebox_lite.stages.common import add_run_arguments
+from jukebox_lite.stages.evaluation import add_segment_arguments, check_segment_arguments, evaluation_clips, text_table
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.runs import Run

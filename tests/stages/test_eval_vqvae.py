@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jukebox_lite import cli
-from jukebox_lite.stages.common import segments_of
+from jukebox_lite.stages.evaluation import segments_of
 from jukebox_lite.stages.eval_vqvae import AUDIO_METRICS, evaluate, evaluate_run, format_table
 from jukebox_lite.models.losses import compute_bandwidth
 from tests.helpers import synth_music, write_audio
