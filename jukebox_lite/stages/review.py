@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ RUN_ENV = "JUKEBOX_LITE_RUN"  # how the stage tells the notebook which run folde
 OPTIONS_ENV = "JUKEBOX_LITE_REVIEW"  # ... and how the page carries audio (PageOptions as JSON)
 CLIP_SECONDS = 20.0  # vocal-removal excerpts: the loudest stretch of each source song
 RATING_FIELDS = ("time", "sample", "listener", "score", "note")
+# a metric's share of one level, of one quarter of noise levels, or before/after the refiner
+CURVE_PART = re.compile(r"(?P<base>.+)_(?P<suffix>l\d|t\d\.\d+_\d\.\d+|coarse|refined)")
 
 
 @dataclass
@@ -142,16 +145,48 @@ def training_curves(run: Run) -> dict[str, dict[str, list[tuple[int, float]]]]:
 
 
 def curve_panels(tags: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """One stage's scalars as plot panels: train/X and valid/X share panel X (so the gap shows), any
-    other tag is a panel of its own. {panel: {line label: points}}."""
+    """One stage's scalars as plot panels, {panel: {line label: points}}: train/X and valid/X share panel X
+    (so the gap shows), and so do a metric's levels (X_l0, X_l1, X_l2) and noise-level quarters
+    (X_t0.00_0.25, ...) and the refiner's before and after (X_coarse, X_refined), a line each; any other
+    tag is a panel of its own."""
     panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for tag, points in tags.items():
         split, _, metric = tag.partition("/")
+        part = CURVE_PART.fullmatch(metric)
+        base, suffix = (part["base"], part["suffix"]) if part else (metric, "")
         if split in ("train", "valid") and metric != "gap":
-            panels.setdefault(metric, {})[split] = points
+            panels.setdefault(base, {})[f"{split} {suffix}".strip()] = points
         else:
-            panels.setdefault(tag, {})[tag] = points
+            panels.setdefault(f"{split}/{base}", {})[suffix or tag] = points
     return panels
+
+
+def curves_figure(stage: str, tags: dict[str, list[tuple[int, float]]]):
+    """One stage's training curves (matplotlib Figure), six panels a row (`curve_panels`): a colour per
+    level or noise quarter, validation dashed, and the points marked where they are few (a short run
+    validates once or twice)."""
+    import matplotlib.pyplot as plt
+
+    panels = curve_panels(tags)
+    rows = -(-len(panels) // 6)
+    height = 2.6 * rows  # inches
+    fig, axes = plt.subplots(rows, 6, figsize=(18, height), squeeze=False)
+    # fixed margins: tight_layout measures every tick label, a third of the page's render time
+    fig.subplots_adjust(left=0.03, right=0.99, top=1 - 0.3 / height, bottom=0.35 / height, wspace=0.3, hspace=0.55)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (panel, lines) in zip(axes.flat, panels.items()):
+        colours = {}  # train and valid of one level share a colour
+        for label, points in lines.items():
+            split, _, part = label.partition(" ") if label.startswith(("train", "valid")) else ("", "", label)
+            colour = colours.setdefault(part, f"C{len(colours)}")
+            marker = "o" if split == "valid" or len(points) < 3 else None
+            steps, values = zip(*points)
+            ax.plot(steps, values, label=label, color=colour, linestyle="--" if split == "valid" else "-", marker=marker, markersize=3)
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(f"{stage}: {panel}", fontsize=8)
+    return fig
 
 
 def clip(audio: np.ndarray, sr: int, seconds: float = CLIP_SECONDS) -> np.ndarray:

@@ -116,6 +116,20 @@ def test_curve_panels_draw_validation_over_training():
     }
 
 
+def test_curve_panels_put_a_metrics_levels_on_one_panel():
+    point = [(1, 1.0)]
+    tags = {
+        "train/recons_l0": point, "train/recons_l1": point, "valid/recons_l0": point, "media/sc_l2": point,
+        "train/loss_t0.00_0.25": point, "valid/loss_t0.75_1.00": point, "train/loss": point, "train/used_curr_l1": point,
+        "media/distance_coarse": point, "media/distance_refined": point,
+    }
+    assert {panel: sorted(lines) for panel, lines in review.curve_panels(tags).items()} == {
+        "recons": ["train l0", "train l1", "valid l0"], "media/sc": ["l2"],
+        "loss": ["train", "train t0.00_0.25", "valid t0.75_1.00"], "used_curr": ["train l1"],
+        "media/distance": ["coarse", "refined"],
+    }
+
+
 def test_ratings_are_appended_never_rewritten(run):
     review.rate(Run(run), "s1", 4, listener="ana", note="groove holds")
     review.rate(Run(run), "s2", 2)
