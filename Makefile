@@ -30,6 +30,8 @@ LEVEL ?= 2
 STEP ?=
 # memory of one GPU in GB, for `make plan`
 GPU_MEMORY ?= 80
+# test files run side by side, one per core (pytest-xdist; a file's tests stay on one worker, sharing its fixtures)
+TEST_WORKERS ?= auto
 
 # Variables are data. Each reaches the commands through the environment and is quoted where the shell
 # meets it, so spaces and quotes work and nothing in them runs (LAUNCH and PYTHON excepted: they are
@@ -46,6 +48,7 @@ export JL_N := $(value N)
 export JL_LEVEL := $(value LEVEL)
 export JL_STEP := $(value STEP)
 export JL_GPU_MEMORY := $(value GPU_MEMORY)
+export JL_TEST_WORKERS := $(value TEST_WORKERS)
 export JL_SAMPLE_ARGS := $(value SAMPLE_ARGS)
 export JUKEBOX_LITE_ARGS := $(value ARGS)  # the commands take their own keys from it (stages.common)
 ifneq ($(words $(RUN) $(CONFIG) $(VENV)),3)
@@ -85,7 +88,7 @@ help:
 	@echo "Variables:"
 	@echo "  CONFIG=$$JL_CONFIG  RUN=$$JL_RUN"
 	@echo "  AUDIO=folder of music  GENRE=genre (labels every file in data; the genre to sample)  ARTIST=..."
-	@echo "  GPU_MEMORY=$$JL_GPU_MEMORY (GB, for plan)"
+	@echo "  GPU_MEMORY=$$JL_GPU_MEMORY (GB, for plan)  TEST_WORKERS=$$JL_TEST_WORKERS (test files side by side; 1: one at a time)"
 	@echo "  SECONDS=$$JL_SECONDS  N=$$JL_N  SAMPLE_ARGS='--fast --morph-to G --prime F --temperature T --seed K'"
 	@echo "  ARGS='key=value ...' recipe overrides  LAUNCH='torchrun --nproc_per_node N --' | 'mpiexec -n N'"
 
@@ -100,7 +103,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 install: $(INSTALLED)
 
 test: $(INSTALLED)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n "$$JL_TEST_WORKERS" --dist loadfile
 
 # ---------------------------------------------------------------------------------------------
 # Stages

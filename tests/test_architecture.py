@@ -111,27 +111,30 @@ def test_importing_the_package_and_the_cli_does_not_import_torch():
     assert out.strip() == "False"
 
 
+def fresh_python(code: str) -> subprocess.CompletedProcess:
+    """`code` run by a new interpreter in the repository: its sys.modules holds only what the code imported."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_the_commands_start_without_the_slow_optional_imports():
     """torch's FSDP/DCP and scipy.signal (pyloudnorm) take ~4 s to import together, which every command paid
     at start-up; they load only where a command uses them (sharded training, loudness; demo-corpus
     synthesizes with scipy.signal)."""
-    code = (
+    result = fresh_python(
         "import sys; from jukebox_lite.cli import STAGES, build_parser\n"
         "for stage in set(STAGES) - {'demo-corpus'}: build_parser(stage)\n"
         "print(' '.join(m for m in ('torch.distributed.fsdp', 'torch.distributed.checkpoint', 'scipy.signal') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"imported at start-up: {result.stdout}"
 
 
 def test_the_recipe_check_runs_without_torch():
     """The Makefile checks ARGS with `jukebox-lite recipe` before every stage: it reads YAML only."""
-    code = (
+    result = fresh_python(
         "import sys; from jukebox_lite.cli import main\n"
         "assert main(['recipe', '--config', 'pipelines/demo.yaml', 'prior_level2.train.steps=5']) == 0\n"
         "print('torch' in sys.modules, file=sys.stderr)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
     assert "steps: 5" in result.stdout and result.stderr.strip() == "False", result.stderr

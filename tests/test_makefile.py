@@ -40,7 +40,8 @@ def test_bad_variables_fail_in_one_sentence_before_any_work(variables, complaint
 
 def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     run, recipe = tmp_path / "run", tmp_path / "tiny.yaml"
-    recipe.write_text(VQVAE_RECIPE.replace("steps: 8", "steps: 400").replace("checkpoint_every: 4", "checkpoint_every: 20")
+    steps = 120  # the first checkpoint comes at step 20: 100 more steps (seconds) for the kill to land first
+    recipe.write_text(VQVAE_RECIPE.replace("steps: 8", f"steps: {steps}").replace("checkpoint_every: 4", "checkpoint_every: 20")
                       .replace("eval_every: 4", "eval_every: 100"))
     make_corpus(run)
     # the venv first: its .installed is a prerequisite of data/.done, which must be the newer of the two
@@ -65,12 +66,12 @@ def test_a_stage_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert ended_early is None, f"make vqvae ended (status {ended_early}) before it could be killed:\n{log.read_text()}"
     assert checkpoint.exists(), f"no checkpoint appeared before the kill:\n{log.read_text()}"
     killed_at = load_checkpoint(checkpoint, "vqvae")["step"]
-    assert 0 < killed_at < 400 and not (run / "vqvae" / ".done").exists()
+    assert 0 < killed_at < steps and not (run / "vqvae" / ".done").exists()
 
     second = make("vqvae", *variables, env=env)
     assert second.returncode == 0, second.stderr
-    assert f"at step {killed_at} of 400" in second.stderr  # the loop's "resuming ... at step N of M"
-    assert load_checkpoint(checkpoint, "vqvae")["step"] == 400
+    assert f"at step {killed_at} of {steps}" in second.stderr  # the loop's "resuming ... at step N of M"
+    assert load_checkpoint(checkpoint, "vqvae")["step"] == steps
     assert [p.name for p in (run / "vqvae").iterdir() if p.name.startswith(".") and p.name != ".done"] == []
     assert make("vqvae", *variables, "-q").returncode == 0  # finished: make has nothing left to do
 
