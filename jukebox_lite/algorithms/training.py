@@ -508,7 +508,7 @@ def _restore(
     trainee.step, trainee.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
     trainee.validation = Validation.from_state(state.get("validation"))
     if "sharded" in state:
-        sharding.load(model, trainee.optimizer, ema and ema.shadow, path, state, env.is_distributed)
+        sharding.load(model, trainee.optimizer, ema.shadow if ema is not None else None, path, state, env.is_distributed)
         if ema is not None:
             ema.updates = int(state.get("ema_updates", 0))
     else:
@@ -599,7 +599,8 @@ def _save(task: Task, cfg: TrainingConfig, trainee: _Trainee, path: Path, env: d
     if cfg.sharding == "fsdp":  # every rank writes its shards; last.pt names them
         from jukebox_lite.algorithms import sharding
 
-        folder = sharding.save(trainee.model, trainee.optimizer, ema and ema.shadow, path, trainee.step, env.is_distributed)
+        shadow = ema.shadow if ema is not None else None
+        folder = sharding.save(trainee.model, trainee.optimizer, shadow, path, trainee.step, env.is_distributed)
         weights, extra = {}, {"sharded": folder.name, **({"ema_updates": ema.updates} if ema is not None else {})}
     else:
         weights = saved_weights(trainee.model)
