@@ -418,8 +418,7 @@ def _save_best(task: Task, trainee: "_Trainee", path: Path, env: distributed.Dis
     if trainee.sharded:
         from jukebox_lite.algorithms import sharding
 
-        shadow = trainee.ema.shadow if trainee.ema is not None else None
-        weights = sharding.gathered_weights(trainee.model, shadow, _averaged_names(trainee.model))  # rank 0 gets them
+        weights = sharding.gathered_weights(trainee.model, trainee.ema_averages, _averaged_names(trainee.model))  # rank 0 gets them
     else:
         weights = trainee.ema.state_dict(trainee.model) if trainee.ema is not None else saved_weights(trainee.model)
     if not env.is_main:
@@ -474,6 +473,11 @@ class _Trainee:
     skipped: int = 0
     validation: Validation = field(default_factory=Validation)
 
+    @property
+    def ema_averages(self) -> dict[str, torch.Tensor] | None:
+        """The EMA's averaged tensors by name (what a sharded checkpoint stores of it); None without an EMA."""
+        return self.ema.shadow if self.ema is not None else None
+
 
 def _restore(
     task: Task, cfg: TrainingConfig, state: dict | None, init: Path | None, path: Path, env: distributed.DistEnv, seed: int
@@ -508,7 +512,7 @@ def _restore(
     trainee.step, trainee.skipped = int(state["step"]), int(state.get("skipped_steps", 0))
     trainee.validation = Validation.from_state(state.get("validation"))
     if "sharded" in state:
-        sharding.load(model, trainee.optimizer, ema.shadow if ema is not None else None, path, state, env.is_distributed)
+        sharding.load(model, trainee.optimizer, trainee.ema_averages, path, state, env.is_distributed)
         if ema is not None:
             ema.updates = int(state.get("ema_updates", 0))
     else:
@@ -599,8 +603,7 @@ def _save(task: Task, cfg: TrainingConfig, trainee: _Trainee, path: Path, env: d
     if cfg.sharding == "fsdp":  # every rank writes its shards; last.pt names them
         from jukebox_lite.algorithms import sharding
 
-        shadow = ema.shadow if ema is not None else None
-        folder = sharding.save(trainee.model, trainee.optimizer, shadow, path, trainee.step, env.is_distributed)
+        folder = sharding.save(trainee.model, trainee.optimizer, trainee.ema_averages, path, trainee.step, env.is_distributed)
         weights, extra = {}, {"sharded": folder.name, **({"ema_updates": ema.updates} if ema is not None else {})}
     else:
         weights = saved_weights(trainee.model)
