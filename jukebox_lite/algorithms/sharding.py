@@ -21,8 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from jukebox_lite.core.checkpoint import single_process_shards
-from jukebox_lite.core.errors import UserError
+from jukebox_lite.core.checkpoint import named_shards, single_process_shards
 
 
 def shard(units: list[nn.Module], model: nn.Module) -> None:
@@ -82,9 +81,7 @@ def load(
 ) -> None:
     """Model, optimizer and EMA (filled in place) from the shards last.pt (`state`, read from `path`) names,
     resharded to this run's ranks (any number)."""
-    folder = path.parent / state["sharded"]
-    if not folder.is_dir():
-        raise UserError(f"'{path}' keeps its weights in '{folder}', which is missing; put it back or move last.pt away.")
+    folder = named_shards(path, state, "put it back or move last.pt away")
     content = _content(model, optimizer, ema)
     with _one_process(distributed):
         dcp.load(content, checkpoint_id=folder, no_dist=not distributed)

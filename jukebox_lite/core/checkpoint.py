@@ -84,14 +84,20 @@ def load_state_checked(model: nn.Module, state: dict, source: str, strict: bool 
     model.load_state_dict(state, strict=strict)
 
 
+def named_shards(path: str | os.PathLike, state: dict, remedy: str) -> Path:
+    """The shard folder a sharded checkpoint (`state`, read from `path`) names; refused, with `remedy`, when missing."""
+    folder = Path(path).parent / state["sharded"]
+    if not folder.is_dir():
+        raise UserError(f"'{path}' keeps its weights in '{folder}', which is missing; {remedy}.")
+    return folder
+
+
 def read_shards(path: str | os.PathLike, state: dict, target: dict) -> None:
     """Fill `target` ({"model": state dict, "ema": {name: tensor}}: whole tensors of the right shapes) from
     the shards a checkpoint trained with `train.sharding: fsdp` names, in this one process."""
     import torch.distributed.checkpoint as dcp
 
-    folder = Path(path).parent / state["sharded"]
-    if not folder.is_dir():
-        raise UserError(f"'{path}' keeps its weights in '{folder}', which is missing; put it back.")
+    folder = named_shards(path, state, "put it back")
     try:
         with single_process_shards():
             dcp.load(target, checkpoint_id=folder, no_dist=True)

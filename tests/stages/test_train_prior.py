@@ -431,6 +431,11 @@ def test_fsdp_on_two_torchrun_ranks_matches_one_process_and_resumes_on_one(run, 
     a, b = load_prior(run / "prior_level2"), load_prior(folder)  # the EMA weights, read from the shards for b
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-5), name
+    (folder / "last.shards-000000004").rename(tmp_path / "moved")  # the shards last.pt names are gone
+    with pytest.raises(UserError, match="last.shards-000000004', which is missing; put it back.$"):
+        load_prior(folder)
+    with pytest.raises(UserError, match="which is missing; put it back or move last.pt away.$"):
+        train_prior(recipe(tmp_path, *fsdp, "prior_level2.train.steps=6"), other, level=2)
 
 
 def test_an_imported_lyrics_prior_fine_tunes_with_lora_on_codes_without_lyrics_and_samples(run, tmp_path):
