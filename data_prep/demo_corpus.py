@@ -528,11 +528,6 @@ def render_track(plan: TrackPlan, sample_rate: int) -> np.ndarray:
     return (mix * (PEAK / max(np.abs(mix).max(), 1e-9))).astype(np.float32)
 
 
-def synthesize_track(genre: str, artist: str, seed: int, seconds: float, sample_rate: int) -> np.ndarray:
-    """One deterministic house track: float32 (2, round(seconds * sample_rate)), peak -1 dBFS."""
-    return render_track(plan_track(genre, artist, seed, seconds), sample_rate)
-
-
 # ----------------------------------------------------------------------------------------------
 # The corpus on disk
 

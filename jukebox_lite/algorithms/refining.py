@@ -20,7 +20,9 @@ from jukebox_lite.core.errors import UserError
 
 log = logging.getLogger(__name__)
 from jukebox_lite.core.precision import autocast
-from jukebox_lite.models.refiner import RefinerUNet, alpha_sigma, diffusion_target, noised, v_target, waveform_from_target
+from jukebox_lite.models.refiner import (
+    RefinerUNet, alpha_sigma, diffusion_target, noised, v_target, waveform_from_target, x0_from_v,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Training pairs and the loss
@@ -184,7 +186,7 @@ def refine(
         for t, t_next in zip(times[:-1].float(), times[1:].float()):
             v = denoiser(x, float(t), bar)
             alpha, sigma = alpha_sigma(t)
-            audio = waveform_from_target(cfg, alpha * x - sigma * v, coarse).clamp(-1.0, 1.0)  # (B, 1, T)
+            audio = waveform_from_target(cfg, x0_from_v(x, v, t), coarse).clamp(-1.0, 1.0)  # (B, 1, T)
             x0 = diffusion_target(cfg, audio, coarse)
             eps = (x - alpha * x0) / sigma  # the noise implied by the clamped x0 (σ > 0 for t > 0)
             alpha_next, sigma_next = alpha_sigma(t_next)

@@ -109,9 +109,7 @@ def spectral_convergence(target: torch.Tensor, pred: torch.Tensor, epsilon: floa
 
 
 @torch.no_grad()
-def compute_bandwidth(
-    clips: Iterable[torch.Tensor | np.ndarray], process_group: dist.ProcessGroup | None = None
-) -> dict[str, float]:
+def compute_bandwidth(clips: Iterable[torch.Tensor | np.ndarray]) -> dict[str, float]:
     """Statistics of the training audio that normalise the losses: {'l1', 'l2', 'spec'}.
 
     Feed clips of the training window length (`vqvae.sample_length`, as (channels, time) or (time,)):
@@ -132,7 +130,7 @@ def compute_bandwidth(
             [x.new_tensor(x.numel()), x.sum(), (x**2).sum(), x.abs().sum(), spec_norm, x.new_tensor(1.0)]
         )
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals, group=process_group)
+        dist.all_reduce(totals)
     n, total, total_sq, total_abs, spec_total, n_clips = totals.tolist()
     if n == 0:
         raise ValueError("compute_bandwidth needs at least one clip")

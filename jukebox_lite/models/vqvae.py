@@ -130,15 +130,13 @@ class BottleneckBlock(nn.Module):
     replaced by a random encoder vector of the current batch. The encoder learns through the
     straight-through estimator plus the commitment loss that pulls its outputs to their codes.
 
-    Under torch.distributed the batch statistics are summed over `process_group` (None: the default
-    group) and the random vectors (first-batch initialisation, restarts) come from its first rank,
-    so every rank keeps the same codebook.
+    Under torch.distributed the batch statistics are summed over the ranks and the random vectors
+    (first-batch initialisation, restarts) come from rank 0, so every rank keeps the same codebook.
     """
 
     def __init__(self, l_bins: int, emb_width: int, mu: float, threshold: float = 1.0):
         super().__init__()
         self.l_bins, self.emb_width, self.mu, self.threshold = l_bins, emb_width, mu, threshold
-        self.process_group: dist.ProcessGroup | None = None
         self.register_buffer("k", torch.zeros(l_bins, emb_width))
         self.register_buffer("k_sum", torch.zeros(l_bins, emb_width))
         self.register_buffer("k_elem", torch.zeros(l_bins))
@@ -151,12 +149,11 @@ class BottleneckBlock(nn.Module):
 
     def _all_reduce(self, tensor: torch.Tensor) -> None:
         if self._distributed():
-            dist.all_reduce(tensor, group=self.process_group)
+            dist.all_reduce(tensor)
 
     def _broadcast_from_first_rank(self, tensor: torch.Tensor) -> None:
         if self._distributed():
-            src = 0 if self.process_group is None else dist.get_global_rank(self.process_group, 0)
-            dist.broadcast(tensor, src=src, group=self.process_group)
+            dist.broadcast(tensor, src=0)
 
     # -- quantisation
 
@@ -298,10 +295,6 @@ class VQVAE(nn.Module):
         for key in BANDWIDTH_KEYS:  # 1.0 until `set_bandwidth` is called with the data's statistics
             self.register_buffer(f"bandwidth_{key}", torch.tensor(1.0))
 
-    @classmethod
-    def from_config(cls, cfg: VQVAEConfig) -> VQVAE:
-        return cls(cfg)
-
     # -- state beyond OpenAI's layout
 
     def extra_state_keys(self) -> list[str]:
@@ -320,11 +313,6 @@ class VQVAE(nn.Module):
     @property
     def bandwidth(self) -> dict[str, float]:
         return {key: float(getattr(self, f"bandwidth_{key}")) for key in BANDWIDTH_KEYS}
-
-    def set_process_group(self, group: dist.ProcessGroup | None) -> None:
-        """Sum codebook statistics over `group` instead of the default group in distributed training."""
-        for block in self.bottleneck.level_blocks:
-            block.process_group = group
 
     # -- inference
 

@@ -44,7 +44,7 @@ def read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
 
 def test_state_dict_is_openai_layout():
     reference = read_tsv(FORMAT_DIR / "vqvae_released_hparams.tsv")
-    model = VQVAE.from_config(VQVAEConfig())
+    model = VQVAE(VQVAEConfig())
     ours = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     assert len(reference) == 669
     for key, shape in reference.items():
@@ -54,7 +54,7 @@ def test_state_dict_is_openai_layout():
 
 
 def test_hop_lengths_and_code_lengths_at_released_settings():
-    model = VQVAE.from_config(VQVAEConfig()).eval()
+    model = VQVAE(VQVAEConfig()).eval()
     assert model.hop_lengths == [8, 32, 128]
     assert model.sample_rate == 44100
     x = synth_audio(2, 1024, seed=0)
@@ -66,7 +66,7 @@ def test_hop_lengths_and_code_lengths_at_released_settings():
 
 
 def test_encode_rejects_bad_shapes():
-    model = VQVAE.from_config(tiny_vqvae_config()).eval()
+    model = VQVAE(tiny_vqvae_config()).eval()
     with pytest.raises(ValueError, match="multiple of the hop"):
         model.encode(torch.zeros(1, 1, 100))
     with pytest.raises(ValueError, match="batch, 1, time"):
@@ -285,7 +285,7 @@ def test_compute_bandwidth_statistics():
     assert math.isclose(bandwidth["l2"], samples.var(unbiased=False).item(), rel_tol=1e-9)
     assert math.isclose(bandwidth["l1"], samples.abs().mean().item(), rel_tol=1e-9)
     assert bandwidth["spec"] > 0
-    model = VQVAE.from_config(tiny_vqvae_config())
+    model = VQVAE(tiny_vqvae_config())
     model.set_bandwidth(bandwidth)
     assert model.state_dict()["bandwidth_l2"].item() == pytest.approx(bandwidth["l2"])
 
@@ -318,7 +318,7 @@ def test_matches_openai_reference():
         linf_k=hps["linf_k"],
         multispectral_weight=hps["multispectral"],
     )
-    model = VQVAE.from_config(cfg)
+    model = VQVAE(cfg)
     state = model.state_dict()
     assert set(fixture["state_dict"]) == set(state) - set(model.extra_state_keys())
     state.update(fixture["state_dict"])
@@ -352,7 +352,7 @@ def test_matches_openai_reference():
 def test_load_vqvae_round_trip_prefers_ema(tmp_path):
     torch.manual_seed(0)
     cfg = tiny_vqvae_config()
-    model = VQVAE.from_config(cfg).train()
+    model = VQVAE(cfg).train()
     model(synth_audio(2, 1024, seed=2))  # initialise the codebooks
     ema = {k: v + 0.01 for k, v in model.state_dict().items() if k.startswith("decoders.")}
     save_checkpoint(tmp_path / "last.pt", "vqvae", dataclasses.asdict(cfg), model.state_dict(), ema=ema)
@@ -367,7 +367,7 @@ def test_load_vqvae_round_trip_prefers_ema(tmp_path):
 
 def test_load_vqvae_names_a_mismatched_key(tmp_path):
     cfg = tiny_vqvae_config()
-    state = VQVAE.from_config(cfg).state_dict()
+    state = VQVAE(cfg).state_dict()
     state["decoders.1.out.weight"] = torch.zeros(1, 8, 5)
     save_checkpoint(tmp_path / "last.pt", "vqvae", dataclasses.asdict(cfg), state)
     with pytest.raises(UserError, match="decoders.1.out.weight"):
@@ -377,7 +377,7 @@ def test_load_vqvae_names_a_mismatched_key(tmp_path):
 def test_tiny_vqvae_learns_to_reconstruct():
     torch.manual_seed(0)
     cfg = tiny_vqvae_config(sample_length=512, width=8)
-    model = VQVAE.from_config(cfg).train()
+    model = VQVAE(cfg).train()
     model.set_bandwidth(compute_bandwidth(synth_audio(8, cfg.sample_length, seed=100)[:, 0]))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = last = None
@@ -403,7 +403,7 @@ def _two_rank_worker(rank: int, store: str, results) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
-        model = VQVAE.from_config(tiny_vqvae_config(l_bins=64, revival_threshold=5.0)).train()  # many restarts
+        model = VQVAE(tiny_vqvae_config(l_bins=64, revival_threshold=5.0)).train()  # many restarts
         torch.manual_seed(100 + rank)  # each rank draws different random numbers
         restarts = 0.0
         for step in range(3):
