@@ -144,20 +144,22 @@ def training_curves(run: Run) -> dict[str, dict[str, list[tuple[int, float]]]]:
     return curves
 
 
-def curve_panels(tags: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """One stage's scalars as plot panels, {panel: {line label: points}}: train/X and valid/X share panel X
+def curve_panels(
+    tags: dict[str, list[tuple[int, float]]],
+) -> dict[str, dict[tuple[str, str], list[tuple[int, float]]]]:
+    """One stage's scalars as plot panels, {panel: {(split, part): points}}: train/X and valid/X share panel X
     (so the gap shows), and so do a metric's levels (X_l0, X_l1, X_l2) and noise-level quarters
-    (X_t0.00_0.25, ...) and the refiner's before and after (X_coarse, X_refined), a line each; any other
-    tag is a panel of its own."""
-    panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    (X_t0.00_0.25, ...) and the refiner's before and after (X_coarse, X_refined), a line each (part "l0",
+    "t0.00_0.25", "coarse"...; "" for the metric itself); any other tag is a panel of its own, split ""."""
+    panels: dict[str, dict[tuple[str, str], list[tuple[int, float]]]] = {}
     for tag, points in tags.items():
         split, _, metric = tag.partition("/")
         part = CURVE_PART.fullmatch(metric)
         base, suffix = (part["base"], part["suffix"]) if part else (metric, "")
         if split in ("train", "valid") and metric != "gap":
-            panels.setdefault(base, {})[f"{split} {suffix}".strip()] = points
+            panels.setdefault(base, {})[split, suffix] = points
         else:
-            panels.setdefault(f"{split}/{base}", {})[suffix or tag] = points
+            panels.setdefault(f"{split}/{base}", {})["", suffix or tag] = points
     return panels
 
 
@@ -177,11 +179,11 @@ def curves_figure(stage: str, tags: dict[str, list[tuple[int, float]]]):
         ax.axis("off")
     for ax, (panel, lines) in zip(axes.flat, panels.items()):
         colours = {}  # train and valid of one level share a colour
-        for label, points in lines.items():
-            split, _, part = label.partition(" ") if label.startswith(("train", "valid")) else ("", "", label)
+        for (split, part), points in lines.items():
             colour = colours.setdefault(part, f"C{len(colours)}")
             marker = "o" if split == "valid" or len(points) < 3 else None
             steps, values = zip(*points)
+            label = f"{split} {part}".strip()
             ax.plot(steps, values, label=label, color=colour, linestyle="--" if split == "valid" else "-", marker=marker, markersize=3)
         if len(lines) > 1:
             ax.legend(fontsize=7)

@@ -111,8 +111,8 @@ def test_training_curves_and_samples_readers(run):
 def test_curve_panels_draw_validation_over_training():
     tags = {"train/loss": [(1, 2.0)], "valid/loss": [(1, 2.5)], "valid/gap": [(1, 0.5)], "train/lr": [(1, 0.1)], "media/x": [(1, 1.0)]}
     assert review.curve_panels(tags) == {
-        "loss": {"train": [(1, 2.0)], "valid": [(1, 2.5)]}, "valid/gap": {"valid/gap": [(1, 0.5)]},
-        "lr": {"train": [(1, 0.1)]}, "media/x": {"media/x": [(1, 1.0)]},
+        "loss": {("train", ""): [(1, 2.0)], ("valid", ""): [(1, 2.5)]}, "valid/gap": {("", "valid/gap"): [(1, 0.5)]},
+        "lr": {("train", ""): [(1, 0.1)]}, "media/x": {("", "media/x"): [(1, 1.0)]},
     }
 
 
@@ -124,10 +124,15 @@ def test_curve_panels_put_a_metrics_levels_on_one_panel():
         "media/distance_coarse": point, "media/distance_refined": point,
     }
     assert {panel: sorted(lines) for panel, lines in review.curve_panels(tags).items()} == {
-        "recons": ["train l0", "train l1", "valid l0"], "media/sc": ["l2"],
-        "loss": ["train", "train t0.00_0.25", "valid t0.75_1.00"], "used_curr": ["train l1"],
-        "media/distance": ["coarse", "refined"],
+        "recons": [("train", "l0"), ("train", "l1"), ("valid", "l0")], "media/sc": [("", "l2")],
+        "loss": [("train", ""), ("train", "t0.00_0.25"), ("valid", "t0.75_1.00")], "used_curr": [("train", "l1")],
+        "media/distance": [("", "coarse"), ("", "refined")],
     }
+    fig = review.curves_figure("vqvae", tags)
+    lines = {ax.get_title(): [(line.get_label(), line.get_color(), line.get_linestyle()) for line in ax.get_lines()] for ax in fig.axes}
+    assert sorted(lines["vqvae: recons"]) == [("train l0", "C0", "-"), ("train l1", "C1", "-"), ("valid l0", "C0", "--")]
+    assert lines["vqvae: media/distance"] == [("coarse", "C0", "-"), ("refined", "C1", "-")]
+    assert len(fig.axes) == 6 and sum(ax.axison for ax in fig.axes) == 5  # five panels, the sixth blank
 
 
 def test_ratings_are_appended_never_rewritten(run):
