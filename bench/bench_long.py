@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--segment-seconds", type=float, default=6.0)
     parser.add_argument("--skip-seconds", type=float, default=20.0, help="held-out tracks are taken from here (past intros)")
     parser.add_argument("--checkpoint", choices=["last", "best"], default="best")
+    parser.add_argument("--temperature", type=float, default=SampleConfig().temperature, help="sampling temperature (default: the recipes')")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     (device, *_) = devices(args)
@@ -80,10 +81,10 @@ def main() -> None:
     for kind, (n, hop_fraction, primed) in cases.items():
         clock = time.perf_counter()
         codes = sample_codes(top, n, tokens, labels=label_rows(top, n, tokens * hop), prime=primed, hop_fraction=hop_fraction,
-                             generator=torch.Generator(device).manual_seed(args.seed), progress=True)  # (n, tokens)
+                             temperature=args.temperature, generator=torch.Generator(device).manual_seed(args.seed), progress=True)  # (n, tokens)
         timings[kind] = time.perf_counter() - clock
         kinds[kind] = [row.cpu().numpy() for row in codes]
-        print(f"{kind}: {n} tracks, hop fraction {hop_fraction}, {timings[kind]:.1f} s")
+        print(f"{kind}: {n} tracks, hop fraction {hop_fraction}, temperature {args.temperature}, {timings[kind]:.1f} s")
 
     described = {}
     for kind, tracks in kinds.items():
@@ -96,7 +97,7 @@ def main() -> None:
             measured = coherence(described[kind], key, described["held-out"] if kind in ("held-out", "continued") else None)
             rows.append({"device": device.type, "kind": kind, "description": key, **measured, "tracks": len(tracks),
                          "longest_run_s": max(b["longest_run_s"] for b in broken),
-                         "loop_share": float(np.mean([b["loop_share"] for b in broken])), "sample_s": timings.get(kind, 0.0)})
+                         "loop_share": float(np.mean([b["loop_share"] for b in broken])), "sample_s": timings.get(kind)})  # None: held-out, not sampled
     print(f"\n{'kind':<11} {'description':<11} {'within':>8} {'across':>8} {'identity':>8} {'drift':>6} {'memory':>6}")
     for row in rows:
         print(f"{row['kind']:<11} {row['description']:<11} {row['within']:8.3f} {row['across']:8.3f} {row['identity']:8.2f} "
