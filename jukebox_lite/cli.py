@@ -38,9 +38,6 @@ STAGES = {
     "review": ("jukebox_lite.stages.review", "execute the listening-review notebook into RUN/review.html"),
 }
 
-log = logging.getLogger("jukebox_lite")
-
-
 
 def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only `stage`'s module is imported, so one stage's imports never slow or break another."""

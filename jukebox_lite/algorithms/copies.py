@@ -18,7 +18,6 @@ a sample whose longest match reaches `flag_seconds` is flagged.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,6 @@ import numpy as np
 from jukebox_lite.algorithms.codes import CodesCorpus
 from jukebox_lite.core.config import CopiesConfig
 
-log = logging.getLogger(__name__)
 
 _HASH_BASE = np.uint64(1_000_003)
 

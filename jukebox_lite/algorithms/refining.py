@@ -8,7 +8,6 @@ whole track at once while memory stays bounded. The model itself is in `models.r
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -17,8 +16,6 @@ from torch import nn
 from tqdm import tqdm
 
 from jukebox_lite.core.errors import UserError
-
-log = logging.getLogger(__name__)
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.models.refiner import (
     RefinerUNet, alpha_sigma, diffusion_target, noised, v_target, waveform_from_target, x0_from_v,

@@ -8,7 +8,6 @@ Three backends, picked by `SeparationConfig.backend`:
 
 from __future__ import annotations
 
-import logging
 import shlex
 import subprocess
 import tempfile
@@ -25,7 +24,6 @@ from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.spleeter import HOP, SAMPLE_RATE, WINDOW_FRAMES, Spleeter2Stems
 
-log = logging.getLogger(__name__)
 
 Separator = Callable[[np.ndarray, int], np.ndarray]  # numpy (channels, time) at any rate → accompaniment, same shape
 

@@ -16,7 +16,6 @@ again to the transformer's output, as in OpenAI's code.
 from __future__ import annotations
 
 import math
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +28,6 @@ from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.lora import add_adapters
 from jukebox_lite.nn.transformer import Transformer
 from jukebox_lite.nn.conv import DecoderConvBlock
-
-log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ Shapes: audio (batch, 1, time); the U-Net takes time lengths that are multiples 
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -34,7 +33,6 @@ from jukebox_lite.core.config import RefinerConfig
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.nn.unet import Downsample, Level, PositionNorm, ResBlock, SelfAttention, TimestepEmbedding, Upsample, reach
 
-log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # The v-objective with a cosine schedule

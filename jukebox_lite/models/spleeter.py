@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import importlib.util
-import logging
 import math
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from torch import nn
 
 from jukebox_lite.core.errors import UserError
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44100  # the rate Spleeter's models were trained at
 N_FFT = 4096
@@ -41,7 +39,6 @@ EPSILON = 1e-10  # Spleeter's: keeps the ratio masks finite where both stems are
 BN_EPSILON = 1e-3  # Keras BatchNormalization's default, which Spleeter uses
 ENCODER_CHANNELS = (16, 32, 64, 128, 256, 512)
 WEIGHT_FILES = {"vocals": "testcheckpoint0.ckpt", "accompaniment": "testcheckpoint1.ckpt"}
-
 
 
 def spleeter_asset(name: str) -> Path:

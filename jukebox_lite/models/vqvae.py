@@ -16,7 +16,6 @@ Shapes: audio (batch, 1, time); latents (batch, emb_width, time / hop); codes (b
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from typing import Sequence
 
@@ -37,7 +36,6 @@ from jukebox_lite.nn.conv import (
     to_time_as_width,
 )
 
-log = logging.getLogger(__name__)
 
 EMA_BUFFERS = ("k_sum", "k_elem", "initialised")  # per codebook, beyond OpenAI's `k`
 BANDWIDTH_KEYS = ("l1", "l2", "spec")

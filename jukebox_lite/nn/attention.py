@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
 
 ATTN_FUNCS = (0, 1, 2, 3, 4)
 PRIME = 7  # the lyric-prefix pattern: its own kernel (`prime_attention`) and cache slots

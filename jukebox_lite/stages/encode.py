@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from jukebox_lite.core.errors import UserError
@@ -11,8 +10,6 @@ from jukebox_lite.stages.common import add_run_arguments
 from jukebox_lite.algorithms.codes import encode_corpus
 from jukebox_lite.core.distributed import resolve_device
 from jukebox_lite.runs import Run
-
-log = logging.getLogger(__name__)
 
 
 def encode_run(run_dir: str | Path, chunk_seconds: float = 10.0, batch_size: int = 4, device: str = "auto") -> Path:
