@@ -322,10 +322,13 @@ class Validation:
             return best, True
         return best, False
 
-    def gap_growing(self, patience: int) -> bool:
-        """The gap grew at each of the last `patience` evaluations."""
+    def overfitting(self, patience: int) -> bool:
+        """The gap grew at each of the last `patience` evaluations and none of them was a new best. A gap that
+        grows while the validation loss still improves is the training windows being learned faster, not yet
+        a reason to stop."""
         recent = self.gaps[-(patience + 1):]
-        return len(recent) == patience + 1 and all(b > a for a, b in zip(recent, recent[1:]))
+        growing = len(recent) == patience + 1 and all(b > a for a, b in zip(recent, recent[1:]))
+        return growing and self.best_step not in [step for step, _ in self.history[-patience:]]
 
 
 def schedule(cfg: TrainingConfig, validation: Validation) -> TrainingConfig:
@@ -398,10 +401,10 @@ def _validate(
             writer.add_scalar("valid/gap", gap, step)
     if best:
         _save_best(task, trainee, best_path, env, valid["loss"])
-    if gap is not None and validation.gap_growing(cfg.overfit_patience):
+    if gap is not None and validation.overfitting(cfg.overfit_patience):
         log.warning(
             "%s: step %d: the validation loss is pulling away from the training loss (gap %.4g, grown %d evaluations "
-            "in a row): over-fitting; anneal now (make anneal STEP=%d) or stop and keep best.pt (step %s).",
+            "in a row, no new best): over-fitting; anneal now (make anneal STEP=%d) or stop and keep best.pt (step %s).",
             task.section, step, gap, cfg.overfit_patience, step, validation.best_step,
         )
     if anneal:

@@ -171,7 +171,7 @@ class TrainingConfig:
     # windows of the valid split, and on as many of the train split (their difference: the gap)
     eval_every: int = 1000  # 0: never
     eval_windows: int = 64
-    overfit_patience: int = 3  # warn when the gap has grown for this many evaluations in a row
+    overfit_patience: int = 3  # warn when the gap has grown for this many evaluations in a row with no new best
     # start annealing (from the step it decides) when the validation loss flattens; null: only by anneal_start
     anneal_on_plateau: PlateauConfig | None = None
     # fine-tune an imported prior through low-rank adapters (priors only); null: every weight trains

@@ -399,6 +399,15 @@ def test_a_growing_gap_warns_of_overfitting(tmp_path, caplog):
     assert len(warnings) == 1 and "step 8" in warnings[0] and "best.pt (step 2)" in warnings[0]
 
 
+def test_a_growing_gap_while_the_validation_loss_still_improves_is_not_overfitting(tmp_path, caplog):
+    script = [(1.0, 0.9), (0.95, 0.7), (0.9, 0.5), (0.85, 0.3)]  # train windows improve faster, valid improves too
+    cfg = config(steps=8, eval_every=2, eval_windows=4, overfit_patience=3)
+    with caplog.at_level(logging.WARNING):
+        train(ScriptedTask(cfg, script), cfg, StageFolder(tmp_path), seed=7)
+    assert scalars(tmp_path, "valid/gap") == pytest.approx({2: 0.1, 4: 0.25, 6: 0.4, 8: 0.55})  # grown three times
+    assert "over-fitting" not in caplog.text
+
+
 def test_without_a_valid_split_it_says_so_and_validates_on_other_train_windows(tmp_path, caplog):
     class NoValidSplit(ValidatedTask):
         def eval_batches(self, split, count, batch_size):
