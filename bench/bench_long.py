@@ -37,6 +37,7 @@ from jukebox_lite import Run
 from jukebox_lite.algorithms.coherence import DESCRIPTIONS, LOOP_TOKENS, coherence, degeneration, describe_segments
 from jukebox_lite.algorithms.sampling import sample_codes
 from jukebox_lite.core.config import SampleConfig
+from jukebox_lite.core.errors import UserError
 
 # bench/ is on sys.path when a script here runs
 from common import add_common_arguments, apply_threads, devices, label_rows, machine_line, write_results
@@ -58,6 +59,8 @@ def main() -> None:
     (device, *_) = devices(args)
     apply_threads(args)
     run = Run(args.run)
+    if not run.path.is_dir():
+        raise SystemExit(f"no run at {args.run}: run bench/real_music.py first (or pass --run RUN)")
     vqvae = run.load_vqvae(device)
     top = run.load_prior(2, device, vqvae.fingerprint(), args.checkpoint).prior.eval()
     corpus = run.codes_corpus(vqvae.fingerprint())
@@ -112,4 +115,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # a run without codes, a top prior or held-out files: one line
+        raise SystemExit(str(e)) from None
