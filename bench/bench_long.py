@@ -79,8 +79,8 @@ def main() -> None:
     kinds: dict[str, list[np.ndarray]] = {"held-out": held_out}
     timings = {}
     prime = torch.as_tensor(np.stack([codes[:int(args.segment_seconds * sr / hop)] for codes in held_out]))
-    cases = {"sampled": (args.n, SampleConfig().hop_fraction(2), None), "no context": (args.n, 1.0, None),
-             "continued": (len(held_out), SampleConfig().hop_fraction(2), prime)}
+    recipe_hop = SampleConfig().hop_fraction(2)
+    cases = {"sampled": (args.n, recipe_hop, None), "no context": (args.n, 1.0, None), "continued": (len(held_out), recipe_hop, prime)}
     for kind, (n, hop_fraction, primed) in cases.items():
         clock = time.perf_counter()
         codes = sample_codes(top, n, tokens, labels=label_rows(top, n, tokens * hop), prime=primed, hop_fraction=hop_fraction,
