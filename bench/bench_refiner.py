@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from jukebox_lite.core.config import load_config
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.algorithms.refining import refine
 
 # bench/ is on sys.path when a script here runs
@@ -60,7 +60,7 @@ def main() -> None:
         torch.manual_seed(0)
         audio = test_audio(args.seconds, cfg.sample_rate)
         for device in chosen:
-            model = RefinerUNet(cfg).to(device).eval()
+            model = Refiner(cfg).to(device).eval()
             params = sum(p.numel() for p in model.parameters())
             for steps in args.steps:
                 run = functools.partial(refine, model, audio, steps=steps, strength=1.0, seed=0)

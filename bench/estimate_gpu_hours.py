@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from jukebox_lite.core.config import load_config
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.models.vqvae import VQVAE
 
 # bench/ is on sys.path when a script here runs
@@ -76,10 +76,10 @@ def main() -> None:
         rows.append((f"prior_level{level}", flops, cfg.train.steps))
 
     rc = recipe.refiner
-    model = RefinerUNet(rc, vqvae_fingerprint="estimate")
+    model = Refiner(rc, vqvae_fingerprint="estimate")
     clean = torch.randn(1, 1, rc.segment_length) * 0.1
     t = torch.full((1,), 0.5)
-    flops = counted(lambda: model(clean, t, clean, clean)[1]["loss"].backward()) * rc.train.batch_size  # + the VQ-VAE pass, small
+    flops = counted(lambda: model(clean, clean, t, torch.randn_like(clean))[1]["loss"].backward()) * rc.train.batch_size  # + the VQ-VAE pass, small
     rows.append(("refiner", flops, rc.train.steps))
 
     print(f"{args.config}: hours on one GPU at an assumed {args.tflops:g} TFLOP/s sustained (estimates, not measurements)")

@@ -38,13 +38,13 @@ from pathlib import Path
 
 import torch
 
-from jukebox_lite.algorithms.refining import refine, v_loss_per_item
+from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.algorithms.sampling import IncrementalDecoder, auto_segments, draw, plan_segments, sample_codes
 from jukebox_lite.algorithms.openai_import import RELEASED_PRIORS
 from jukebox_lite.core.config import LoRAConfig, PriorConfig, RecipeConfig, load_config
 from jukebox_lite.core.precision import autocast
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.nn.attention import ATTN_ORDERS, attention_kernel, window_attention
 
@@ -102,9 +102,9 @@ def training_cases(recipe: RecipeConfig, device: torch.device):
     def refiner_case():
         cfg = recipe.refiner
         shape = (cfg.train.batch_size, 1, cfg.segment_length)
-        x0, coarse, noise = (torch.randn(shape, device=device) for _ in range(3))
+        clean, coarse, noise = (0.1 * torch.randn(shape, device=device) for _ in range(3))
         t = torch.rand(shape[0], device=device)
-        return RefinerUNet(cfg), lambda m: v_loss_per_item(m, x0, coarse, t, noise).mean()
+        return Refiner(cfg), lambda m: m(coarse, clean, t, noise)[1]["loss"]
 
     return {"vqvae": vqvae_case, **{p: prior_case(p) for p in PRIORS}, "refiner": refiner_case}
 
@@ -292,7 +292,7 @@ def check_track(recipe: RecipeConfig, device: torch.device, clock: Clock, second
         start = time.perf_counter()
         audio[level] = vqvae.decode_long(codes[level], level)
         times[f"seconds_decode_level{level}"] = time.perf_counter() - start
-    refiner = RefinerUNet(recipe.refiner).to(device).eval()
+    refiner = Refiner(recipe.refiner).to(device).eval()
     start = time.perf_counter()
     refine(refiner, audio[0][:, :, : round(seconds * sr)], steps=recipe.refiner.steps)
     times["seconds_refine"] = time.perf_counter() - start

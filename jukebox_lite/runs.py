@@ -29,7 +29,7 @@ from jukebox_lite.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import Prior
 from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, prior_from_checkpoint
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.models.vqvae import VQVAE
 
 # the Make target (and stage) that writes each stage folder, for "run this first" messages
@@ -258,7 +258,7 @@ class Run:
 
     def load_refiner(
         self, device: torch.device | str = "cpu", vqvae_fingerprint: str | None = None, which: str = "last"
-    ) -> RefinerUNet:
+    ) -> Refiner:
         if not self.refiner.has_checkpoint():
             raise UserError(f"No refiner at '{self.refiner.checkpoint}'; train one first ({MAKE_TARGETS['refiner']}).")
         return load_refiner(self._weights(self.refiner, which), map_location=device, vqvae=vqvae_fingerprint)

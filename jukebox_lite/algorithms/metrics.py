@@ -14,12 +14,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from jukebox_lite.models.losses import _magnitude, _mono, _per_item_norm, spectral_convergence
+from jukebox_lite.models import losses
+from jukebox_lite.models.losses import LOG_MAG_FLOOR, MR_STFT_RESOLUTIONS, _magnitude, _mono, spectral_convergence
 from jukebox_lite.core.precision import float32_region
 
 DB_FLOOR = -160.0  # dB: a ratio of 1e-8 (amplitude) or 1e-16 (power) and below
-LOG_MAG_FLOOR = 1e-5  # magnitudes below this count as silence in the log-spectral distances
-MR_STFT_RESOLUTIONS = ((2048, 512, 2048), (1024, 256, 1024), (512, 128, 512))  # n_fft, hop, window
 
 
 def _amplitude_db(ratio: torch.Tensor) -> torch.Tensor:
@@ -103,24 +102,8 @@ def multi_resolution_stft_distance(
     estimate: torch.Tensor,
     resolutions: Sequence[tuple[int, int, int]] = MR_STFT_RESOLUTIONS,
 ) -> torch.Tensor:
-    """Mean over STFT resolutions of spectral convergence (a ratio) + mean |log10 magnitude error|.
-
-    The two terms of the multi-resolution STFT loss of Parallel WaveGAN: the first weighs the loud
-    partials, the second the quiet ones. A 10× louder estimate scores 9 + 1 = 10; identical is 0.
-    """
-    reference, estimate = _pairs(reference, estimate)
-    total = reference.new_zeros(reference.shape[0])
-    with float32_region(reference.device):
-        for n_fft, hop, window_size in resolutions:
-            window = torch.hann_window(window_size, device=reference.device)
-            mag_ref = _magnitude(reference, n_fft, hop, window)  # (batch, freq, frames)
-            mag_est = _magnitude(estimate, n_fft, hop, window)
-            convergence = _per_item_norm(mag_ref - mag_est) / _per_item_norm(mag_ref).clamp(min=LOG_MAG_FLOOR)
-            log_error = (
-                torch.log10(mag_ref.clamp(min=LOG_MAG_FLOOR)) - torch.log10(mag_est.clamp(min=LOG_MAG_FLOOR))
-            ).abs().mean(dim=(1, 2))
-            total = total + convergence + log_error
-    return total / len(resolutions)
+    """`losses.multi_resolution_stft_distance` (what the refiner trains on) per item, lengths trimmed to the shorter."""
+    return losses.multi_resolution_stft_distance(*_pairs(reference, estimate), resolutions)
 
 
 def high_band_energy_error_db(

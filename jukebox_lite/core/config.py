@@ -477,7 +477,8 @@ class PriorLevel0Config(PriorConfig):
 
 @dataclass
 class RefinerConfig:
-    """The diffusion refiner: a 1-D waveform U-Net that turns VQ-VAE-decoded audio into cleaner audio.
+    """The refiner: waveform U-Nets that turn VQ-VAE-decoded audio into audio closer to the original, a
+    regression estimate plus diffusion detail (models.refiner).
 
     The defaults are the real size for 44.1 kHz; the demo recipe shrinks every width. Training
     hyper-parameters are its `train` section (the shared loop's), used by train-refiner.
@@ -499,15 +500,17 @@ class RefinerConfig:
     attention_window: int = 8  # positions on either side each attending position sees
     kernel_size: int = 5  # residual convolutions (odd)
     embedding_dim: int = 256  # timestep embedding width
-    # what is diffused: "residual" = (original − decoded) / residual_scale, so the refiner only adds the
-    # VQ-VAE's error to the decoded audio; "waveform" = the original itself (rebuilt from the condition)
-    target: str = "residual"
-    # about the RMS of original − decoded, so the residual target has unit variance; null: train-refiner
+    # the coarse audio's RMS envelope over this many samples is divided out of what the networks see
+    # and multiplied back at the output (models.refiner)
+    envelope_window: int = 2048
+    # RMS of (original − decoded) / envelope, so the residual target has unit variance; null: train-refiner
     # measures it on the training split through the run's VQ-VAE and records it in the checkpoint
     residual_scale: float | None = None
+    # a diffusion model generates detail on top of the estimator's output (false: the estimator alone)
+    detail: bool = True
     # sampling defaults (the refine command can override them)
-    steps: int = 8  # deterministic DDIM steps
-    strength: float = 1.0  # 1: start from noise; below 1: from the coarse audio (zero residual) noised to t = strength
+    steps: int = 8  # deterministic DDIM steps of the detail model
+    strength: float = 1.0  # the detail model starts at t = strength from the estimate (1: from noise; 0: the estimate alone)
     chunk_batch: int = 4  # chunks per model call
     # train-refiner: a multiple of 4 windows per rank, so every noise-level quarter is logged each step
     train: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=8, lr=2e-4, warmup_steps=500))
@@ -521,7 +524,7 @@ class RefinerConfig:
         return math.prod(self.factors)
 
     def validate(self, section: str = "refiner") -> None:
-        for name in ("sample_rate", "segment_length", "chunk_length", "overlap_length", "res_blocks",
+        for name in ("sample_rate", "segment_length", "chunk_length", "overlap_length", "envelope_window", "res_blocks",
                      "attention_heads", "attention_window", "kernel_size", "embedding_dim", "steps", "chunk_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"{section}.{name} is {getattr(self, name)}; it must be at least 1.")
@@ -551,8 +554,6 @@ class RefinerConfig:
                 )
         if not 0.0 <= self.strength <= 1.0:
             raise UserError(f"{section}.strength is {self.strength}; it must be in [0, 1].")
-        if self.target not in ("residual", "waveform"):
-            raise UserError(f"{section}.target is '{self.target}'; use 'residual' or 'waveform'.")
         if self.residual_scale is not None and not self.residual_scale > 0:
             raise UserError(f"{section}.residual_scale is {self.residual_scale}; it must be positive, or null to measure it.")
         self.train.validate(f"{section}.train")

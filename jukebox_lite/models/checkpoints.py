@@ -17,7 +17,7 @@ from jukebox_lite.core.checkpoint import load_checkpoint, load_state_checked, re
 from jukebox_lite.core.config import PriorConfig, RefinerConfig, VQVAEConfig, section_from_dict
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.nn.lora import merge_adapters
 
@@ -106,7 +106,7 @@ def adapted_base(state: dict, source: Path) -> Path:
 # Refiner
 
 
-def save_refiner(path: str | os.PathLike, model: RefinerUNet, ema: dict | None = None, **extra) -> None:
+def save_refiner(path: str | os.PathLike, model: Refiner, ema: dict | None = None, **extra) -> None:
     """Our checkpoint: config, weights, optional EMA weights (what sampling uses), and the fingerprint
     (`VQVAE.fingerprint()`) of the VQ-VAE whose audio the refiner was trained on."""
     if not model.vqvae_fingerprint:
@@ -121,7 +121,7 @@ def save_refiner(path: str | os.PathLike, model: RefinerUNet, ema: dict | None =
 
 def load_refiner(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", vqvae: str | None = None
-) -> RefinerUNet:
+) -> Refiner:
     """Our refiner checkpoint → the model in eval mode with its EMA weights when it has them.
 
     `vqvae` is the fingerprint (`VQVAE.fingerprint()`) of the VQ-VAE whose audio will be refined;
@@ -141,8 +141,13 @@ def load_refiner(
             f"Refiner checkpoint '{path}' is the older GroupNorm U-Net, which cannot refine in chunks exactly; "
             "retrain it with train-refiner."
         )
+    if "target" in state["config"]:
+        raise UserError(
+            f"Refiner checkpoint '{path}' is the earlier diffusion-only refiner (no estimator, no loudness "
+            "envelope), which made recorded music worse; retrain it with train-refiner."
+        )
     cfg = section_from_dict(RefinerConfig, state["config"], "refiner.")
-    model = RefinerUNet(cfg, vqvae_fingerprint=fingerprint)
+    model = Refiner(cfg, vqvae_fingerprint=fingerprint)
     load_state_checked(model, state["model"], str(path))
     if state.get("ema"):
         load_state_checked(model, state["ema"], f"{path} (ema)")

@@ -1,24 +1,28 @@
-"""Diffusion refiner: a waveform U-Net that turns VQ-VAE-decoded (coarse) audio into cleaner audio.
+"""The refiner: turns VQ-VAE-decoded (coarse) audio into audio closer to the original.
 
-Diffusion in continuous time t ∈ [0, 1] with the cosine schedule α = cos(πt/2), σ = sin(πt/2):
-x_t = α·x0 + σ·ε. The network predicts v = α·ε − σ·x0 (v-prediction, Salimans & Ho 2022), from which
-x0 = α·x_t − σ·v and ε = σ·x_t + α·v; v keeps a unit-scale target at every t, unlike ε at t → 0 or
-x0 at t → 1. The condition is the coarse waveform, fed as a second input channel. What is diffused
-(x0) is set by `config.target`: "residual" (the default) is (original − coarse) / residual_scale, a
-unit-variance signal the output adds to the coarse audio, so the network only has to learn the VQ-VAE's
-error and its own errors are scaled down by residual_scale; "waveform" is the original audio itself,
-which the network must rebuild from the condition (and whose errors become a noise floor of their
-own). Training pairs are made on the fly by `make_training_pair` (encode → decode at
-`cond_level` through the frozen VQ-VAE), so nothing is stored.
+Two networks on one loudness-free scale:
+- Loudness. The coarse audio's smoothed RMS envelope (`envelope`, from the coarse audio alone, so
+  sampling knows it too) is divided out of everything the networks see and multiplied back at the
+  output. They work on the scale of the signal's own local level: the condition c = coarse / envelope,
+  and the residual r = (original − coarse) / (envelope · residual_scale), about unit variance. Quiet
+  passages weigh as much as loud ones, and an error in a quiet bar stays as quiet as the bar.
+- The estimator, a U-Net on c alone, regresses r̂ ≈ r. It is trained with the same multi-resolution
+  STFT distance that judges the refiner (spectral convergence + mean log-magnitude error: every band
+  and every level of loudness weighs alike) plus the squared error of r̂ (which keeps the phase, and
+  so SI-SDR). Its output layer starts at zero: an untrained estimator returns the coarse audio
+  unchanged, and it can only learn to move away from it where that lowers the error, including taking
+  energy away (the treble a VQ-VAE adds to recordings).
+- The detail model (`config.detail`), a diffusion U-Net with the v-objective, generates what is left,
+  d = r − r̂, conditioned on c and r̂: detail that the coarse audio does not determine. Sampling starts
+  it at t = `strength` (0: the estimate alone).
 
-The U-Net is local by construction: per-position norms instead of GroupNorm, self-attention only
-within a window, so its output at a position depends on a bounded stretch of audio around it
-(`RefinerUNet.receptive_field`, summed from its blocks' reach). Sampling (`refine`) is deterministic DDIM: one noise tensor is drawn for the
-whole track from the seed. At every step the U-Net sees overlapping chunks of `chunk_length`
-samples (bounded model memory for any length) whose edges, one receptive field wide, are discarded
-before their v-predictions are cross-faded, so chunked refinement equals whole-track refinement.
+Diffusion in continuous time t ∈ [0, 1], cosine schedule α = cos(πt/2), σ = sin(πt/2):
+x_t = α·x0 + σ·ε; the network predicts v = α·ε − σ·x0, so x0 = α·x_t − σ·v.
 
-Shapes: audio (batch, 1, time); the U-Net takes time lengths that are multiples of `config.stride`.
+Both U-Nets are local (per-position norms, windowed attention), so their output at a sample depends
+on a bounded stretch of input (`UNet.receptive_field`), and `algorithms.refining` refines any length
+in chunks with the same result as whole. Training pairs are made on the fly by the frozen VQ-VAE.
+Shapes: audio (batch, 1, time); the U-Nets take lengths that are multiples of `config.stride`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,35 @@ from torch import nn
 
 from jukebox_lite.core.config import RefinerConfig
 from jukebox_lite.core.errors import UserError
+from jukebox_lite.models.losses import multi_resolution_stft_distance
 from jukebox_lite.nn.unet import Downsample, Level, PositionNorm, ResBlock, SelfAttention, TimestepEmbedding, Upsample, reach
+
+EQUALIZER_TAPS = 127  # the estimator's linear filter, samples
+ENVELOPE_FLOOR = 1e-3  # the envelope never falls below −60 dBFS, so silence does not blow the scale up
+
+
+# ----------------------------------------------------------------------------------------------
+# The loudness scale
+
+
+def envelope(coarse: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, 1, T) → (B, 1, T): RMS over the `window` samples centred on each sample, + ENVELOPE_FLOOR.
+
+    Zero-padded at the ends, so computing it on a whole track and cutting it equals computing it on
+    any stretch that reaches window // 2 beyond the cut.
+    """
+    power = F.avg_pool1d(coarse.float().square(), window | 1, stride=1, padding=window // 2, count_include_pad=True)
+    return power.clamp(min=0).sqrt() + ENVELOPE_FLOOR
+
+
+def residual_target(cfg: RefinerConfig, clean: torch.Tensor, coarse: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+    """r (B, 1, T): the VQ-VAE's error on the loudness-free scale, (clean − coarse) / (envelope · residual_scale)."""
+    return (clean - coarse) / (env * cfg.residual_scale)
+
+
+def audio_from_residual(cfg: RefinerConfig, residual: torch.Tensor, coarse: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+    """The audio (B, 1, T) a residual on the loudness-free scale stands for; the inverse of `residual_target`."""
+    return coarse + env * cfg.residual_scale * residual
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,7 +88,7 @@ def noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tens
 
 
 def v_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """v = α·ε − σ·x0, what the network learns to predict."""
+    """v = α·ε − σ·x0, what the detail model learns to predict."""
     alpha, sigma = (_expand(s, x0) for s in alpha_sigma(t))
     return alpha * noise - sigma * x0
 
@@ -67,41 +99,31 @@ def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tens
     return alpha * x_t - sigma * v
 
 
-def diffusion_target(cfg: RefinerConfig, clean: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """What the refiner diffuses, x0 (B, 1, T): the scaled residual (clean − coarse) / residual_scale, or clean."""
-    return (clean - coarse) / cfg.residual_scale if cfg.target == "residual" else clean
-
-
-def waveform_from_target(cfg: RefinerConfig, x0: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """The audio (B, 1, T) an x0 stands for; the inverse of `diffusion_target`."""
-    return coarse + cfg.residual_scale * x0 if cfg.target == "residual" else x0
-
-
 # ----------------------------------------------------------------------------------------------
 # The U-Net
 
 
-class RefinerUNet(nn.Module):
-    """(x_t, t, coarse) → predicted v, all audio (B, 1, T) with T a multiple of `config.stride`.
+class UNet(nn.Module):
+    """`inputs` channels (B, inputs, T) [+ t (B,) when `timed`] → one channel (B, 1, T); T a multiple of `config.stride`.
 
     Level i works at 1 / prod(factors[:i]) of the sample rate with channels[i] widths; the coarsest
-    `attention_levels` levels and the middle add self-attention. Each level's output on the way
-    down is concatenated to the input of the same level on the way up.
+    `attention_levels` levels and the middle add self-attention. Each level's output on the way down
+    is concatenated to the input of the same level on the way up. Untimed, the blocks' scale/shift
+    come from one learned vector instead of a timestep embedding. The output starts at zero.
     """
 
-    def __init__(self, cfg: RefinerConfig, vqvae_fingerprint: str | None = None):
+    def __init__(self, cfg: RefinerConfig, inputs: int, timed: bool):
         super().__init__()
-        cfg.validate()
-        if cfg.target == "residual" and cfg.residual_scale is None:
-            raise ValueError("refiner.residual_scale is not set; train-refiner measures it (measure_residual_scale)")
         self.config = cfg
-        self.vqvae_fingerprint = vqvae_fingerprint  # which VQ-VAE's decoded audio it was trained to refine
         n, widths = len(cfg.channels), cfg.channels
         attention = (cfg.attention_heads, cfg.attention_window)
         attends = [attention if i >= n - cfg.attention_levels else None for i in range(n)]
         block = (cfg.res_blocks, cfg.embedding_dim, cfg.kernel_size)
-        self.time_embedding = TimestepEmbedding(cfg.embedding_dim)
-        self.stem = nn.Conv1d(2, widths[0], 7, padding=3)  # channels: x_t, coarse
+        if timed:
+            self.time_embedding = TimestepEmbedding(cfg.embedding_dim)
+        else:
+            self.embedding = nn.Parameter(torch.zeros(cfg.embedding_dim))
+        self.stem = nn.Conv1d(inputs, widths[0], 7, padding=3)
         self.down = nn.ModuleList(Level(widths[i], widths[i], *block, attends[i]) for i in range(n))
         self.downsample = nn.ModuleList(Downsample(widths[i], widths[i + 1], cfg.factors[i]) for i in range(n - 1))
         self.middle = nn.ModuleList([
@@ -113,19 +135,8 @@ class RefinerUNet(nn.Module):
         self.upsample = nn.ModuleList(Upsample(widths[i + 1], widths[i], cfg.factors[i]) for i in range(n - 1))
         self.out_norm = PositionNorm(widths[0])
         self.out = nn.Conv1d(widths[0], 1, 7, padding=3)
-        nn.init.zeros_(self.out.weight)  # v̂ = 0 at the start: the loss starts at E[v²] ≈ 1
+        nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.check_chunk(cfg.chunk_length, "refiner.chunk_length")
-
-    def check_chunk(self, chunk_length: int, name: str) -> None:
-        """Refuse a refining chunk too short to keep anything: one receptive field is discarded at both
-        edges and overlap_length cross-faded."""
-        shortest = 2 * self.receptive_field + self.config.overlap_length + self.config.stride
-        if chunk_length < shortest:
-            raise UserError(
-                f"{name} is {chunk_length}; each chunk discards one receptive field ({self.receptive_field} "
-                f"samples) at both edges and cross-fades overlap_length, so use at least {shortest}."
-            )
 
     @property
     def receptive_field(self) -> int:
@@ -141,24 +152,14 @@ class RefinerUNet(nn.Module):
             field += downsample.reach_samples(steps[i]) + upsample.reach_samples(steps[i])
         return field
 
-    @property
-    def device(self) -> torch.device:
-        return self.out.weight.device
-
-    def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, coarse: torch.Tensor, v_target: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x_t, coarse (B, 1, T), t (B,) or (1,) → (predicted v (B, 1, T), metrics).
-
-        With `v_target` (B, 1, T) the metrics hold the training objective: 'loss_per_item' (B,), the
-        squared error of v per item, and 'loss', its mean; without it they are empty.
-        """
-        if x_t.shape != coarse.shape or x_t.dim() != 3 or x_t.shape[1] != 1:
-            raise ValueError(f"expected x_t and coarse both shaped (batch, 1, time), got {tuple(x_t.shape)} and {tuple(coarse.shape)}")
-        if x_t.shape[2] % self.config.stride:
-            raise ValueError(f"audio length {x_t.shape[2]} is not a multiple of the refiner's stride {self.config.stride}; pad it")
-        emb = self.time_embedding(t.expand(x_t.shape[0]))  # (B, embedding_dim)
-        h = self.stem(torch.cat([x_t, coarse], dim=1))  # (B, channels[0], T)
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[2] % self.config.stride:
+            raise ValueError(f"audio length {x.shape[2]} is not a multiple of the refiner's stride {self.config.stride}; pad it")
+        if t is None:
+            emb = self.embedding.expand(x.shape[0], -1)  # (B, embedding_dim)
+        else:
+            emb = self.time_embedding(t.expand(x.shape[0]))
+        h = self.stem(x)  # (B, channels[0], T)
         skips = []
         for i, level in enumerate(self.down):
             h = level(h, emb)
@@ -170,8 +171,94 @@ class RefinerUNet(nn.Module):
             if i < len(self.upsample):
                 h = self.upsample[i](h)  # (B, channels[i], T / prod(factors[:i]))
             h = self.up[i](torch.cat([h, skips[i]], dim=1), emb)
-        v = self.out(F.silu(self.out_norm(h)))  # (B, 1, T)
-        if v_target is None:
-            return v, {}
-        per_item = (v.float() - v_target).pow(2).mean(dim=(1, 2))  # (B,)
-        return v, {"loss": per_item.mean(), "loss_per_item": per_item}
+        return self.out(F.silu(self.out_norm(h)))  # (B, 1, T)
+
+
+# ----------------------------------------------------------------------------------------------
+# The refiner
+
+
+class Refiner(nn.Module):
+    """The estimator (a regression U-Net) and, with `config.detail`, the detail model (a diffusion U-Net)."""
+
+    def __init__(self, cfg: RefinerConfig, vqvae_fingerprint: str | None = None):
+        super().__init__()
+        cfg.validate()
+        if cfg.residual_scale is None:
+            raise ValueError("refiner.residual_scale is not set; train-refiner measures it (measure_statistics)")
+        self.config = cfg
+        self.vqvae_fingerprint = vqvae_fingerprint  # which VQ-VAE's decoded audio it was trained to refine
+        self.estimator = UNet(cfg, inputs=1, timed=False)  # c → r̂
+        # a linear filter of the coarse audio beside it, trained with it: train-refiner starts it as the
+        # least-squares filter from decoded to original audio, so the VQ-VAE's tilt of the spectrum is
+        # undone from the first step (a U-Net would take thousands of steps to move that far)
+        self.equalizer = nn.Conv1d(1, 1, EQUALIZER_TAPS, padding=EQUALIZER_TAPS // 2, bias=False)
+        nn.init.zeros_(self.equalizer.weight)
+        self.detail = UNet(cfg, inputs=3, timed=True) if cfg.detail else None  # (x_t, c, r̂), t → v
+        self.check_chunk(cfg.chunk_length, "refiner.chunk_length")
+
+    def check_chunk(self, chunk_length: int, name: str) -> None:
+        """Refuse a refining chunk too short to keep anything: one U-Net receptive field is discarded at
+        both edges and overlap_length cross-faded."""
+        shortest = 2 * self.receptive_field + self.config.overlap_length + self.config.stride
+        if chunk_length < shortest:
+            raise UserError(
+                f"{name} is {chunk_length}; each chunk discards one receptive field ({self.receptive_field} "
+                f"samples) at both edges and cross-fades overlap_length, so use at least {shortest}."
+            )
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples on either side of a position that one U-Net's output there can depend on (both have the
+        same, the equalizer's taps are within it): what a refining chunk discards at each inner edge."""
+        return max(self.estimator.receptive_field, EQUALIZER_TAPS // 2)
+
+    def reach(self, steps: int) -> int:
+        """Samples on either side of a position that the audio refined there in `steps` DDIM steps can depend
+        on (an upper bound): the envelope's half window, the estimator's field, and each step's detail model's."""
+        return self.config.envelope_window // 2 + (1 + (steps if self.detail is not None else 0)) * self.receptive_field
+
+    @property
+    def device(self) -> torch.device:
+        return self.estimator.out.weight.device
+
+    def estimate(self, coarse: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """coarse, 1 / its envelope (B, 1, T) → r̂ (B, 1, T), the residual estimate on the loudness-free scale:
+        the U-Net's on c = coarse · gain, plus the equalizer's on the audio itself. (The gain, not the
+        envelope, so that zero padding stays zero.)"""
+        return self.estimator(coarse * gain) + self.equalizer(coarse) * gain / self.config.residual_scale
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        """The detail model: x_t, c, r̂ (B, 1, T), t (B,) or (1,) → predicted v (B, 1, T)."""
+        return self.detail(torch.cat([x_t, cond, estimate], dim=1), t)
+
+    def forward(
+        self, coarse: torch.Tensor, clean: torch.Tensor | None = None,
+        t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """coarse (B, 1, T) → (the estimate's audio (B, 1, T), metrics).
+
+        With `clean` (B, 1, T) the metrics hold the training objective: 'loss_per_item' (B,), the
+        estimator's MR-STFT distance + squared error of r̂ ('estimate_loss' (B,)), plus, with a detail
+        model, the squared error of its v at noise level t (B,) from `noise` ('detail_loss' (B,));
+        'loss' is their mean. Without `clean` the metrics are empty.
+        """
+        if coarse.dim() != 3 or coarse.shape[1] != 1:
+            raise ValueError(f"expected coarse audio shaped (batch, 1, time), got {tuple(coarse.shape)}")
+        cfg = self.config
+        env = envelope(coarse, cfg.envelope_window)  # (B, 1, T)
+        cond = coarse / env
+        estimate = self.estimate(coarse, 1 / env)  # r̂ (B, 1, T)
+        audio = audio_from_residual(cfg, estimate, coarse, env)
+        if clean is None:
+            return audio, {}
+        residual = residual_target(cfg, clean, coarse, env)  # r (B, 1, T)
+        estimate_loss = multi_resolution_stft_distance(clean, audio.float()) + (estimate.float() - residual).pow(2).mean(dim=(1, 2))
+        metrics = {"estimate_loss": estimate_loss}
+        per_item = estimate_loss
+        if self.detail is not None:
+            x0 = residual - estimate.detach()  # d: what the estimate left
+            v = self.velocity(noised(x0, noise, t), t, cond, estimate.detach())
+            metrics["detail_loss"] = (v.float() - v_target(x0, noise, t)).pow(2).mean(dim=(1, 2))
+            per_item = per_item + metrics["detail_loss"]
+        return audio, {**metrics, "loss_per_item": per_item, "loss": per_item.mean()}

@@ -43,7 +43,7 @@ from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from jukebox_lite.stages.common import add_recipe_arguments, add_run_arguments, load_recipe
 from jukebox_lite.stages.evaluation import add_segment_arguments, check_segment_arguments, evaluation_clips, text_table
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.algorithms.refining import refine
 from jukebox_lite.models.vqvae import VQVAE
 
@@ -62,7 +62,7 @@ VERDICT_METRICS = ("mr_stft_distance", "log_mel_distance", "high_band_abs_error_
 
 @torch.no_grad()
 def evaluate(
-    refiner: RefinerUNet,
+    refiner: Refiner,
     vqvae: VQVAE,
     clips: list[torch.Tensor],
     batch_size: int = 4,
@@ -71,9 +71,12 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, dict[str, list[float]]]:
     """Clips (1, time) at the models' rate (lengths multiples of the cond level's hop) →
-    {"decoded": {metric: per-clip values}, "refined": {...}}, in the clips' order."""
+    {"decoded": {metric: per-clip values}, "refined": {...}}, in the clips' order; and "estimate" (the
+    estimator's output alone) where the refined audio has detail on top of it."""
     device, level = refiner.device, refiner.config.cond_level
-    values: dict[str, dict[str, list[float]]] = {"decoded": defaultdict(list), "refined": defaultdict(list)}
+    strength = refiner.config.strength if strength is None else strength
+    names = ("decoded", "refined", "estimate") if refiner.detail is not None and strength > 0 else ("decoded", "refined")
+    values: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
     order: list[int] = []
     by_length: dict[int, list[int]] = defaultdict(list)
     for index, clip in enumerate(clips):
@@ -83,10 +86,12 @@ def evaluate(
         x = torch.stack([clips[i] for i in batch]).to(device)  # (B, 1, T)
         with autocast(device):
             decoded = vqvae.decode(vqvae.encode(x, levels=[level]), level).float()  # (B, 1, T)
-        refined = refine(refiner, decoded, steps=steps, strength=strength, seed=seed)  # (B, 1, T) on the CPU
-        x, decoded = x.cpu(), decoded.cpu()
-        for name, estimate in (("decoded", decoded), ("refined", refined)):
-            for metric, per_item in metrics.audio_metrics(x, estimate, refiner.config.sample_rate).items():
+        outputs = {"decoded": decoded.cpu(), "refined": refine(refiner, decoded, steps=steps, strength=strength, seed=seed)}
+        if "estimate" in names:
+            outputs["estimate"] = refine(refiner, decoded, strength=0.0)  # (B, 1, T) on the CPU
+        x = x.cpu()
+        for name, audio in outputs.items():
+            for metric, per_item in metrics.audio_metrics(x, audio, refiner.config.sample_rate).items():
                 values[name][metric] += per_item.tolist()
         order += batch
     position = {index: i for i, index in enumerate(order)}  # back to the clips' order
@@ -96,18 +101,30 @@ def evaluate(
     }
 
 
-def verdict(values: dict[str, dict[str, list[float]]]) -> dict:
-    """Means per metric for decoded and refined, which is closer to the original, and how often per segment."""
-    means = {name: {m: sum(v) / len(v) for m, v in by_metric.items()} for name, by_metric in values.items()}
+def closer_than_decoded(values: dict[str, dict[str, list[float]]], means: dict, name: str) -> tuple[dict, dict]:
+    """({metric: `name`'s mean closer to the original than decoded's}, {metric: share of segments where it is})."""
     closer, wins = {}, {}
     for metric, higher in CLOSER_IS_HIGHER.items():
         sign = 1.0 if higher else -1.0
-        closer[metric] = bool(sign * (means["refined"][metric] - means["decoded"][metric]) > 0)
-        pairs = zip(values["refined"][metric], values["decoded"][metric])
-        wins[metric] = sum(sign * (r - d) > 0 for r, d in pairs) / len(values["refined"][metric])
+        closer[metric] = bool(sign * (means[name][metric] - means["decoded"][metric]) > 0)
+        pairs = zip(values[name][metric], values["decoded"][metric])
+        wins[metric] = sum(sign * (r - d) > 0 for r, d in pairs) / len(values[name][metric])
+    return closer, wins
+
+
+def verdict(values: dict[str, dict[str, list[float]]]) -> dict:
+    """Means per metric for decoded and refined (and the estimate alone), which is closer to the original,
+    and how often per segment. The verdict is the refined audio's: what sample writes."""
+    means = {name: {m: sum(v) / len(v) for m, v in by_metric.items()} for name, by_metric in values.items()}
+    closer, wins = closer_than_decoded(values, means, "refined")
+    estimate = {}
+    if "estimate" in values:
+        estimate_closer, estimate_wins = closer_than_decoded(values, means, "estimate")
+        estimate = {"estimate": means["estimate"], "estimate_closer": estimate_closer, "estimate_segment_win_rate": estimate_wins}
     return {
         "decoded": means["decoded"],
         "refined": means["refined"],
+        **estimate,
         "closer": closer,
         "segment_win_rate": wins,
         "verdict_metrics": list(VERDICT_METRICS),
@@ -117,13 +134,15 @@ def verdict(values: dict[str, dict[str, list[float]]]) -> dict:
 
 
 def format_table(report: dict) -> str:
-    header = ["metric", "decoded", "refined", "closer", "segments won"]
+    estimate = "estimate" in report
+    header = ["metric", "decoded", *(["estimate alone"] if estimate else []), "refined", "closer", "segments won"]
     rows = [
-        [metric, f"{report['decoded'][metric]:.4g}", f"{report['refined'][metric]:.4g}",
-         "yes" if report["closer"][metric] else "NO", f"{report['segment_win_rate'][metric]:.0%}"]
+        [metric, f"{report['decoded'][metric]:.4g}", *([f"{report['estimate'][metric]:.4g}"] if estimate else []),
+         f"{report['refined'][metric]:.4g}", "yes" if report["closer"][metric] else "NO", f"{report['segment_win_rate'][metric]:.0%}"]
         for metric in CLOSER_IS_HIGHER
     ]
     rows.append(["high_band_error_db (signed)", f"{report['decoded']['high_band_error_db']:.4g}",
+                 *([f"{report['estimate']['high_band_error_db']:.4g}"] if estimate else []),
                  f"{report['refined']['high_band_error_db']:.4g}", "", ""])
     return text_table(header, rows)
 

@@ -19,7 +19,7 @@ import torch
 from jukebox_lite.algorithms.memory import GB, HEADROOM, TrainingMemory, audio_model_memory, prior_memory
 from jukebox_lite.core.config import LoRAConfig, PriorConfig, RecipeConfig
 from jukebox_lite.core.errors import UserError
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.stages.common import add_recipe_arguments, load_recipe
 
@@ -34,7 +34,7 @@ def plan(recipe: RecipeConfig, gpus: int = 1) -> list[TrainingMemory]:
     for section in PRIORS:
         cfg = getattr(recipe, section)
         rows.append(prior_memory(section, cfg, micro_batch(cfg, gpus), bf16=True, gpus=gpus))
-    rows.append(audio_model_memory("refiner", RefinerUNet(ref), refiner_forward, ref.stride, ref.segment_length,
+    rows.append(audio_model_memory("refiner", Refiner(ref), refiner_forward, ref.stride, ref.segment_length,
                                    micro_batch(ref, gpus), ref.train.ema > 0))
     return rows
 
@@ -43,9 +43,9 @@ def vqvae_forward(model: VQVAE, samples: int) -> None:
     model.train()(torch.randn(1, 1, samples) * 0.1)
 
 
-def refiner_forward(model: RefinerUNet, samples: int) -> None:
+def refiner_forward(model: Refiner, samples: int) -> None:
     audio = torch.randn(1, 1, samples) * 0.1
-    model(audio, torch.rand(1), audio, v_target=audio)
+    model(audio, audio, torch.rand(1), torch.randn_like(audio))
 
 
 def micro_batch(cfg, gpus: int) -> int:

@@ -110,17 +110,18 @@ def _write_wav(path: Path, audio: torch.Tensor, sr: int) -> None:
         sf.write(tmp, audio.clamp(-1, 1).numpy(), sr, subtype="PCM_16", format="WAV")
 
 
-def refine_decision(run: Run, settings: SampleConfig) -> tuple[bool, str]:
-    """Whether the samples are refined, and a sentence saying why (kept in meta.json; logged here, as a
-    warning where the user may not expect it).
+def refine_decision(run: Run, settings: SampleConfig) -> tuple[bool, float | None, str]:
+    """Whether the samples are refined, at which strength (None: the settings' own), and a sentence saying
+    why (kept in meta.json; logged here, as a warning where the user may not expect it).
 
     `sample.refine: auto` follows eval-refiner's verdict when that report judged the very weights
-    sample loads (same SHA-256): a refiner that made held-out audio worse is not applied. Unjudged
+    sample loads (same SHA-256): a refiner that made held-out audio worse is not applied, except that
+    where only its detail did (the estimate alone helped), the estimate alone is (strength 0). Unjudged
     weights are applied with a warning; the decoded level's wav is written beside refined.wav always.
     """
-    def decided(applied: bool, why: str, warn: bool = False) -> tuple[bool, str]:
+    def decided(applied: bool, why: str, warn: bool = False, strength: float | None = None) -> tuple[bool, float | None, str]:
         (log.warning if warn else log.info)("%s", why)
-        return applied, why
+        return applied, strength, why
 
     if not run.refiner.has_checkpoint():
         return decided(False, f"no refiner in {run.refiner.path}: the samples get no refined.wav (train one with make refiner)", True)
@@ -133,11 +134,18 @@ def refine_decision(run: Run, settings: SampleConfig) -> tuple[bool, str]:
     if not weights.is_file() or report.get("refiner_sha256") != file_sha256(weights):
         why = f"eval-refiner has not judged {weights.name} (make refiner runs it); refining, with the unrefined track beside it"
         return decided(True, why, True)
-    scores = ", ".join(f"{m} {report['decoded'][m]:.3g} → {report['refined'][m]:.3g}" for m in report["verdict_metrics"])
+
+    def scores(name: str) -> str:
+        return ", ".join(f"{m} {report['decoded'][m]:.3g} → {report[name][m]:.3g}" for m in report["verdict_metrics"])
+
     if report["helpful"]:
-        return decided(True, f"eval-refiner found the refiner helps ({scores}); refining")
+        return decided(True, f"eval-refiner found the refiner helps ({scores('refined')}); refining")
+    if "estimate" in report and all(report["estimate_closer"][m] for m in report["verdict_metrics"]):
+        why = (f"eval-refiner found the refiner's detail makes held-out audio worse ({scores('refined')}) but its "
+               f"estimate alone helps ({scores('estimate')}); refining with the estimate alone (strength 0)")
+        return decided(True, why, True, strength=0.0)
     why = (
-        f"eval-refiner found the refiner makes held-out audio worse ({scores}, {run.refiner.eval_report}); "
+        f"eval-refiner found the refiner makes held-out audio worse ({scores('refined')}, {run.refiner.eval_report}); "
         "the samples get no refined.wav (sample.refine=always applies it anyway)"
     )
     return decided(False, why, True)
@@ -161,7 +169,7 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             raise UserError(f"No level-{level} upsampler in '{run.prior(level).path}'; train it (make upsamplers){hint}.")
         upsamplers[level] = run.load_prior(level, device, fingerprint, settings.checkpoint)
     refiner = None
-    applied, why = refine_decision(run, settings)
+    applied, strength, why = refine_decision(run, settings)
     if applied:
         refiner = run.load_refiner(device, fingerprint, settings.checkpoint)
         if settings.refine_chunk_length is not None:
@@ -225,7 +233,8 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     if refiner is not None:
         clock = time.perf_counter()
         audio["refined"] = refine(
-            refiner, audio[f"level{refiner.config.cond_level}"], settings.refine_steps, settings.refine_strength,
+            refiner, audio[f"level{refiner.config.cond_level}"], settings.refine_steps,
+            settings.refine_strength if strength is None else strength,
             seed=request.seed, chunk_length=settings.refine_chunk_length, progress=True,
         )
         timings["refine"] = time.perf_counter() - clock

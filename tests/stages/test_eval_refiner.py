@@ -11,19 +11,20 @@ import torch
 from jukebox_lite import cli
 from jukebox_lite.core.atomic import file_sha256
 from jukebox_lite.stages.eval_refiner import CLOSER_IS_HIGHER, VERDICT_METRICS, evaluate_run, verdict
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.models.checkpoints import load_vqvae, save_refiner
 from tests.helpers import make_run, refiner_recipe, tiny_model
 
 METRICS = (*CLOSER_IS_HIGHER, "high_band_error_db")
 
 
-def add_refiner(tmp_path, run, vqvae=None) -> None:
-    """A tiny refiner for the run's VQ-VAE (or `vqvae`), with random weights: the stage's plumbing is under test."""
+def add_refiner(tmp_path, run, vqvae=None, randomised: bool = True) -> None:
+    """A tiny refiner for the run's VQ-VAE (or `vqvae`), with random weights (the stage's plumbing is under
+    test), or as built (zero output layers and equalizer: it returns its input)."""
     torch.manual_seed(0)
     fingerprint = (vqvae or load_vqvae(run / "vqvae")).fingerprint()
-    model = RefinerUNet(refiner_recipe(tmp_path).refiner, vqvae_fingerprint=fingerprint)
-    for p in model.parameters():
+    model = Refiner(refiner_recipe(tmp_path).refiner, vqvae_fingerprint=fingerprint)
+    for p in model.parameters() if randomised else ():
         p.data.normal_(std=0.02)
     save_refiner(run / "refiner" / "last.pt", model)
 
@@ -42,8 +43,9 @@ def test_report_has_every_metric_and_a_verdict_that_follows_the_numbers(run, tmp
     assert report["source"] == "valid" and report["files"] == 1 and report["segments"] == 3
     assert report["cond_level"] == 0 and report["steps"] == 2 and report["strength"] == 1.0
     assert report["refiner_sha256"] == file_sha256(run / "refiner" / "last.pt")  # which weights were judged
-    for name in ("decoded", "refined"):
+    for name in ("decoded", "refined", "estimate"):  # the estimate alone too: the refiner has a detail model
         assert set(report[name]) == set(METRICS)
+    assert report["estimate"] != pytest.approx(report["refined"]) and set(report["estimate_closer"]) == set(CLOSER_IS_HIGHER)
     for metric, higher in CLOSER_IS_HIGHER.items():
         better = report["refined"][metric] > report["decoded"][metric] if higher else report["refined"][metric] < report["decoded"][metric]
         assert report["closer"][metric] == better, metric
@@ -51,13 +53,16 @@ def test_report_has_every_metric_and_a_verdict_that_follows_the_numbers(run, tmp
     assert report["helpful"] == all(report["closer"][m] for m in VERDICT_METRICS)
     assert report["closer_on_every_metric"] == all(report["closer"].values())
     assert abs(report["decoded"]["high_band_error_db"]) <= report["decoded"]["high_band_abs_error_db"] + 1e-4
-    assert "segments won" in caplog.text and ("does NOT help" in caplog.text) != report["helpful"]
+    assert "segments won" in caplog.text and "estimate alone" in caplog.text and ("does NOT help" in caplog.text) != report["helpful"]
 
 
-def test_strength_zero_returns_the_decoded_audio_so_nothing_is_closer(run, tmp_path):
+def test_a_refiner_that_returns_its_input_is_closer_on_nothing(run, tmp_path):
+    add_refiner(tmp_path, run, randomised=False)
     report = evaluate_run(run, tmp_path, segment_seconds=0.2, strength=0.0)
     assert report["refined"] == pytest.approx(report["decoded"])
     assert not any(report["closer"].values()) and not report["helpful"]
+    add_refiner(tmp_path, run)  # random weights: the estimate alone (strength 0) already changes the audio
+    assert evaluate_run(run, tmp_path, segment_seconds=0.2, strength=0.0)["refined"] != pytest.approx(report["decoded"])
     assert all(rate == 0 for rate in report["segment_win_rate"].values())
 
 

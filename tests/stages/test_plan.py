@@ -77,7 +77,7 @@ def test_plan_prints_every_stage_and_what_would_fit(capsys):
 @pytest.mark.parametrize("stage", ["vqvae", "refiner"])
 def test_audio_models_activations_extrapolate_to_what_a_real_window_saves(stage):
     from jukebox_lite.algorithms.memory import audio_model_memory
-    from jukebox_lite.models.refiner import RefinerUNet
+    from jukebox_lite.models.refiner import Refiner
     from jukebox_lite.models.vqvae import VQVAE
     from jukebox_lite.stages.plan import refiner_forward, vqvae_forward
 
@@ -86,7 +86,7 @@ def test_audio_models_activations_extrapolate_to_what_a_real_window_saves(stage)
         cfg, model, forward, stride, length = recipe.vqvae, VQVAE(recipe.vqvae), vqvae_forward, recipe.vqvae.hop_lengths[-1], recipe.vqvae.sample_length
     else:
         cfg = dataclasses.replace(recipe.refiner, residual_scale=1.0)
-        model, forward, stride, length = RefinerUNet(cfg), refiner_forward, cfg.stride, cfg.segment_length
+        model, forward, stride, length = Refiner(cfg), refiner_forward, cfg.stride, cfg.segment_length
     planned = audio_model_memory(stage, model, forward, stride, 4 * length, batch=3, ema=True)
     torch.manual_seed(0)
     counted = saved_bytes(lambda: forward(model, 4 * length))  # one item of the longer window, for real

@@ -12,8 +12,9 @@ import torch
 
 from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
-from jukebox_lite.models.refiner import RefinerUNet
-from jukebox_lite.models.checkpoints import save_refiner
+from jukebox_lite.models.refiner import Refiner
+from jukebox_lite.algorithms.refining import refine
+from jukebox_lite.models.checkpoints import load_refiner, save_refiner
 from tests.helpers import synth_music, write_audio
 from tests.helpers import TINY_SR, tiny_refiner_config, tiny_refiner_vqvae
 
@@ -24,8 +25,9 @@ def run_dir(tmp_path):
     vqvae = tiny_refiner_vqvae(seed=0)
     save_checkpoint(tmp_path / "vqvae" / "last.pt", "vqvae", dataclasses.asdict(vqvae.config), vqvae.state_dict())
     torch.manual_seed(0)
-    model = RefinerUNet(tiny_refiner_config(steps=2), vqvae_fingerprint=vqvae.fingerprint())
-    torch.nn.init.normal_(model.out.weight, std=0.01)
+    model = Refiner(tiny_refiner_config(steps=2), vqvae_fingerprint=vqvae.fingerprint())
+    torch.nn.init.normal_(model.estimator.out.weight, std=0.01)
+    torch.nn.init.normal_(model.detail.out.weight, std=0.01)
     save_refiner(tmp_path / "refiner" / "last.pt", model)
     return tmp_path
 
@@ -53,8 +55,11 @@ def test_refines_files_deterministically(run_dir, tmp_path):
     np.testing.assert_array_equal(a, b)  # a file's result does not depend on the others in the call
     assert refined(tmp_path / "b", other)[0].shape == (int(0.4 * TINY_SR),)
     assert not np.allclose(a, c, atol=1e-3)
-    assert refine_cli(run_dir, src, tmp_path / "same", "--strength", 0) == 0
-    np.testing.assert_allclose(refined(tmp_path / "same", src)[0], sf.read(src, dtype="float32")[0], atol=2**-22)  # 24-bit
+    assert refine_cli(run_dir, src, tmp_path / "estimate", "--strength", 0) == 0  # the estimate alone: no noise, no seed
+    audio = torch.from_numpy(sf.read(src, dtype="float32")[0])[None, None]
+    expected = refine(load_refiner(run_dir / "refiner"), audio, strength=0.0)[0, 0].numpy()
+    np.testing.assert_allclose(refined(tmp_path / "estimate", src)[0], expected, atol=2**-22)  # 24-bit
+    assert not np.allclose(expected, audio[0, 0].numpy(), atol=1e-4)
 
 
 def test_other_rate_is_resampled_and_stereo_downmixed_with_warnings(run_dir, tmp_path, caplog):

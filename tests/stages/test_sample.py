@@ -14,10 +14,11 @@ from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
 from jukebox_lite.core.config import PriorConfig
 from jukebox_lite.models.prior import Prior
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import Refiner
 from jukebox_lite.core.atomic import file_sha256
 from jukebox_lite.core.config import SampleConfig
-from jukebox_lite.models.checkpoints import load_vqvae, save_refiner
+from jukebox_lite.algorithms.refining import refine
+from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
 from jukebox_lite.runs import Run
 from jukebox_lite.stages.sample import refine_decision
 from tests.helpers import PRIOR_SHAPE, TINY_SR, synth_music, tiny_model, tiny_refiner_config, write_audio
@@ -65,7 +66,9 @@ def sampled_run(coded, tmp_path):
     for level in (2, 1, 0):
         save_prior(run, level, fingerprint)
     torch.manual_seed(0)
-    save_refiner(run / "refiner" / "last.pt", RefinerUNet(tiny_refiner_config(), vqvae_fingerprint=fingerprint))
+    refiner = Refiner(tiny_refiner_config(), vqvae_fingerprint=fingerprint)
+    torch.nn.init.normal_(refiner.equalizer.weight, std=0.01)  # the estimate is not the input itself
+    save_refiner(run / "refiner" / "last.pt", refiner)
     return run
 
 
@@ -149,12 +152,16 @@ def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
-def judge(run, helpful: bool, weights: str = "last.pt") -> None:
-    """An eval-refiner report on `weights` (as eval-refiner writes it) with the given verdict."""
+def judge(run, helpful: bool, weights: str = "last.pt", estimate_helpful: bool | None = None) -> None:
+    """An eval-refiner report on `weights` (as eval-refiner writes it) with the given verdict, and one on
+    the estimate alone unless `estimate_helpful` is None."""
     scores = {"mr_stft_distance": 1.0, "log_mel_distance": 0.4, "high_band_abs_error_db": 1.1}
     worse = {m: v * (0.5 if helpful else 2) for m, v in scores.items()}
     report = {"refiner_sha256": file_sha256(run / "refiner" / weights), "decoded": scores, "refined": worse,
               "verdict_metrics": list(scores), "helpful": helpful}
+    if estimate_helpful is not None:
+        report["estimate"] = {m: v * (0.8 if estimate_helpful else 1.5) for m, v in scores.items()}
+        report["estimate_closer"] = {m: estimate_helpful for m in scores}
     (run / "refiner" / "eval.json").write_text(json.dumps(report))
 
 
@@ -168,23 +175,35 @@ def test_a_refiner_judged_unhelpful_is_not_applied_unless_asked(sampled_run, cap
     assert "sample.refine=always applies it anyway" in caplog.text
     assert sample(run, "--refine-steps", "1", "--name", "forced", "sample.refine=always") == 0
     assert (run / "samples/forced_0/refined.wav").is_file() and (run / "samples/forced_0/level0.wav").is_file()
+    judge(run, helpful=False, estimate_helpful=True)
+    assert sample(run, "--refine-steps", "1", "--name", "estimate") == 0  # refined by the estimate alone
+    level0 = torch.from_numpy(sf.read(run / "samples/estimate_0/level0.wav", dtype="float32")[0])[None, None]
+    expected = refine(load_refiner(run / "refiner"), level0, strength=0.0)[0, 0].numpy()
+    np.testing.assert_allclose(sf.read(run / "samples/estimate_0/refined.wav", dtype="float32")[0], expected, atol=2e-3)
+    assert not np.allclose(expected, level0[0, 0].numpy(), atol=2e-3)
+    assert "estimate alone" in json.loads((run / "samples/estimate_0/meta.json").read_text())["refined"]
 
 
 def test_refine_decision_follows_the_verdict_on_the_very_weights_loaded(sampled_run):
     run, auto = Run(sampled_run), SampleConfig()
-    assert refine_decision(run, auto)[0] and "has not judged last.pt" in refine_decision(run, auto)[1]
+    assert refine_decision(run, auto)[0] and "has not judged last.pt" in refine_decision(run, auto)[2]
     judge(sampled_run, helpful=True)
-    assert refine_decision(run, auto) == (True, "eval-refiner found the refiner helps (mr_stft_distance 1 → 0.5, "
-                                                "log_mel_distance 0.4 → 0.2, high_band_abs_error_db 1.1 → 0.55); refining")
+    assert refine_decision(run, auto) == (True, None, "eval-refiner found the refiner helps (mr_stft_distance 1 → 0.5, "
+                                                      "log_mel_distance 0.4 → 0.2, high_band_abs_error_db 1.1 → 0.55); refining")
     assert refine_decision(run, SampleConfig(refine="never"))[0] is False
     judge(sampled_run, helpful=False)
     assert refine_decision(run, auto)[0] is False and refine_decision(run, SampleConfig(refine="always"))[0]
+    judge(sampled_run, helpful=False, estimate_helpful=False)
+    assert refine_decision(run, auto)[0] is False
+    judge(sampled_run, helpful=False, estimate_helpful=True)  # only the detail made it worse: the estimate alone is applied
+    applied, strength, why = refine_decision(run, auto)
+    assert applied and strength == 0.0 and "its estimate alone helps (mr_stft_distance 1 → 0.8" in why
     shutil.copy(sampled_run / "refiner" / "last.pt", sampled_run / "refiner" / "best.pt")
     with open(sampled_run / "refiner" / "best.pt", "ab") as f:
         f.write(b"other weights")  # another file: the verdict on last.pt says nothing about it
     assert refine_decision(run, SampleConfig(checkpoint="best"))[0]
-    assert "has not judged best.pt" in refine_decision(run, SampleConfig(checkpoint="best"))[1]
+    assert "has not judged best.pt" in refine_decision(run, SampleConfig(checkpoint="best"))[2]
     (sampled_run / "refiner" / "last.pt").unlink()
     (sampled_run / "refiner" / "best.pt").unlink()
-    assert refine_decision(run, auto) == (False, f"no refiner in {run.refiner.path}: the samples get no refined.wav "
+    assert refine_decision(run, auto) == (False, None, f"no refiner in {run.refiner.path}: the samples get no refined.wav "
                                                  "(train one with make refiner)")

@@ -13,12 +13,13 @@ from jukebox_lite.core.checkpoint import load_checkpoint
 from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
-from jukebox_lite.models.refiner import RefinerUNet
+from jukebox_lite.models.refiner import EQUALIZER_TAPS, Refiner, envelope
+from jukebox_lite.algorithms.refining import matched_filter
 from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
 from jukebox_lite.stages.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
 from tests.helpers import REFINER_RECIPE, TINY_SR, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
 
-BANDS = ["train/loss_t0.00_0.25", "train/loss_t0.25_0.50", "train/loss_t0.50_0.75", "train/loss_t0.75_1.00"]
+BANDS = [f"train/detail_loss_t{a}_{b}" for a, b in (("0.00", "0.25"), ("0.25", "0.50"), ("0.50", "0.75"), ("0.75", "1.00"))]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +39,12 @@ def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
     assert last < 0.7 * first, (first, last)
     out = run / "refiner"
     assert (out / "config.yaml").is_file() and (out / "last.pt").is_file()
-    overall = scalars(out, "train/loss")
+    overall, estimate, detail = (scalars(out, f"train/{name}") for name in ("loss", "estimate_loss", "detail_loss"))
     bands = [scalars(out, tag) for tag in BANDS]
     assert all(len(b) == 40 for b in bands)
-    for step in range(40):  # each quarter holds one of the 4 items: the overall loss is their mean
-        assert overall[step] == pytest.approx(sum(b[step] for b in bands) / 4, rel=1e-4)
+    for step in range(40):  # each quarter holds one of the 4 items: the detail loss is their mean
+        assert detail[step] == pytest.approx(sum(b[step] for b in bands) / 4, rel=1e-4)
+        assert overall[step] == pytest.approx(estimate[step] + detail[step], rel=1e-4)
     mr_coarse, mr_refined = scalars(out, "media/mr_stft_distance_coarse"), scalars(out, "media/mr_stft_distance_refined")
     assert len(mr_coarse) == len(mr_refined) == 2 and all(v > 0 for v in mr_coarse + mr_refined)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -51,7 +53,7 @@ def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
     events.Reload()
     for name in ("original", "coarse", "refined"):
         assert len(events.Audio(f"audio/{name}")) == 2 and len(events.Images(f"spectrogram/{name}")) == 2
-    for tag in ("valid/loss", "valid/gap", *(f"valid/{band[6:]}" for band in BANDS)):  # the v-loss per noise quarter too
+    for tag in ("valid/loss", "valid/gap", "valid/estimate_loss", *(f"valid/{band[6:]}" for band in BANDS)):  # per noise quarter too
         assert len(scalars(out, tag)) == 2, tag
     assert load_refiner(out / "best.pt").vqvae_fingerprint == load_refiner(out / "last.pt").vqvae_fingerprint
 
@@ -78,24 +80,31 @@ def test_finished_run_is_a_no_op(trained, tmp_path, caplog):
     assert (run / "refiner" / "last.pt").stat().st_mtime_ns == before
 
 
-def test_residual_scale_null_is_measured_recorded_and_kept_on_resume(tmp_path, caplog):
+def test_statistics_are_measured_recorded_and_kept_on_resume(tmp_path, caplog):
+    """A fresh run measures residual_scale (when null) and starts its equalizer as the least-squares filter,
+    both from the VQ-VAE's error on the residual stream's windows; a resumed run measures nothing."""
     run = make_run(tmp_path)
+    frozen = ("refiner.residual_scale=null", "refiner.train.steps=2", "refiner.train.media_every=0", "refiner.train.lr=1e-12")
     with caplog.at_level(logging.INFO):
-        train_refiner(refiner_recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=2", "refiner.train.media_every=0"), run)
+        train_refiner(refiner_recipe(tmp_path, *frozen), run)
     state = load_checkpoint(run / "refiner", "refiner")
     scale = state["config"]["residual_scale"]
     vqvae = load_vqvae(run / "vqvae")
     windows = AudioWindows(Run(run).manifest, TINY_SR, 2048, seed=1)
     clean = torch.stack([windows.window(i, RESIDUAL_STREAM) for i in range(RESIDUAL_WINDOWS)])
     coarse = vqvae.decode(vqvae.encode(clean, levels=[0]), level=0)
-    assert scale == pytest.approx(float((clean - coarse).pow(2).mean().sqrt()), rel=1e-4)
-    assert f"residual_scale measured at {scale:.4f}" in caplog.text
+    residual = (clean - coarse) / envelope(coarse, refiner_recipe(tmp_path).refiner.envelope_window)
+    assert scale == pytest.approx(float(residual.pow(2).mean().sqrt()), rel=1e-4)
+    assert 0.1 < scale < 10  # the envelope takes the loudness out: the error relative to the local level
+    torch.testing.assert_close(state["model"]["equalizer.weight"], matched_filter(coarse, clean, EQUALIZER_TAPS), atol=1e-6, rtol=0)
+    assert state["model"]["equalizer.weight"].abs().max() > 0.01
+    assert f"envelope {scale:.4f}) and the equalizer set" in caplog.text
     assert f"residual_scale: {scale}" in (run / "refiner" / "config.yaml").read_text()
     assert load_refiner(run / "refiner").config.residual_scale == scale
     result = train_refiner(refiner_recipe(tmp_path, "refiner.residual_scale=null", "refiner.train.steps=3", "refiner.train.media_every=0"), run)
     assert result.step == 3 and load_checkpoint(run / "refiner", "refiner")["config"]["residual_scale"] == scale
     with pytest.raises(ValueError, match="residual_scale is not set"):
-        RefinerUNet(refiner_recipe(tmp_path, "refiner.residual_scale=null").refiner)
+        Refiner(refiner_recipe(tmp_path, "refiner.residual_scale=null").refiner)
 
 
 def test_times_are_stratified_and_uniform():
@@ -110,7 +119,7 @@ def test_a_saved_refiner_in_the_run_is_fine_tuned_not_overwritten(tmp_path, capl
     run = make_run(tmp_path)
     cfg = refiner_recipe(tmp_path).refiner
     torch.manual_seed(123)
-    saved = RefinerUNet(cfg, vqvae_fingerprint=load_vqvae(run / "vqvae").fingerprint())
+    saved = Refiner(cfg, vqvae_fingerprint=load_vqvae(run / "vqvae").fingerprint())
     for p in saved.parameters():  # not the zero-initialised layers a fresh model has
         p.data.normal_(std=0.05)
     save_refiner(run / "refiner" / "last.pt", saved)
@@ -139,7 +148,7 @@ def test_missing_vqvae_other_rate_and_mismatched_checkpoints_are_one_line_errors
     assert "not used by jukebox-lite train-refiner" in stage(run, "data.sample_rate=8000")
     assert "cond_level is 3" in stage(run, "refiner.cond_level=3")
     assert "refiner.channels is [8, 16, 64]" in stage(run, "refiner.channels=[8, 16, 64]", "refiner.train.steps=50")
-    assert "refiner.target is waveform" in stage(run, "refiner.target=waveform", "refiner.train.steps=50")
+    assert "refiner.detail is False" in stage(run, "refiner.detail=false", "refiner.train.steps=50")
 
     other = make_run(tmp_path / "other")
     (other / "refiner").mkdir()
