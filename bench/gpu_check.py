@@ -363,7 +363,8 @@ def main() -> None:
     if device.type == "cpu":  # eager FlexAttention (the equality check) warns that it is unfused: that is the point
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
     apply_threads(args)
-    recipe = load_config(args.recipe, TINY if args.tiny else [])
+    # residual_scale is a statistic train-refiner measures on the data (every recipe leaves it null): any value times the same
+    recipe = load_config(args.recipe, ["refiner.residual_scale=0.1", *(TINY if args.tiny else [])])
     clock = Clock(args.budget_seconds)
     print(f"GPU check on {machine_line()}, recipe {recipe.name}{' (tiny)' if args.tiny else ''}")
     parts = {

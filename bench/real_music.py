@@ -247,15 +247,17 @@ def write_doc(path: Path, numbers: dict, seconds: dict[str, float], figures: tup
         "",
         "## Refiner on held-out recordings (refined vs decoded level-0 audio)",
         "",
-        "| metric | decoded | refined | closer |",
-        "|---|---:|---:|---|",
+        "| metric | decoded | estimate alone | closer | refined (with detail) | closer |",
+        "|---|---:|---:|---|---:|---|",
         *(
-            f"| {m} | {refiner['decoded'][m]:.3f} | {refiner['refined'][m]:.3f} | {'yes' if refiner['closer'][m] else 'no'} |"
+            f"| {m} | {refiner['decoded'][m]:.3f} | {refiner['estimate'][m]:.3f} | {'yes' if refiner['estimate_closer'][m] else 'no'} | "
+            f"{refiner['refined'][m]:.3f} | {'yes' if refiner['closer'][m] else 'no'} |"
             for m in refiner["closer"]
         ),
         "",
         f"Verdict: the refiner {'helps' if refiner['helpful'] else 'does NOT help'} on these recordings "
-        f"({refiner['steps']} steps, strength {refiner['strength']}).",
+        f"({refiner['steps']} steps, strength {refiner['strength']}); its estimate alone is closer on "
+        f"{sum(refiner['estimate_closer'].values())} of {len(refiner['estimate_closer'])} metrics.",
         "",
     ]
     path.write_text("\n".join(lines))

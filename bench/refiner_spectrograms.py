@@ -6,7 +6,8 @@ The excerpt is the first segment eval-refiner evaluates (the validation split's 
 eval-refiner cuts it, --seconds long). Each run's VQ-VAE encodes and decodes it at its refiner's
 cond_level ("decoded"), and the refiner refines it with its own settings ("refined"), as eval-refiner
 does; a refiner with a detail model is also shown without it ("estimate alone", strength 0). The
-results file holds each panel's MR-STFT and log-mel distance to the original.
+results file holds each panel's MR-STFT and log-mel distance to the original and its energy in four
+bands against the original's (dB; positive: louder than the original).
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ from jukebox_lite.stages.evaluation import evaluation_clips
 
 # bench/ is on sys.path when a script here runs
 from common import add_out_argument, write_results
+
+
+BANDS_HZ = (0, 1000, 3000, 5500, None)  # the last band runs to Nyquist
+
+
+def band_errors_db(reference: np.ndarray, estimate: np.ndarray, sr: int) -> list[float]:
+    """10·log10(energy of estimate / energy of reference) in each of BANDS_HZ, from whole-excerpt spectra."""
+    freqs = np.fft.rfftfreq(reference.size, 1 / sr)
+    power = [np.abs(np.fft.rfft(x)) ** 2 for x in (reference, estimate)]
+    errors = []
+    for low, high in zip(BANDS_HZ[:-1], BANDS_HZ[1:]):
+        band = (freqs >= low) & (freqs < (high or sr))
+        errors.append(float(10 * np.log10((power[1][band].sum() + 1e-20) / (power[0][band].sum() + 1e-20))))
+    return errors
 
 
 def panels(run_dir: Path, seconds: float) -> tuple[np.ndarray, int, list[tuple[str, np.ndarray]]]:
@@ -74,10 +89,13 @@ def main() -> None:
     results = []
     for title, audio in rows[1:]:
         estimate = torch.from_numpy(audio)[None, None]
+        bands = band_errors_db(rows[0][1], audio, sr)
         results.append({"device": "cpu", "panel": title,
                         "mr_stft_distance": float(metrics.multi_resolution_stft_distance(reference, estimate)[0]),
-                        "log_mel_distance": float(metrics.log_mel_distance(reference, estimate, sr)[0])})
-        print(f"{title:40}  MR-STFT {results[-1]['mr_stft_distance']:.3f}  log-mel {results[-1]['log_mel_distance']:.3f}")
+                        "log_mel_distance": float(metrics.log_mel_distance(reference, estimate, sr)[0]),
+                        **{f"band_error_db_{low}_{high or 'nyquist'}hz": e for low, high, e in zip(BANDS_HZ[:-1], BANDS_HZ[1:], bands)}})
+        print(f"{title:40}  MR-STFT {results[-1]['mr_stft_distance']:.3f}  log-mel {results[-1]['log_mel_distance']:.3f}  "
+              f"band energy vs original (dB, {'/'.join(str(b) for b in BANDS_HZ[1:-1])} Hz): {' '.join(f'{e:+.1f}' for e in bands)}")
     write_results("refiner_spectrograms", args, results, args.out)
 
 

@@ -213,8 +213,11 @@ def objective_html(run: Run) -> str:
         parts.append(html_table(rows))
     if refiner_eval.exists():
         report = json.loads(refiner_eval.read_text())
+        estimate = "estimate" in report  # the estimator's output alone, where the refined audio has detail on top
         rows = [
-            {"metric": m, "decoded": round(report["decoded"][m], 3), "refined": round(report["refined"][m], 3),
+            {"metric": m, "decoded": round(report["decoded"][m], 3),
+             **({"estimate alone": round(report["estimate"][m], 3), "estimate closer": report["estimate_closer"][m]} if estimate else {}),
+             "refined": round(report["refined"][m], 3),
              "refined closer": report["closer"][m], "segments won": f"{report['segment_win_rate'][m]:.0%}"}
             for m in report["closer"]
         ]

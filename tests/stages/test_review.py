@@ -161,6 +161,13 @@ def test_objective_figures_show_both_evaluations(run):
     html = review.objective_html(Run(run))
     assert "12.346" in html and "3 segments of the valid audio" in html
     assert "does <b>not</b> help yet" in html and "high_band_abs_error_db" in html and "50%" in html
+    assert "estimate alone" not in html
+    report = json.loads((run / "refiner" / "eval.json").read_text())
+    report.update(estimate={"mr_stft_distance": 1.1234, "high_band_abs_error_db": 9.8765},
+                  estimate_closer={"mr_stft_distance": True, "high_band_abs_error_db": True})
+    (run / "refiner" / "eval.json").write_text(json.dumps(report))
+    html = review.objective_html(Run(run))  # a refiner with a detail model: its estimate alone is shown too
+    assert "estimate alone" in html and "1.123" in html and "9.877" in html
 
 
 def test_clip_picks_the_loudest_stretch():
