@@ -1,12 +1,12 @@
-"""How fast the diffusion refiner refines: seconds of audio refined per second of wall time.
+"""How fast the refiner refines: seconds of audio refined per second of wall time.
 
-For each recipe's `refiner` section (by default the demo and deep-house recipes), each step count and
-each device (--device, default: CPU, and CUDA when present), a model with that section's sizes (random
+For each recipe's `refiner` section (by default the demo and deep-house recipes), each step count of
+the detail model (0: the estimate alone, strength 0, what recorded music gets) and each device (--device, default: CPU, and CUDA when present), a model with that section's sizes (random
 weights: speed does not depend on them) refines `--seconds` of synthesized audio through the chunked
 sampler that `jukebox-lite refine` uses. Each case is warmed up once, then timed `--repeats` times.
 
     python bench/bench_refiner.py [--recipes pipelines/demo.yaml pipelines/deep_house.yaml]
-                                  [--steps 4 8 16] [--seconds 10] [--repeats 2]
+                                  [--steps 0 4 8 16] [--seconds 10] [--repeats 2]
                                   [--device cpu|cuda|all] [--threads N] [--out FOLDER]
 
 Results go to bench/results/refiner-<host>-<time>.json (git-ignored), one row per recipe, device and
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", type=Path,
                         default=[Path("pipelines/demo.yaml"), Path("pipelines/deep_house.yaml")])
-    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16])
+    parser.add_argument("--steps", nargs="+", type=int, default=[0, 4, 8, 16], help="detail steps; 0: the estimate alone")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the audio refined per case")
     parser.add_argument("--repeats", type=int, default=2)
     add_common_arguments(parser)
@@ -63,7 +63,7 @@ def main() -> None:
             model = Refiner(cfg).to(device).eval()
             params = sum(p.numel() for p in model.parameters())
             for steps in args.steps:
-                run = functools.partial(refine, model, audio, steps=steps, strength=1.0, seed=0)
+                run = functools.partial(refine, model, audio, steps=max(steps, 1), strength=1.0 if steps else 0.0, seed=0)
                 # warmup=1: oneDNN / cuDNN pick and cache their kernels on the first call
                 times = wall_times({"refine": run}, device, warmup=1, repeats=args.repeats)["refine"]
                 rows.append({

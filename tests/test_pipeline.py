@@ -55,13 +55,19 @@ def test_demo_pipeline_through_make(tmp_path):
     verdict = json.loads((run / "refiner/eval.json").read_text())
     assert (run / "codes/index.json").is_file()
     sample = run / "samples" / "e2e_0"
-    stages = ["level2", "level1", "level0"] + (["refined"] if verdict["helpful"] else [])  # a refiner that hurts is skipped
+    # a refiner that hurts is skipped, unless its estimate alone helped: then the estimate alone refines
+    estimate_helps = all(verdict["estimate_closer"][m] for m in verdict["verdict_metrics"])
+    estimate_chosen = estimate_helps and (not verdict["helpful"] or sum(verdict["estimate_closer"].values()) > sum(verdict["closer"].values()))
+    refined = verdict["helpful"] or estimate_helps
+    stages = ["level2", "level1", "level0"] + (["refined"] if refined else [])
     for stage in stages:
         info = sf.info(sample / f"{stage}.wav")
         assert (info.samplerate, info.frames) == (22050, 3 * 22050), stage
     meta = json.loads((sample / "meta.json").read_text())
-    assert (sample / "refined.wav").exists() == verdict["helpful"]
-    assert meta["refined"].startswith("eval-refiner found the refiner " + ("helps" if verdict["helpful"] else "makes"))
+    assert (sample / "refined.wav").exists() == refined
+    assert meta["refined"].startswith("eval-refiner found the refiner")
+    assert ("refining with the estimate alone" in meta["refined"]) == estimate_chosen
+    assert ("helps" in meta["refined"]) == (verdict["helpful"] and not estimate_chosen)
     assert meta["genre"] == "deep_house" and meta["checkpoints"]["prior_level2"]["path"].endswith("best.pt")
     assert "flagged" in json.loads((sample / "copies.json").read_text())
     html = (run / "review.html").read_text()

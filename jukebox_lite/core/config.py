@@ -594,7 +594,7 @@ class SampleConfig:
     top_k: int = 0  # keep the k likeliest codes (0: all)
     top_p: float = 0.0  # keep the likeliest codes holding this probability mass (0: all)
     refine_steps: int | None = None  # DDIM steps of the refiner (null: the refiner's own refiner.steps)
-    refine_strength: float | None = None  # 1 from noise, below 1 from the decoded audio (null: refiner.strength)
+    refine_strength: float | None = None  # the detail model: 1 from noise, 0 the estimate alone (null: refiner.strength)
     refine_chunk_length: int | None = None  # samples per refiner call (null: refiner.chunk_length)
     checkpoint: str = "last"  # the priors' and refiner's weights: "last" (last.pt) or "best" (best validation loss)
     # auto: refine unless eval-refiner judged these very weights unhelpful; always; never. The decoded

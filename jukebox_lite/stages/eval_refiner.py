@@ -211,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="folder the report eval.json goes to (default RUN/refiner)")
     add_segment_arguments(parser, segment_seconds=3.0, max_segments=4, batch_help="segments refined together")
     parser.add_argument("--steps", type=int, help="denoising steps (default: sample.refine_steps, else the refiner's)")
-    parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the decoded audio "
+    parser.add_argument("--strength", type=float, help="where the detail model starts: 1 from noise, 0 the estimate alone "
                         "(default: sample.refine_strength, else the refiner's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the sampler")
 

@@ -1,4 +1,4 @@
-"""Refine coarse VQ-VAE audio with the run's diffusion refiner (RUN/refiner/last.pt).
+"""Refine coarse VQ-VAE audio with the run's refiner (RUN/refiner/last.pt): its estimate, and detail on top.
 
     jukebox-lite refine --run RUN coarse.wav [more.wav ...] --out FOLDER [--steps N --strength S --seed K]
 
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, "reads RUN/refiner (and RUN/vqvae, to check the refiner was trained on it)")
     parser.add_argument("audio", type=Path, nargs="+", help="coarse audio files to refine")
     parser.add_argument("--out", type=Path, required=True, help="folder the refined files go to (<name>.refined.wav)")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the refiner's refiner.steps)")
-    parser.add_argument("--strength", type=float, help="1 starts from noise, smaller keeps more of the input, 0 returns it")
+    parser.add_argument("--steps", type=int, help="the detail model's denoising steps (default: the refiner's refiner.steps)")
+    parser.add_argument("--strength", type=float, help="where the detail model starts: 1 from noise, 0 the estimate alone")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same output")
 
 

@@ -115,9 +115,10 @@ def refine_decision(run: Run, settings: SampleConfig) -> tuple[bool, float | Non
     why (kept in meta.json; logged here, as a warning where the user may not expect it).
 
     `sample.refine: auto` follows eval-refiner's verdict when that report judged the very weights
-    sample loads (same SHA-256): a refiner that made held-out audio worse is not applied, except that
-    where only its detail did (the estimate alone helped), the estimate alone is (strength 0). Unjudged
-    weights are applied with a warning; the decoded level's wav is written beside refined.wav always.
+    sample loads (same SHA-256): a refiner that made held-out audio worse is not applied. The strength
+    is chosen there too: the estimate alone (strength 0) where it helped and the detail on top did not,
+    or helped on fewer of the five metrics. Unjudged weights are applied with a warning; the decoded
+    level's wav is written beside refined.wav always.
     """
     def decided(applied: bool, why: str, warn: bool = False, strength: float | None = None) -> tuple[bool, float | None, str]:
         (log.warning if warn else log.info)("%s", why)
@@ -138,12 +139,19 @@ def refine_decision(run: Run, settings: SampleConfig) -> tuple[bool, float | Non
     def scores(name: str) -> str:
         return ", ".join(f"{m} {report['decoded'][m]:.3g} → {report[name][m]:.3g}" for m in report["verdict_metrics"])
 
+    estimate, refined = report.get("estimate_closer"), sum(report["closer"].values())
+    if estimate is not None and all(estimate[m] for m in report["verdict_metrics"]):
+        closer = f"closer on {sum(estimate.values())} of {len(estimate)}: {scores('estimate')}"
+        if not report["helpful"]:
+            why = (f"eval-refiner found the refiner makes held-out audio worse with its detail ({scores('refined')}) but "
+                   f"its estimate alone {closer}; refining with the estimate alone (strength 0)")
+            return decided(True, why, True, strength=0.0)
+        if sum(estimate.values()) > refined:
+            why = (f"eval-refiner found the refiner's estimate alone {closer}, with its detail on {refined} of "
+                   f"{len(estimate)}: {scores('refined')}; refining with the estimate alone (strength 0)")
+            return decided(True, why, strength=0.0)
     if report["helpful"]:
         return decided(True, f"eval-refiner found the refiner helps ({scores('refined')}); refining")
-    if "estimate" in report and all(report["estimate_closer"][m] for m in report["verdict_metrics"]):
-        why = (f"eval-refiner found the refiner's detail makes held-out audio worse ({scores('refined')}) but its "
-               f"estimate alone helps ({scores('estimate')}); refining with the estimate alone (strength 0)")
-        return decided(True, why, True, strength=0.0)
     why = (
         f"eval-refiner found the refiner makes held-out audio worse ({scores('refined')}, {run.refiner.eval_report}); "
         "the samples get no refined.wav (sample.refine=always applies it anyway)"

@@ -158,10 +158,10 @@ def judge(run, helpful: bool, weights: str = "last.pt", estimate_helpful: bool |
     scores = {"mr_stft_distance": 1.0, "log_mel_distance": 0.4, "high_band_abs_error_db": 1.1}
     worse = {m: v * (0.5 if helpful else 2) for m, v in scores.items()}
     report = {"refiner_sha256": file_sha256(run / "refiner" / weights), "decoded": scores, "refined": worse,
-              "verdict_metrics": list(scores), "helpful": helpful}
+              "verdict_metrics": list(scores), "helpful": helpful, "closer": {m: helpful for m in scores}}
     if estimate_helpful is not None:
         report["estimate"] = {m: v * (0.8 if estimate_helpful else 1.5) for m, v in scores.items()}
-        report["estimate_closer"] = {m: estimate_helpful for m in scores}
+        report["estimate_closer"] = {m: estimate_helpful for m in scores} | {"si_sdr_db": estimate_helpful}  # one more metric
     (run / "refiner" / "eval.json").write_text(json.dumps(report))
 
 
@@ -181,7 +181,7 @@ def test_a_refiner_judged_unhelpful_is_not_applied_unless_asked(sampled_run, cap
     expected = refine(load_refiner(run / "refiner"), level0, strength=0.0)[0, 0].numpy()
     np.testing.assert_allclose(sf.read(run / "samples/estimate_0/refined.wav", dtype="float32")[0], expected, atol=2e-3)
     assert not np.allclose(expected, level0[0, 0].numpy(), atol=2e-3)
-    assert "estimate alone" in json.loads((run / "samples/estimate_0/meta.json").read_text())["refined"]
+    assert "refining with the estimate alone" in json.loads((run / "samples/estimate_0/meta.json").read_text())["refined"]
 
 
 def test_refine_decision_follows_the_verdict_on_the_very_weights_loaded(sampled_run):
@@ -197,7 +197,12 @@ def test_refine_decision_follows_the_verdict_on_the_very_weights_loaded(sampled_
     assert refine_decision(run, auto)[0] is False
     judge(sampled_run, helpful=False, estimate_helpful=True)  # only the detail made it worse: the estimate alone is applied
     applied, strength, why = refine_decision(run, auto)
-    assert applied and strength == 0.0 and "its estimate alone helps (mr_stft_distance 1 → 0.8" in why
+    assert applied and strength == 0.0 and "its estimate alone closer on 4 of 4: mr_stft_distance 1 → 0.8" in why
+    judge(sampled_run, helpful=True, estimate_helpful=True)  # both help; the estimate alone on more metrics
+    applied, strength, why = refine_decision(run, auto)
+    assert applied and strength == 0.0 and "estimate alone closer on 4 of 4" in why and "with its detail on 3 of 4" in why
+    judge(sampled_run, helpful=True, estimate_helpful=False)
+    assert refine_decision(run, auto)[:2] == (True, None)
     shutil.copy(sampled_run / "refiner" / "last.pt", sampled_run / "refiner" / "best.pt")
     with open(sampled_run / "refiner" / "best.pt", "ab") as f:
         f.write(b"other weights")  # another file: the verdict on last.pt says nothing about it
