@@ -1,17 +1,18 @@
 """The refiner: turns VQ-VAE-decoded (coarse) audio into audio closer to the original.
 
-Two networks on one loudness-free scale:
+Two parts on one loudness-free scale:
 - Loudness. The coarse audio's smoothed RMS envelope (`envelope`, from the coarse audio alone, so
   sampling knows it too) is divided out of everything the networks see and multiplied back at the
   output. They work on the scale of the signal's own local level: the condition c = coarse / envelope,
   and the residual r = (original − coarse) / (envelope · residual_scale), about unit variance. Quiet
   passages weigh as much as loud ones, and an error in a quiet bar stays as quiet as the bar.
-- The estimator, a U-Net on c alone, regresses r̂ ≈ r. It is trained with the same multi-resolution
-  STFT distance that judges the refiner (spectral convergence + mean log-magnitude error: every band
-  and every level of loudness weighs alike) plus the squared error of r̂ (which keeps the phase, and
-  so SI-SDR). Its output layer starts at zero: an untrained estimator returns the coarse audio
-  unchanged, and it can only learn to move away from it where that lowers the error, including taking
-  energy away (the treble a VQ-VAE adds to recordings).
+- The estimator regresses r̂ ≈ r from the coarse audio alone: a U-Net on c plus a linear equalizer
+  (a filter of the coarse audio, which train-refiner starts as the least-squares filter). It is
+  trained with the same multi-resolution STFT distance that judges the refiner (spectral convergence
+  + mean log-magnitude error: every band and every level of loudness weighs alike) plus the squared
+  error of r̂ (which keeps the phase, and so SI-SDR). Its output layer and a fresh equalizer start at
+  zero (a new estimator returns the coarse audio unchanged), and it moves away from the coarse audio
+  where that lowers the error, including taking energy away (the treble a VQ-VAE adds to recordings).
 - The detail model (`config.detail`), a diffusion U-Net with the v-objective, generates what is left,
   d = r − r̂, conditioned on c and r̂: detail that the coarse audio does not determine. Sampling starts
   it at t = `strength` (0: the estimate alone).
