@@ -1,9 +1,10 @@
 """How fast the refiner refines: seconds of audio refined per second of wall time.
 
 For each recipe's `refiner` section (by default the demo and deep-house recipes), each step count of
-the detail model (0: the estimate alone, strength 0, what recorded music gets) and each device (--device, default: CPU, and CUDA when present), a model with that section's sizes (random
-weights: speed does not depend on them) refines `--seconds` of synthesized audio through the chunked
-sampler that `jukebox-lite refine` uses. Each case is warmed up once, then timed `--repeats` times.
+the detail model (0: the estimate alone, strength 0, what recorded music gets) and each device
+(--device, default: CPU, and CUDA when present), a model with that section's sizes (random weights:
+speed does not depend on them) refines `--seconds` of synthesized audio through the chunked sampler
+that `jukebox-lite refine` uses. Each case is warmed up once, then timed `--repeats` times.
 
     python bench/bench_refiner.py [--recipes pipelines/demo.yaml pipelines/deep_house.yaml]
                                   [--steps 0 4 8 16] [--seconds 10] [--repeats 2]
