@@ -15,6 +15,9 @@ from jukebox_lite.core.checkpoint import load_checkpoint
 from tests.helpers import ROOT, VQVAE_RECIPE, fake_venv, make_corpus, synth_music, write_audio
 
 def make(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """make in the checkout, always with a stand-in VENV: the checkout's own .venv may be missing or older
+    than pyproject.toml, and make would then pip-install into the venv the other test workers run in."""
+    assert any(arg.startswith("VENV=") for arg in args), "every make call here names a stand-in VENV (fake_venv)"
     return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True, **kwargs)
 
 
@@ -32,7 +35,7 @@ def make(*args: str, **kwargs) -> subprocess.CompletedProcess:
     ],
 )
 def test_bad_variables_fail_in_one_sentence_before_any_work(variables, complaint, tmp_path):
-    result = make("all", f"RUN={tmp_path / 'run'}", *variables)
+    result = make("all", f"RUN={tmp_path / 'run'}", f"VENV={fake_venv(tmp_path)}", *variables)
     assert result.returncode != 0
     assert complaint in result.stderr and result.stderr.count("\n") <= 2  # the sentence + make's own line
     assert not (tmp_path / "run").exists()
@@ -83,12 +86,13 @@ def test_variables_are_data_never_shell(tmp_path):
         write_audio(music / f"t{i}.wav", synth_music(3.0, 22050, seed=i), 22050)
     genre, artist = f"deep; touch {canary}; echo", "drum & bass $(touch x) `touch y`"
     overrides = "data.separation.backend=none data.workers=1 data.min_seconds=2 data.separation.spleeter_command='/my tools/spleeter'"
+    venv = f"VENV={fake_venv(tmp_path)}"
     result = make("data", f"AUDIO={music}", f"GENRE={genre}", f"ARTIST={artist}", f"ARGS={overrides}", f"RUN={run}",
-                  f"CONFIG={ROOT / 'pipelines/demo.yaml'}", f"VENV={fake_venv(tmp_path)}")
+                  f"CONFIG={ROOT / 'pipelines/demo.yaml'}", venv)
     assert result.returncode == 0, result.stderr
     assert not canary.exists() and not (ROOT / "x").exists() and not (ROOT / "y").exists()
     rows = [json.loads(line) for line in (run / "data" / "manifest.jsonl").read_text().splitlines()]
     assert [row["labels"] for row in rows] == [{"genre": genre, "artist": artist}] * 2
     assert "spleeter_command: /my tools/spleeter" in (run / "data" / "config.yaml").read_text()
-    bad = make("all", f"RUN={tmp_path / 'other'}", f"SECONDS=1; touch {canary}")
+    bad = make("all", f"RUN={tmp_path / 'other'}", f"SECONDS=1; touch {canary}", venv)
     assert bad.returncode != 0 and "must be a positive number" in bad.stderr and not canary.exists()
