@@ -7,10 +7,12 @@ import logging
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from jukebox_lite import cli
-from jukebox_lite.stages.evaluation import segments_of
+from jukebox_lite.runs import Run
+from jukebox_lite.stages.evaluation import load_clips, segments_of
 from jukebox_lite.stages.eval_vqvae import AUDIO_METRICS, evaluate, evaluate_run, format_table
 from jukebox_lite.models.losses import compute_bandwidth
 from tests.helpers import synth_music, write_audio
@@ -50,9 +52,25 @@ def test_stage_writes_json_and_logs_a_table(tmp_path, caplog):
     assert report["source"] == "valid" and report["files"] == 1  # t1 is the only validation file
     assert report["segments"] == 3  # 0.7 s → three 0.2 s segments
     assert [entry["level"] for entry in report["levels"]] == [0, 1, 2]
-    for entry in report["levels"]:
-        assert all(np.isfinite(entry[name]) for name in AUDIO_METRICS)
-        assert 0 < entry["codebook_usage"] <= 1 and 1 <= entry["perplexity"] <= 16
+    # the codebook figures and SI-SDR recomputed here from the model's own codes and decodings
+    model = Run(run).load_vqvae("cpu")
+    audio, _ = sf.read(run / "data" / "audio" / "t1.flac", dtype="float32")
+    segment = round(0.2 * TINY_SR) // model.hop_lengths[-1] * model.hop_lengths[-1]
+    starts = np.linspace(0, audio.shape[0] - segment, 3).round().astype(int)
+    x = torch.from_numpy(np.stack([audio[s : s + segment] for s in starts]))[:, None]  # (3, 1, segment)
+    with torch.no_grad():
+        codes = model.encode(x)
+        for level, entry in enumerate(report["levels"]):
+            assert all(np.isfinite(entry[name]) for name in AUDIO_METRICS)
+            _, counts = np.unique(codes[level].numpy(), return_counts=True)
+            share = counts / counts.sum()
+            assert entry["codebook_usage"] == pytest.approx(len(counts) / 16)
+            assert entry["perplexity"] == pytest.approx(np.exp(-(share * np.log(share)).sum()))
+            reference, estimate = x[:, 0].double(), model.decode(codes, level)[:, 0].double()
+            reference, estimate = reference - reference.mean(1, keepdim=True), estimate - estimate.mean(1, keepdim=True)
+            signal = (estimate * reference).sum(1, keepdim=True) / (reference**2).sum(1, keepdim=True) * reference
+            si_sdr = 10 * torch.log10((signal**2).sum(1) / ((estimate - signal) ** 2).sum(1))
+            assert entry["si_sdr_db"] == pytest.approx(float(si_sdr.mean()), abs=1e-3)
     assert "SI-SDR dB" in caplog.text and "perplexity" in caplog.text
 
 
@@ -76,6 +94,22 @@ def test_audio_folder_is_decoded_downmixed_and_resampled(tmp_path, caplog):
         report = evaluate_run(run, tmp_path, audio_dir=folder, segment_seconds=0.2, max_segments=1)
     assert report["files"] == 3 and report["segments"] == 2 and "skipping" in caplog.text
     assert report["seconds"] == pytest.approx(0.4, abs=1e-3)
+
+
+def test_clips_are_the_mean_of_the_channels_at_the_model_rate(tmp_path):
+    """A stereo 32 kHz file whose channels differ: each clip is their mean, resampled to 16 kHz (channel 0
+    alone, a sum, or the file's own rate all miss the tones' expected samples)."""
+    def tones(sr: int, seconds: float = 0.5) -> np.ndarray:
+        t = np.arange(round(seconds * sr)) / sr
+        return np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 1250 * t)]).astype(np.float32)
+
+    path = write_audio(tmp_path / "a.wav", tones(32000), 32000, subtype="FLOAT")
+    segment = round(0.2 * TINY_SR)
+    (clip,) = load_clips([path], "a folder", False, TINY_SR, segment, max_segments=1, hop=8)
+    expected = tones(TINY_SR).mean(axis=0)[:segment]
+    assert clip.shape == (1, segment)
+    edge = 200  # the resampling filter's start-up transient
+    assert np.abs(clip[0, edge:].numpy() - expected[edge:]).max() < 1e-3
 
 
 def test_user_errors(tmp_path, capsys):
