@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -47,21 +48,95 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     assert "jukebox_lite.nn.conv -> jukebox_lite.stages.sample" in result.stdout
 
 
-# names of the run layout that only runs.py may join onto a path
-RUN_PATH = re.compile(
-    r'/ f?"(data|audio|vqvae|codes|samples|refiner|prior_level[^"]*|manifest\.jsonl|rejected\.jsonl|review\.html|'
-    r'ratings\.csv|tb|eval\.json|config\.yaml|meta\.json|copies\.json|codes_level2\.npy|last\.pt)"'
+def root_api_uses(path: Path, package: str) -> list[str]:
+    """Where the module at `path` (in `package`) reaches the lazy root API (`from jukebox_lite import Run`,
+    `from .. import Run`, `jukebox_lite.Run`): import-linter cannot see through it, so a layer could
+    import upward at run time unseen. Inside the package only submodules are imported."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            module = node.module if node.level == 0 else ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            if module == "jukebox_lite" and {alias.name for alias in node.names} & set(jukebox_lite.__all__):
+                found.append(f"{path}:{node.lineno}")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "jukebox_lite":
+            if node.attr in jukebox_lite.__all__:
+                found.append(f"{path}:{node.lineno}")
+    return found
+
+
+def package_of(path: Path) -> str:
+    """The package a module file belongs to, as a relative import inside it resolves."""
+    return ".".join(path.relative_to(ROOT).parent.parts)
+
+
+def test_no_module_of_the_package_uses_the_root_api(tmp_path):
+    offenders = []
+    for path in sorted([*(ROOT / "jukebox_lite").rglob("*.py"), *(ROOT / "data_prep").rglob("*.py")]):
+        if path != ROOT / "jukebox_lite" / "__init__.py":  # it defines the root API (and shows it in its docstring)
+            offenders += root_api_uses(path, package_of(path))
+    assert offenders == []
+    planted = tmp_path / "conv.py"  # the check does find each way of reaching it
+    for source, line in (("from jukebox_lite import Run", 1), ("from .. import Run, core", 1), ("import jukebox_lite\nx = jukebox_lite.Run", 2)):
+        planted.write_text(source + "\n")
+        assert root_api_uses(planted, "jukebox_lite.nn") == [f"{planted}:{line}"], source
+    planted.write_text("from jukebox_lite import runs\nfrom .. import core\n")  # submodules are fine
+    assert root_api_uses(planted, "jukebox_lite.nn") == []
+
+
+# names of the run layout that only runs.py may join onto a path ({} stands for an f-string's value)
+RUN_NAME = re.compile(
+    r"(data|audio|vqvae|codes|samples|refiner|prior_level.*|manifest\.jsonl|rejected\.jsonl|review\.html|"
+    r"ratings\.csv|tb|eval\.json|config\.yaml|meta\.json|copies\.json|codes_level2\.npy|last\.pt)"
 )
 
 
-def test_no_module_but_runs_spells_a_run_path():
+def literal_text(node: ast.AST) -> str | None:
+    """The text of a string literal or an f-string (its values as {}), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(part.value if isinstance(part, ast.Constant) else "{}" for part in node.values)
+    return None
+
+
+def joined_parts(node: ast.AST) -> list[ast.AST]:
+    """What a path expression joins onto a base: `base / part`, `Path(base, part)`, `base.joinpath(part)`,
+    `os.path.join(base, part)`."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        return [node.right]
+    if isinstance(node, ast.Call):
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name == "joinpath":
+            return node.args
+        if name in ("Path", "PurePath", "join"):
+            return node.args[1:]
+    return []
+
+
+def run_paths_spelled(path: Path) -> list[str]:
+    return [
+        f"{path}:{node.lineno}"
+        for node in ast.walk(ast.parse(path.read_text()))
+        for part in joined_parts(node)
+        if (text := literal_text(part)) is not None and RUN_NAME.fullmatch(text)
+    ]
+
+
+def test_no_module_but_runs_spells_a_run_path(tmp_path):
     offenders = []
     for path in sorted([*(ROOT / "jukebox_lite").rglob("*.py"), *(ROOT / "data_prep").rglob("*.py")]):
-        if path.name == "runs.py":
-            continue
-        offenders += [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1) if RUN_PATH.search(line)]
+        if path.name != "runs.py":
+            offenders += run_paths_spelled(path)
     assert offenders == []
-    assert RUN_PATH.search('folder = run_dir / "vqvae"')  # the pattern does find such a line
+    planted = tmp_path / "stage.py"  # the check does find each way of spelling one
+    for source in ('run_dir / "vqvae"', 'run_dir / f"prior_level{level}"', 'Path(run_dir, "codes")', 'run_dir.joinpath("tb")',
+                   'os.path.join(run_dir, "samples")'):
+        planted.write_text(f"folder = {source}\n")
+        assert run_paths_spelled(planted) == [f"{planted}:1"], source
+    planted.write_text('folder = run.vqvae.path / "notes.txt"\nname = "vqvae"\n')  # other names, and no join
+    assert run_paths_spelled(planted) == []
 
 
 def test_models_never_turn_autocast_on():
