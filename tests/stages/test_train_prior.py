@@ -97,7 +97,8 @@ def test_top_prior_with_labels_learns_and_stores_its_vocabulary(run, tmp_path):
     assert 0.3 < dict(logged["train/accuracy"])[80] <= 1.0
     assert [step for step, _ in logged["audio/sample"]] == [40, 80] and "audio/corpus" in logged
     valid = dict(logged["valid/loss"])
-    assert sorted(valid) == [20, 40, 60, 80] and valid[80] < valid[20]  # on the held-out file too
+    assert sorted(valid) == [20, 40, 60, 80]
+    assert valid[80] < unigram_entropy(run, 2) - 0.5  # on the held-out file too, beyond the codes' frequencies
     assert {"valid/bits_per_token", "valid/accuracy", "valid/gap"} <= set(logged)
     best = load_checkpoint(out / "best.pt", "prior")  # loads as a prior, with the vocabulary sampling needs
     assert best["valid_loss"] == pytest.approx(min(valid.values()), rel=1e-5) and best["genres"] == state["genres"]
@@ -230,10 +231,10 @@ def imported(run: Path, cfg, seed: int = 123) -> Prior:
 
 
 def test_a_full_fine_tune_of_an_import_learns_the_corpus(run, tmp_path):
-    cfg = recipe(tmp_path, "prior_level2.train.steps=30")
+    cfg = recipe(tmp_path, "prior_level2.train.lr=0.01", "prior_level2.train.steps=30")
     base = imported(run, cfg)
     result = train_prior(cfg, run, level=2)
-    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1
+    assert np.mean(result.losses[-5:]) < unigram_entropy(run, 2) - 0.5
     trained = load_checkpoint(run / "prior_level2", "prior")["model"]
     assert set(trained) == set(base.state_dict()) and not (run / "prior_level2" / "base.pt").exists()  # every weight trains
 
@@ -245,7 +246,7 @@ def test_lora_fine_tunes_an_import_keeping_it_frozen_and_samples_merged(run, tmp
     base_bytes = (folder / "last.pt").read_bytes()
     result = train_prior(cfg, run, level=2)
     assert (folder / "base.pt").read_bytes() == base_bytes  # the import, moved aside untouched
-    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1  # it learns the corpus
+    assert np.mean(result.losses[-5:]) < unigram_entropy(run, 2) - 0.5  # it learns the corpus
 
     state = load_checkpoint(folder, "prior")
     assert state["base"]["file"] == "base.pt" and "optimizer" in state
@@ -447,7 +448,7 @@ def test_an_imported_lyrics_prior_fine_tunes_with_lora_on_codes_without_lyrics_a
     cfg = recipe(tmp_path, *LORA, *lyrics, "prior_level2.train.steps=30")
     imported(run, cfg)
     result = train_prior(cfg, run, level=2)
-    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1
+    assert np.mean(result.losses[-5:]) < unigram_entropy(run, 2) - 0.5
     prior = load_prior(run / "prior_level2")
     assert prior.cfg.n_tokens == 8 and prior.attn_funcs[15] == 7
     y = torch.tensor([[TINY_SR * 4, 0, TINY_SR, 0, 0]])
