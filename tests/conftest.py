@@ -1,9 +1,11 @@
-"""Fixtures only: the shared tiny objects they build come from tests/helpers.py."""
+"""Fixtures and the one hook that seeds every test; the shared tiny objects they build come from tests/helpers.py."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +16,15 @@ def pytest_configure(config):
     """Tests use tiny tensors: one intra-op thread is far faster than two spinning on a busy 2-core
     machine. Set for the whole session, so module-scoped fixtures that train get it too."""
     torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Every test, and the fixtures set up for it, starts from the same random state: a model built
+    without a seed gets the same weights whatever ran before it on the same worker."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture

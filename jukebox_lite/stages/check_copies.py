@@ -90,21 +90,21 @@ def check(run_dir: str | Path, cfg: CopiesConfig, audio: list[Path] | None = Non
     if not audio and not samples:
         raise UserError(f"No samples in '{run.samples}' and no audio files given; run the sample stage (make sample) first, or name files to check.")
     rows = run.require_manifest()
+    coded = [f for f in samples if f.codes.is_file()] if run.has_codes() else []
+    corpus = run.codes_corpus() if coded else None
+    # every sample's codes read before the indexes are built: a damaged file fails at once, before slow work
+    generated = {f.path: _sample_codes(f.codes, corpus.bins) for f in coded}
     index = audio_index(run, rows)
     sources = {row["id"]: row["source"] for row in rows}
-    tokens = None
-    if samples and any(f.codes.is_file() for f in samples) and run.has_codes():
-        corpus = run.codes_corpus()
-        tokens = (CorpusIndex(corpus, cfg), corpus.bins)
+    tokens = CorpusIndex(corpus, cfg) if corpus is not None else None
 
     report = []
     for path, folder in [(p, None) for p in audio or []] + [(f.most_finished(), f) for f in samples]:
         matches = [] if path is None else _audio_matches(index, sources, path, cfg, given=folder is None)
         path = path or folder.path  # a sample with codes only: the token detector alone
-        if tokens is not None and folder is not None and folder.codes.is_file():
-            generated = _sample_codes(folder.codes, tokens[1])
+        if folder is not None and folder.path in generated:
             matches += [_entry("tokens", m.source, m.file_id, m.offset_seconds, m.training_offset_seconds, m.seconds, m.score)
-                        for m in tokens[0].matches(generated)]
+                        for m in tokens.matches(generated[folder.path])]
         matches.sort(key=lambda m: -m["seconds"])
         entry = {"input": str(path), "flagged": any(m["seconds"] >= cfg.flag_seconds for m in matches), "matches": matches}
         report.append(entry)

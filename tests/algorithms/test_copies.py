@@ -1,6 +1,8 @@
 """Copy detector: a training excerpt planted in generated codes is found; novel codes are not flagged."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +29,13 @@ def corpus(tmp_path_factory):
     save_vqvae(run, varied_vqvae())
     encode_run(run)
     return run, CodesCorpus(run / "codes")
+
+
+@pytest.fixture
+def own_run(corpus, tmp_path) -> Path:
+    """A private copy of the corpus's run for a test that writes samples into it: the module's run stays
+    as built, whatever order the tests run in."""
+    return Path(shutil.copytree(corpus[0], tmp_path / "run"))
 
 
 def novel_codes(corpus: CodesCorpus, length: int, seed: int) -> np.ndarray:
@@ -79,8 +88,8 @@ def test_the_corpus_commonest_patterns_are_no_evidence(corpus):
     assert all(m.seconds < SETTINGS.flag_seconds for m in index.matches(loop))
 
 
-def test_check_copies_command_writes_reports_and_flags(corpus, tmp_path):
-    run, codes = corpus
+def test_check_copies_command_writes_reports_and_flags(corpus, own_run):
+    run, (_, codes) = own_run, corpus
     for name, generated in {
         "copied": plant(novel_codes(codes, 5000, 3), codes.file_codes(1, 2)[100:1500], at=400, changed=0.05, seed=4),
         "novel": novel_codes(codes, 5000, 5),
@@ -113,8 +122,8 @@ def test_no_samples_is_a_clear_error(corpus, tmp_path):
         check(tmp_path, SETTINGS)
 
 
-def test_a_damaged_sample_codes_file_is_named_in_one_line(corpus, capsys):
-    run, codes = corpus
+def test_a_damaged_sample_codes_file_is_named_in_one_line(corpus, own_run, capsys):
+    run, (_, codes) = own_run, corpus
     folder = Run(run).sample("broken")
     folder.path.mkdir(parents=True, exist_ok=True)
     for content, reason in ((b"\x93NUMPY garbage", "is not a codes file"),
