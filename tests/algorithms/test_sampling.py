@@ -199,8 +199,10 @@ def test_long_upsampled_track_reads_matching_slices():
     upper = torch.randint(0, 16, (2, 24))
     codes = sample_codes(prior, 2, 96, upper_codes=upper, hop_fraction=0.5)
     assert codes.shape == (2, 96)
-    for start, (length, window_upper, _) in zip(window_starts(96, 32, 16), seen):
-        assert torch.equal(window_upper, upper[:, start // 4 : (start + 32) // 4])
+    starts = [0, 16, 32, 48, 64]  # windows of 32 tokens, hop 16
+    assert len(seen) == len(starts)  # zip alone would pass with windows missing
+    for start, (length, window_upper, _) in zip(starts, seen):
+        assert length == 32 and torch.equal(window_upper, upper[:, start // 4 : (start + 32) // 4])
 
 
 def test_genre_morph_changes_labels_along_the_track():
