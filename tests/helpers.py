@@ -74,6 +74,33 @@ def scalars(run_dir: Path, tag: str) -> list[float]:
     return [e.value for e in events.Scalars(tag)]
 
 
+def si_sdr_db(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """SI-SDR (B, T) pairs → (B,) dB, written out here as the tests' own reference for the reports' values."""
+    reference, estimate = reference.double(), estimate.double()
+    reference, estimate = reference - reference.mean(1, keepdim=True), estimate - estimate.mean(1, keepdim=True)
+    signal = (estimate * reference).sum(1, keepdim=True) / (reference**2).sum(1, keepdim=True) * reference
+    return 10 * torch.log10((signal**2).sum(1) / ((estimate - signal) ** 2).sum(1))
+
+
+def spectral_convergence_db(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """20·log10(‖|S(ref)| − |S(est)|‖ / ‖S(ref)‖) of (B, T) pairs → (B,), Jukebox's STFT (n_fft 2048, hop 256,
+    Hann window 1536), written out here as the tests' reference for a metric that, unlike SI-SDR, sees the
+    estimate's level."""
+    def magnitude(x):
+        window = torch.hann_window(1536, dtype=torch.float64)
+        return torch.stft(x.double(), 2048, 256, win_length=1536, window=window, return_complex=True).abs()
+
+    ref, est = magnitude(reference), magnitude(estimate)
+    return 20 * torch.log10((ref - est).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1))
+
+
+def spread_segments(path: Path, segment: int, count: int) -> torch.Tensor:
+    """`count` pieces (count, 1, segment) spread evenly over a mono file, as the evaluation commands cut it."""
+    audio, _ = sf.read(path, dtype="float32")
+    starts = np.linspace(0, audio.shape[0] - segment, count).round().astype(int)
+    return torch.from_numpy(np.stack([audio[s : s + segment] for s in starts]))[:, None]
+
+
 def fake_venv(tmp_path: Path) -> Path:
     """A VENV for make that is the interpreter running the tests, already installed (nothing to set up)."""
     venv = tmp_path / "venv"

@@ -12,8 +12,8 @@ from jukebox_lite import cli
 from jukebox_lite.core.atomic import file_sha256
 from jukebox_lite.stages.eval_refiner import CLOSER_IS_HIGHER, VERDICT_METRICS, evaluate_run, verdict
 from jukebox_lite.models.refiner import Refiner
-from jukebox_lite.models.checkpoints import load_vqvae, save_refiner
-from tests.helpers import make_run, refiner_recipe, tiny_model
+from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
+from tests.helpers import TINY_SR, make_run, refiner_recipe, si_sdr_db, spectral_convergence_db, spread_segments, tiny_model
 
 METRICS = (*CLOSER_IS_HIGHER, "high_band_error_db")
 
@@ -61,9 +61,21 @@ def test_a_refiner_that_returns_its_input_is_closer_on_nothing(run, tmp_path):
     report = evaluate_run(run, tmp_path, segment_seconds=0.2, strength=0.0)
     assert report["refined"] == pytest.approx(report["decoded"])
     assert not any(report["closer"].values()) and not report["helpful"]
-    add_refiner(tmp_path, run)  # random weights: the estimate alone (strength 0) already changes the audio
-    assert evaluate_run(run, tmp_path, segment_seconds=0.2, strength=0.0)["refined"] != pytest.approx(report["decoded"])
     assert all(rate == 0 for rate in report["segment_win_rate"].values())
+    add_refiner(tmp_path, run)  # random weights: the estimate alone (strength 0) already changes the audio
+    estimated = evaluate_run(run, tmp_path, segment_seconds=0.2, strength=0.0)
+    assert estimated["refined"] != pytest.approx(report["decoded"])
+    # both values recomputed here: decoded at the refiner's level 0, and the refiner's own forward pass on it
+    vqvae, refiner = load_vqvae(run / "vqvae"), load_refiner(run / "refiner")
+    x = spread_segments(run / "data" / "audio" / "t1.flac", round(0.2 * TINY_SR) // 8 * 8, 3)  # (3, 1, segment)
+    with torch.no_grad():
+        decoded = vqvae.decode(vqvae.encode(x, levels=[0]), 0)
+        estimate, _ = refiner(decoded)
+    for name, audio in (("decoded", decoded), ("refined", estimate)):
+        values = (report if name == "decoded" else estimated)[name]
+        assert values["si_sdr_db"] == pytest.approx(float(si_sdr_db(x[:, 0], audio[:, 0]).mean()), abs=1e-3), name
+        sc = spectral_convergence_db(x[:, 0], audio[:, 0])
+        assert values["spectral_convergence_db"] == pytest.approx(float(sc.mean()), abs=1e-3), name
 
 
 def test_verdict_directions():

@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from jukebox_lite import cli
@@ -16,7 +15,7 @@ from jukebox_lite.stages.evaluation import load_clips, segments_of
 from jukebox_lite.stages.eval_vqvae import AUDIO_METRICS, evaluate, evaluate_run, format_table
 from jukebox_lite.models.losses import compute_bandwidth
 from tests.helpers import synth_music, write_audio
-from tests.helpers import TINY_SR, make_run, save_vqvae, tiny_model
+from tests.helpers import TINY_SR, make_run, save_vqvae, si_sdr_db, spread_segments, tiny_model
 
 
 def trained_tiny_model(steps: int = 60):
@@ -54,10 +53,7 @@ def test_stage_writes_json_and_logs_a_table(tmp_path, caplog):
     assert [entry["level"] for entry in report["levels"]] == [0, 1, 2]
     # the codebook figures and SI-SDR recomputed here from the model's own codes and decodings
     model = Run(run).load_vqvae("cpu")
-    audio, _ = sf.read(run / "data" / "audio" / "t1.flac", dtype="float32")
-    segment = round(0.2 * TINY_SR) // model.hop_lengths[-1] * model.hop_lengths[-1]
-    starts = np.linspace(0, audio.shape[0] - segment, 3).round().astype(int)
-    x = torch.from_numpy(np.stack([audio[s : s + segment] for s in starts]))[:, None]  # (3, 1, segment)
+    x = spread_segments(run / "data" / "audio" / "t1.flac", round(0.2 * TINY_SR) // 8 * 8, 3)  # (3, 1, segment)
     with torch.no_grad():
         codes = model.encode(x)
         for level, entry in enumerate(report["levels"]):
@@ -66,10 +62,7 @@ def test_stage_writes_json_and_logs_a_table(tmp_path, caplog):
             share = counts / counts.sum()
             assert entry["codebook_usage"] == pytest.approx(len(counts) / 16)
             assert entry["perplexity"] == pytest.approx(np.exp(-(share * np.log(share)).sum()))
-            reference, estimate = x[:, 0].double(), model.decode(codes, level)[:, 0].double()
-            reference, estimate = reference - reference.mean(1, keepdim=True), estimate - estimate.mean(1, keepdim=True)
-            signal = (estimate * reference).sum(1, keepdim=True) / (reference**2).sum(1, keepdim=True) * reference
-            si_sdr = 10 * torch.log10((signal**2).sum(1) / ((estimate - signal) ** 2).sum(1))
+            si_sdr = si_sdr_db(x[:, 0], model.decode(codes, level)[:, 0])
             assert entry["si_sdr_db"] == pytest.approx(float(si_sdr.mean()), abs=1e-3)
     assert "SI-SDR dB" in caplog.text and "perplexity" in caplog.text
 
