@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 
 from jukebox_lite import cli
 from jukebox_lite.core.checkpoint import load_checkpoint
-from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows
+from jukebox_lite.algorithms.datasets import MEDIA_STREAM, RESIDUAL_STREAM, AudioWindows
 from jukebox_lite.core.errors import UserError
 from jukebox_lite.runs import Run
 from jukebox_lite.models.refiner import EQUALIZER_TAPS, Refiner, envelope
 from jukebox_lite.algorithms.refining import matched_filter
 from jukebox_lite.models.checkpoints import load_refiner, load_vqvae, save_refiner
+from jukebox_lite.models.losses import multi_resolution_stft_distance
 from jukebox_lite.stages.train_refiner import RESIDUAL_WINDOWS, stratified_times, train_refiner
 from tests.helpers import REFINER_RECIPE, TINY_SR, make_run, refiner_recipe, save_vqvae, scalars, tiny_model
 
@@ -45,14 +48,24 @@ def test_stage_learns_and_logs_losses_per_noise_level_and_media(trained):
     for step in range(40):  # each quarter holds one of the 4 items: the detail loss is their mean
         assert detail[step] == pytest.approx(sum(b[step] for b in bands) / 4, rel=1e-4)
         assert overall[step] == pytest.approx(estimate[step] + detail[step], rel=1e-4)
-    mr_coarse, mr_refined = scalars(out, "media/mr_stft_distance_coarse"), scalars(out, "media/mr_stft_distance_refined")
-    assert len(mr_coarse) == len(mr_refined) == 2 and all(v > 0 for v in mr_coarse + mr_refined)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tb"), size_guidance={"audio": 0, "images": 0})
     events.Reload()
     for name in ("original", "coarse", "refined"):
         assert len(events.Audio(f"audio/{name}")) == 2 and len(events.Images(f"spectrogram/{name}")) == 2
+    # the media clip is the validation window, the coarse one its level-0 decoding, the distance theirs
+    clean = AudioWindows(Run(run).manifest, TINY_SR, 2048, 1, "valid").window(0, MEDIA_STREAM)[None]  # (1, 1, 2048)
+    vqvae = load_vqvae(run / "vqvae")
+    coarse = vqvae.decode(vqvae.encode(clean, levels=[0]), level=0)  # (1, 1, 2048)
+    for name, audio in (("original", clean), ("coarse", coarse)):
+        for event in events.Audio(f"audio/{name}"):
+            logged = sf.read(io.BytesIO(event.encoded_audio_string), dtype="float32")[0]  # 16-bit wav
+            assert abs(logged - audio[0, 0].numpy()).max() < 1e-4, name
+    expected = float(multi_resolution_stft_distance(clean, coarse))
+    assert scalars(out, "media/mr_stft_distance_coarse") == pytest.approx([expected] * 2, rel=1e-5)
+    refined = scalars(out, "media/mr_stft_distance_refined")
+    assert len(refined) == 2 and refined != pytest.approx([expected] * 2)
     for tag in ("valid/loss", "valid/gap", "valid/estimate_loss", *(f"valid/{band[6:]}" for band in BANDS)):  # per noise quarter too
         assert len(scalars(out, tag)) == 2, tag
     assert load_refiner(out / "best.pt").vqvae_fingerprint == load_refiner(out / "last.pt").vqvae_fingerprint
