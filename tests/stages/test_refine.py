@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from jukebox_lite.core.audio import resample
 from jukebox_lite.core.checkpoint import save_checkpoint
 from jukebox_lite.cli import main
 from jukebox_lite.models.refiner import Refiner
@@ -63,12 +64,17 @@ def test_refines_files_deterministically(run_dir, tmp_path):
 
 
 def test_other_rate_is_resampled_and_stereo_downmixed_with_warnings(run_dir, tmp_path, caplog):
-    src = write_audio(tmp_path / "stereo22k.wav", synth_music(0.5, 22050, seed=2, channels=2), 22050)
+    stereo = synth_music(0.5, 22050, seed=2, channels=2)
+    stereo[1] = synth_music(0.5, 22050, seed=7, channels=1)[0]  # the channels differ: channel 0 alone is not their mean
+    src = write_audio(tmp_path / "stereo22k.wav", stereo, 22050, subtype="FLOAT")
     with caplog.at_level(logging.WARNING):
-        assert refine_cli(run_dir, src, tmp_path / "out") == 0
+        assert refine_cli(run_dir, src, tmp_path / "out", "--strength", 0) == 0  # the estimate alone: deterministic
     assert "22050 Hz; resampling" in caplog.text and "2 channels" in caplog.text
     out, sr = refined(tmp_path / "out", src)
-    assert sr == TINY_SR and out.shape == (int(0.5 * TINY_SR),) and np.isfinite(out).all()
+    assert sr == TINY_SR and out.shape == (int(0.5 * TINY_SR),)
+    mono = torch.from_numpy(resample(stereo.mean(axis=0, keepdims=True), 22050, TINY_SR))[None]  # (1, 1, 8000)
+    expected = refine(load_refiner(run_dir / "refiner"), mono, strength=0.0)[0, 0].numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def test_silent_input_warns_and_gives_finite_audio(run_dir, tmp_path, caplog):
