@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import soundfile as sf
 
+from jukebox_lite.models.checkpoints import load_vqvae
 from jukebox_lite.runs import Run
 from jukebox_lite.stages import review
 from jukebox_lite.cli import main
@@ -51,7 +53,10 @@ def test_demo_pipeline_through_make(tmp_path):
         assert (run / stage / "last.pt").is_file() and (run / stage / ".done").is_file(), stage
         assert list((run / stage / "tb").iterdir()), f"{stage} logged nothing to TensorBoard"
         assert (run / stage / "best.pt").is_file() and scalars(run / stage, "valid/loss"), f"{stage} was not validated"
-    assert json.loads((run / "vqvae/eval.json").read_text())
+    vqvae_report = json.loads((run / "vqvae/eval.json").read_text())
+    assert vqvae_report["vqvae_fingerprint"] == load_vqvae(run / "vqvae").fingerprint()  # the trained VQ-VAE was judged
+    assert vqvae_report["source"] == "valid" and vqvae_report["files"] == sum(row["split"] == "valid" for row in manifest)
+    assert [level["level"] for level in vqvae_report["levels"]] == [0, 1, 2] and vqvae_report["segments"] > 0
     verdict = json.loads((run / "refiner/eval.json").read_text())
     assert (run / "codes/index.json").is_file()
     sample = run / "samples" / "e2e_0"
@@ -69,7 +74,8 @@ def test_demo_pipeline_through_make(tmp_path):
     assert ("refining with the estimate alone" in meta["refined"]) == estimate_chosen
     assert ("helps" in meta["refined"]) == (verdict["helpful"] and not estimate_chosen)
     assert meta["genre"] == "deep_house" and meta["checkpoints"]["prior_level2"]["path"].endswith("best.pt")
-    assert "flagged" in json.loads((sample / "copies.json").read_text())
+    copies = json.loads((sample / "copies.json").read_text())
+    assert copies["input"] == str(sample / f"{stages[-1]}.wav") and not copies["flagged"]  # 3 s: under the 8-s flag
     html = (run / "review.html").read_text()
     assert html.count('src="data:audio/ogg;base64,') == 3 * 2 + len(stages)  # vocal-removal pairs + the sample's stages
     assert "e2e_0" in html and "Copy check" in html
@@ -78,3 +84,13 @@ def test_demo_pipeline_through_make(tmp_path):
 
     rerun = make("all", "GENRE=deep_house", "SECONDS=3", "N=1", *variables)
     assert "train-" not in rerun.stdout  # every stage is done: only the cheap page and copy check run again
+
+    # the copy check on this corpus finds a replayed training file: its first 3 s of codes as a sample
+    corpus = Run(run).codes_corpus()
+    planted = Run(run).sample("planted")
+    planted.path.mkdir()
+    np.save(planted.codes, np.asarray(corpus.file_codes(0, 2))[: 3 * 22050 // 128].astype(np.int16))
+    assert main(["check-copies", "--run", str(run), "copies.flag_seconds=2"]) == 0
+    replayed = json.loads(planted.copies.read_text())
+    assert replayed["flagged"] and replayed["matches"][0]["training_file"]["id"] == corpus.files[0]["id"]
+    assert not json.loads((sample / "copies.json").read_text())["flagged"]
