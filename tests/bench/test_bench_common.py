@@ -16,7 +16,7 @@ import torch
 from tests.helpers import ROOT
 
 SCRIPTS = sorted(path.name for path in (ROOT / "bench").glob("*.py") if path.name != "common.py")
-UNTIMED = {"estimate_gpu_hours.py", "real_music.py", "review_page.py", "bench_copies.py", "refiner_spectrograms.py"}  # FLOP counts; pipeline commands timed as a user runs them: --out only
+UNTIMED = {"estimate_gpu_hours.py", "real_music.py", "review_page.py", "bench_copies.py", "refiner_spectrograms.py", "refiner_bounds.py"}  # FLOP counts; pipeline commands timed as a user runs them: --out only
 # the smallest prior bench_prior.py accepts: a couple of seconds on one thread
 TINY_PRIOR = ["--n-ctx", "64", "--train-n-ctx", "64", "--width", "16", "--depth", "1", "--block-ctx", "16", "--bins", "16",
               "--train-batch", "1", "--repeats", "1", "--batches", "1", "2", "--new-cached", "2", "--new-uncached", "1"]
