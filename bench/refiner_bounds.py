@@ -16,7 +16,9 @@ band gains fitted on training windows, applied to the held-out segments):
 
 Then, per track of both splits (its first segments, as eval-refiner cuts them), the share of the
 energy above sr/4 in the original and in the decoded audio: whether the decoded audio says how
-bright the original was, which a refiner conditioned on it needs to know.
+bright the original was, which a refiner conditioned on it needs to know; and whether a linear map
+from the level's quantised latents (or from the decoded audio's band energies), fitted on training
+windows, predicts a held-out window's treble share.
 
 Nothing here trains: it says which kind of refiner is worth training, and what the level-1 target
 (half the gap to level 0) asks of it.
@@ -149,6 +151,37 @@ def treble_per_track(run: Run, level: int, seconds: float, segments: int) -> lis
     return rows
 
 
+@torch.no_grad()
+def treble_probe(run: Run, level: int, windows: int = 256, ridge: float = 1.0) -> dict[str, float]:
+    """Can a linear map predict a window's treble share (dB) from the level's quantised latents, or from the
+    decoded audio's mel-band energies? Ridge regressions fitted on training windows, judged on held-out
+    ones: RMS error in dB, beside predicting the training mean."""
+    vqvae = run.load_vqvae("cpu")
+    weights = band_weights(vqvae.sample_rate)
+    features, targets = {}, {}
+    for split in ("train", "valid"):
+        clean, decoded = uniform_windows(run, vqvae, level, split, windows)
+        block = vqvae.bottleneck.level_blocks[level]
+        latents = torch.cat([block.decode(vqvae.encode(part, levels=[level])[level]) for part in clean.split(8)]).double()
+        features[split] = {
+            "latents (mean, std over time)": torch.cat([latents.mean(dim=2), latents.std(dim=2)], dim=1),
+            "decoded audio (log mel-band energies)": torch.log10(band_energies(decoded, weights).mean(dim=2) + 1e-10),
+        }
+        power = stft(clean).abs().square()  # (windows, F, frames)
+        targets[split] = 10 * torch.log10(power[:, power.shape[1] // 2 :].sum(dim=(1, 2)) / power.sum(dim=(1, 2)) + 1e-12)
+    rms = lambda error: float(error.pow(2).mean().sqrt())  # noqa: E731
+    result = {"train mean": rms(targets["valid"] - targets["train"].mean())}
+    for name in features["train"]:
+        x, y = features["train"][name], targets["train"]
+        mean, std = x.mean(dim=0), x.std(dim=0) + 1e-9
+        design = lambda f: torch.cat([(f - mean) / std, torch.ones(len(f), 1, dtype=f.dtype)], dim=1)  # noqa: E731
+        a = design(x)
+        coef = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ y)
+        result[name] = rms(design(features["valid"][name]) @ coef - targets["valid"])
+        result[name + ", on its training windows"] = rms(a @ coef - y)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a run with data and a trained VQ-VAE")
@@ -174,8 +207,14 @@ def main() -> None:
     for level, rows in tracks.items():
         for row in rows:
             print(f"| {level} | {row['split']} | {row['track']} | {row['original_db']:.1f} | {row['decoded_db']:.1f} |")
+    probes = {level: treble_probe(run, level) for level in args.levels}
+    print("\nA window's treble share predicted by ridge regression (256 training windows → 256 held-out), RMS error in dB:")
+    for level, errors in probes.items():
+        for name, error in errors.items():
+            print(f"  level {level}, {name}: {error:.1f} dB")
     rows = [{"device": "cpu", "level": level, "correction": name, **m} for level, by_name in results.items() for name, m in by_name.items()]
     rows += [{"device": "cpu", "level": level, **row} for level, by_track in tracks.items() for row in by_track]
+    rows += [{"device": "cpu", "level": level, "probe": name, "rms_error_db": e} for level, errors in probes.items() for name, e in errors.items()]
     print(write_results("refiner_bounds", args, rows, args.out))
 
 
