@@ -34,6 +34,7 @@ import torch
 from jukebox_lite import Run
 from jukebox_lite.algorithms import metrics
 from jukebox_lite.algorithms.datasets import RESIDUAL_STREAM, AudioWindows, read_manifest
+from jukebox_lite.models.vqvae import VQVAE
 from jukebox_lite.stages.evaluation import evaluation_clips, load_clips
 
 # bench/ is on sys.path when a script here runs
@@ -71,7 +72,7 @@ def fixed_gains(clean: torch.Tensor, decoded: torch.Tensor, weights: torch.Tenso
 
 
 @torch.no_grad()
-def uniform_windows(run: Run, vqvae, level: int, split: str, windows: int = 64, seconds: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+def uniform_windows(run: Run, vqvae: VQVAE, level: int, split: str, windows: int = 64, seconds: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean, decoded) (windows, 1, T): uniform random windows of `split`, as the refiner trains on them
     (the refiner's residual stream)."""
     length = round(seconds * vqvae.sample_rate) // vqvae.hop_lengths[level] * vqvae.hop_lengths[level]
@@ -84,7 +85,6 @@ def uniform_windows(run: Run, vqvae, level: int, split: str, windows: int = 64, 
 def corrections(clean: torch.Tensor, decoded: torch.Tensor, sample_rate: int, trained: torch.Tensor) -> dict[str, torch.Tensor]:
     """The corrections of `decoded` (B, 1, T) towards `clean`, each (B, 1, T): the oracles, and `trained` (BANDS, 1) gains."""
     x, c = stft(clean), stft(decoded)
-    px, pc = x.abs().square(), c.abs().square()
     weights = band_weights(sample_rate)  # (BANDS, F)
     spread = weights / weights.sum(dim=0, keepdim=True).clamp(min=1e-12)  # (BANDS, F), columns sum to 1 where covered
     covered = weights.sum(dim=0) > 0  # bins under some band (the rest keep gain 1)
@@ -97,7 +97,7 @@ def corrections(clean: torch.Tensor, decoded: torch.Tensor, sample_rate: int, tr
     ex, ec = band_energies(clean, weights), band_energies(decoded, weights)  # (B, BANDS, frames)
     floor = 1e-10
     per_frame = ((ex + floor) / (ec + floor)).sqrt().clamp(max=100.0)
-    wiener = (c.conj() * x).sum(dim=(0, 2)) / (pc.sum(dim=(0, 2)) + 1e-12)  # (F,)
+    wiener = (c.conj() * x).sum(dim=(0, 2)) / (c.abs().square().sum(dim=(0, 2)) + 1e-12)  # (F,)
     return {
         "fixed band gains fitted on 64 training windows (not an oracle)": apply(trained),
         "fixed band gains": apply(fixed_gains(clean, decoded, weights)),
@@ -108,16 +108,14 @@ def corrections(clean: torch.Tensor, decoded: torch.Tensor, sample_rate: int, tr
 
 
 @torch.no_grad()
-def measure(run: Run, level: int, seconds: float, segments: int) -> dict[str, dict[str, float]]:
-    vqvae = run.load_vqvae("cpu")
+def measure(run: Run, vqvae: VQVAE, level: int, seconds: float, segments: int) -> dict[str, dict[str, float]]:
     sr = vqvae.sample_rate
     clips, _, _, _ = evaluation_clips(run, None, sr, seconds, segments, vqvae.hop_lengths[level])
-    clean, decoded = uniform_windows(run, vqvae, level, "train")
-    trained = fixed_gains(clean, decoded, band_weights(sr))  # fitted on training windows: not an oracle
-    for split in ("train", "valid"):
+    for split in ("valid", "train"):
         clean, decoded = uniform_windows(run, vqvae, level, split)
         signed = metrics.high_band_energy_error_db(clean, decoded, sr).mean()
         print(f"level {level}: decoded audio's signed high-band error on 64 uniform {split} windows: {float(signed):+.1f} dB")
+    trained = fixed_gains(clean, decoded, band_weights(sr))  # fitted on the training windows: not an oracle
     sums: dict[str, dict[str, list[float]]] = {}
     for clip in clips:
         clean = clip[None]  # (1, 1, T)
@@ -128,16 +126,16 @@ def measure(run: Run, level: int, seconds: float, segments: int) -> dict[str, di
     return {name: {m: sum(v) / len(v) for m, v in by_metric.items()} for name, by_metric in sums.items()}
 
 
-def treble_share_db(audio: torch.Tensor) -> float:
-    """The share of (B, 1, T)'s energy above a quarter of the sample rate, in dB."""
-    power = stft(audio).abs().square()
-    return float(10 * torch.log10(power[:, power.shape[1] // 2 :].sum() / power.sum()))
+def treble_share_db(audio: torch.Tensor, over: tuple[int, ...] = (0, 1, 2)) -> torch.Tensor:
+    """The share of (B, 1, T)'s energy above a quarter of the sample rate in dB, pooled over the
+    spectrogram's dims `over` (all: one value; (1, 2): one per item)."""
+    power = stft(audio).abs().square()  # (B, F, frames)
+    return 10 * torch.log10(power[:, power.shape[1] // 2 :].sum(dim=over) / power.sum(dim=over) + 1e-12)
 
 
 @torch.no_grad()
-def treble_per_track(run: Run, level: int, seconds: float, segments: int) -> list[dict]:
+def treble_per_track(run: Run, vqvae: VQVAE, level: int, seconds: float, segments: int) -> list[dict]:
     """Per corpus file: its split, name, and the treble share of the original and of the decoded audio."""
-    vqvae = run.load_vqvae("cpu")
     hop = vqvae.hop_lengths[level]
     rows = []
     for split in ("train", "valid"):
@@ -146,17 +144,16 @@ def treble_per_track(run: Run, level: int, seconds: float, segments: int) -> lis
                                round(seconds * vqvae.sample_rate) // hop * hop, segments, hop)
             clean = torch.stack([c for c in clips if c.shape[-1] == clips[0].shape[-1]])  # (n, 1, T)
             decoded = vqvae.decode(vqvae.encode(clean, levels=[level]), level).float()
-            rows.append({"split": split, "track": entry["source"], "original_db": treble_share_db(clean),
-                         "decoded_db": treble_share_db(decoded)})
+            rows.append({"split": split, "track": entry["source"], "original_db": float(treble_share_db(clean)),
+                         "decoded_db": float(treble_share_db(decoded))})
     return rows
 
 
 @torch.no_grad()
-def treble_probe(run: Run, level: int, windows: int = 256, ridge: float = 1.0) -> dict[str, float]:
+def treble_probe(run: Run, vqvae: VQVAE, level: int, windows: int = 256, ridge: float = 1.0) -> dict[str, float]:
     """Can a linear map predict a window's treble share (dB) from the level's quantised latents, or from the
     decoded audio's mel-band energies? Ridge regressions fitted on training windows, judged on held-out
     ones: RMS error in dB, beside predicting the training mean."""
-    vqvae = run.load_vqvae("cpu")
     weights = band_weights(vqvae.sample_rate)
     features, targets = {}, {}
     for split in ("train", "valid"):
@@ -167,8 +164,7 @@ def treble_probe(run: Run, level: int, windows: int = 256, ridge: float = 1.0) -
             "latents (mean, std over time)": torch.cat([latents.mean(dim=2), latents.std(dim=2)], dim=1),
             "decoded audio (log mel-band energies)": torch.log10(band_energies(decoded, weights).mean(dim=2) + 1e-10),
         }
-        power = stft(clean).abs().square()  # (windows, F, frames)
-        targets[split] = 10 * torch.log10(power[:, power.shape[1] // 2 :].sum(dim=(1, 2)) / power.sum(dim=(1, 2)) + 1e-12)
+        targets[split] = treble_share_db(clean, over=(1, 2))  # (windows,)
     rms = lambda error: float(error.pow(2).mean().sqrt())  # noqa: E731
     result = {"train mean": rms(targets["valid"] - targets["train"].mean())}
     for name in features["train"]:
@@ -190,11 +186,11 @@ def main() -> None:
     parser.add_argument("--max-segments", type=int, default=4)
     add_out_argument(parser)
     args = parser.parse_args()
-    torch.manual_seed(0)
     run = Run(args.run)
-    results = {level: measure(run, level, args.segment_seconds, args.max_segments) for level in args.levels}
+    vqvae = run.load_vqvae("cpu")
+    results = {level: measure(run, vqvae, level, args.segment_seconds, args.max_segments) for level in args.levels}
     print(machine_line())
-    print("| level | correction (oracle) | MR-STFT ↓ | log-mel ↓ | abs. high-band dB ↓ (signed) | SC dB ↓ | SI-SDR dB ↑ |")
+    print("| level | correction | MR-STFT ↓ | log-mel ↓ | abs. high-band dB ↓ (signed) | SC dB ↓ | SI-SDR dB ↑ |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for level, rows in results.items():
         for name, m in rows.items():
@@ -203,11 +199,11 @@ def main() -> None:
                   f"{m['si_sdr_db']:.2f} |")
     print("\n| level | split | track | treble share, original (dB) | decoded (dB) |")
     print("|---|---|---|---:|---:|")
-    tracks = {level: treble_per_track(run, level, args.segment_seconds, args.max_segments) for level in args.levels}
+    tracks = {level: treble_per_track(run, vqvae, level, args.segment_seconds, args.max_segments) for level in args.levels}
     for level, rows in tracks.items():
         for row in rows:
             print(f"| {level} | {row['split']} | {row['track']} | {row['original_db']:.1f} | {row['decoded_db']:.1f} |")
-    probes = {level: treble_probe(run, level) for level in args.levels}
+    probes = {level: treble_probe(run, vqvae, level) for level in args.levels}
     print("\nA window's treble share predicted by ridge regression (256 training windows → 256 held-out), RMS error in dB:")
     for level, errors in probes.items():
         for name, error in errors.items():
