@@ -24,7 +24,8 @@ LAUNCH ?=
 # key=value recipe overrides, e.g. ARGS="data.workers=4 prior_level2.train.steps=500" (shell quoting for
 # values with spaces): each stage takes the ones naming keys it reads; a key no stage reads fails at once
 ARGS ?=
-# extra options for the sample stage, e.g. SAMPLE_ARGS="--fast --morph-to tech_house --prime intro.wav"
+# extra options for the sample stage, e.g. SAMPLE_ARGS="--fast --morph-to tech_house --prime intro.wav" or
+# "--like track.wav" (a top prior with a track character)
 SAMPLE_ARGS ?=
 LEVEL ?= 2
 STEP ?=
@@ -78,7 +79,7 @@ help:
 	@echo "  upsamplers    train the level-1 and level-0 upsamplers         → RUN/prior_level1, RUN/prior_level0"
 	@echo "  anneal        resume prior LEVEL with the LR annealed to zero from STEP"
 	@echo "  refiner       train the diffusion refiner                      → RUN/refiner"
-	@echo "  sample        N new tracks of SECONDS in GENRE                 → RUN/samples/<id>/"
+	@echo "  sample        N new tracks of SECONDS in GENRE, copy-checked   → RUN/samples/<id>/"
 	@echo "  check-copies  flag samples that replay the training corpus     → RUN/samples/<id>/copies.json"
 	@echo "  review        the listening-review page                        → RUN/review.html"
 	@echo "  recipe        print CONFIG as the stages read it, with ARGS applied"
@@ -166,6 +167,7 @@ SAMPLE := read -ra sample_args <<< "$$JL_SAMPLE_ARGS"; \
 	$(JL) sample $(RECIPE) --seconds "$$JL_SECONDS" --n "$$JL_N" $(LABELS) "$${sample_args[@]}"
 sample: check-vars $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
 	$(SAMPLE)
+	$(JL) check-copies $(RECIPE)
 $(RUN)/samples/.done: $(RUN)/prior_level2/.done $(RUN)/prior_level1/.done $(RUN)/prior_level0/.done $(RUN)/refiner/.done
 	$(SAMPLE)
 	touch "$$JL_RUN/samples/.done"

@@ -194,6 +194,9 @@ class CodesWindows:
     total_length: torch.Tensor  # (B,) samples in the whole file
     offset: torch.Tensor  # (B,) samples before the window
     sample_length: int  # samples a window covers
+    # with `reference`: R tokens of another part of the same file, disjoint from the window, and where they start
+    reference: torch.Tensor | None = None  # (B, R) int64
+    reference_offset: torch.Tensor | None = None  # (B,) samples
 
     def labels(self, max_bow_genre_size: int = 1) -> torch.Tensor:
         """The prior's label rows [total_length, offset, sample_length, artist, genre, -1...] (B, 4 + G)."""
@@ -280,11 +283,14 @@ class CodesCorpus:
         generator: np.random.Generator,
         split: str = "train",
         with_upper: bool = False,
+        reference: int = 0,
     ) -> CodesWindows:
         """`batch_size` random windows of n_ctx tokens at `level` from `split`, uniform over positions.
 
         With `with_upper` (upsamplers) each window starts on a token of the level above and comes with
-        that level's aligned n_ctx / ratio tokens. Files shorter than a window are skipped.
+        that level's aligned n_ctx / ratio tokens. With `reference` (a track-character prior) each window
+        comes with `reference` tokens of the same file that do not overlap it, at a uniform position among
+        those that do not. Files too short for a window (and its reference) are skipped.
         """
         ratio = 1
         if with_upper:
@@ -293,26 +299,40 @@ class CodesCorpus:
             ratio = self.hop_lengths[level + 1] // self.hop_lengths[level]
             if n_ctx % ratio:
                 raise UserError(f"n_ctx {n_ctx} must be a multiple of {ratio} for the level-{level} upsampler.")
+        if reference and with_upper:
+            raise ValueError("a reference part goes with top-level windows, not an upsampler's")
         candidates = self.split_files(split)
         if not candidates:
             raise UserError(f"The codes in '{self.dir}' have no '{split}' files; check the data stage's split.")
         # start positions a window may take in each file, on multiples of `ratio`
-        starts = np.array([(self.files[i]["levels"][level]["length"] - n_ctx) // ratio + 1 for i in candidates])
-        starts = np.maximum(starts, 0)
+        lengths = np.array([self.files[i]["levels"][level]["length"] for i in candidates])
+        starts = np.maximum((lengths - n_ctx) // ratio + 1, 0)
+        if reference:  # only the starts that leave room for a reference before [0, S - R) or after [R, S) the window
+            starts = np.where(starts >= 2 * reference, starts, 2 * np.maximum(starts - reference, 0))
+        hop = self.hop_lengths[level]
         if starts.sum() == 0:
-            longest = max(self.files[i]["levels"][level]["length"] for i in candidates)
-            hop = self.hop_lengths[level]
+            what = f"A window of {n_ctx}" + (f" and a reference part of {reference}" if reference else "")
             raise UserError(
-                f"A window of {n_ctx} level-{level} tokens ({n_ctx * hop / self.sample_rate:.1f} s) is longer than "
-                f"every '{split}' file (the longest has {longest} tokens); use a smaller n_ctx or longer audio."
+                f"{what} level-{level} tokens ({(n_ctx + reference) * hop / self.sample_rate:.1f} s) "
+                f"{'are' if reference else 'is'} longer than every '{split}' file (the longest has {lengths.max()} tokens); "
+                f"use a smaller n_ctx{' or character_tokens' if reference else ''} or longer audio."
             )
         picks = generator.choice(len(candidates), size=batch_size, p=starts / starts.sum())
-        hop = self.hop_lengths[level]
-        rows, uppers, offsets, chosen = [], [], [], []
+        rows, uppers, offsets, chosen, references, reference_starts = [], [], [], [], [], []
         for pick in picks:
             file_index = candidates[pick]
             start = int(generator.integers(0, starts[pick])) * ratio
+            if reference and starts[pick] < int(lengths[pick]) - n_ctx + 1:  # two ranges of starts: [0, S - R), [R, S)
+                room = int(starts[pick]) // 2
+                start = start if start < room else reference + start - room
             rows.append(self.file_codes(file_index, level)[start : start + n_ctx])
+            if reference:
+                before = max(0, start - reference + 1)  # reference starts 0 .. start - reference
+                after = max(0, int(lengths[pick]) - reference - (start + n_ctx) + 1)  # start + n_ctx .. length - reference
+                r = int(generator.integers(0, before + after))
+                r = r if r < before else start + n_ctx + (r - before)
+                references.append(self.file_codes(file_index, level)[r : r + reference])
+                reference_starts.append(r * hop)
             if with_upper:
                 uppers.append(self.file_codes(file_index, level + 1)[start // ratio : (start + n_ctx) // ratio])
             offsets.append(start * hop)
@@ -332,4 +352,6 @@ class CodesCorpus:
             total_length=torch.tensor([f["samples"] for f in chosen]),
             offset=torch.tensor(offsets),
             sample_length=n_ctx * hop,
+            reference=torch.from_numpy(np.stack(references).astype(np.int64)) if reference else None,
+            reference_offset=torch.tensor(reference_starts) if reference else None,
         )

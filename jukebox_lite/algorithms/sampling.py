@@ -16,7 +16,10 @@ Long tracks: windows of n_ctx tokens start every hop = hop_fraction·n_ctx token
 keeps the last n_ctx - hop tokens as its context (fed through the cache in chunks) and samples the
 rest. Each window's labels carry its own offset in the track (offset += start · hop_length, and
 sample_length = n_ctx · hop_length, as in OpenAI's sampler); an upsampler window reads the matching
-slice of the level above, cond_downsample times fewer tokens.
+slice of the level above, cond_downsample times fewer tokens. A top prior with a track character
+gets the same character vector in every window of a track; with guidance other than 1, each window
+runs conditioned and unconditioned rows as one batch and draws from the logits pushed past the
+unconditioned ones (classifier-free guidance).
 
 Upsampling in segments: the level above already fixes a track's structure, so an upsampler can cut
 the track into K segments and sample them side by side, as one batch of n·K rows (a sampled token
@@ -129,6 +132,13 @@ def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen
     return torch.searchsorted(cdf, u, right=True)[:, 0]
 
 
+def _paired(conditioned: Conditioning, unconditioned: Conditioning) -> Conditioning:
+    """The two conditionings of guided sampling as one batch: conditioned rows, then unconditioned ones."""
+    cond_u = torch.zeros_like(conditioned.cond) if unconditioned.cond is None else unconditioned.cond  # adds nothing
+    lyrics = None if conditioned.lyrics is None else torch.cat([conditioned.lyrics, unconditioned.lyrics])
+    return Conditioning(torch.cat([conditioned.start, unconditioned.start]), torch.cat([conditioned.cond, cond_u]), lyrics)
+
+
 @torch.no_grad()
 def sample_window(
     prior: Prior,
@@ -139,19 +149,37 @@ def sample_window(
     top_k: int = 0,
     top_p: float = 0.0,
     generator: torch.Generator | None = None,
+    unconditioned: Conditioning | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
-    """One window from position 0: keep `context` (B, P) and sample up to `length` → (B, length)."""
+    """One window from position 0: keep `context` (B, P) and sample up to `length` → (B, length).
+
+    With `unconditioned` (classifier-free guidance) both conditionings run as one batch of 2B rows and
+    each code is drawn from unconditioned + guidance · (conditioned − unconditioned) logits."""
+    guided = unconditioned is not None
+    if guided:
+        conditioning = _paired(conditioning, unconditioned)
     decoder = IncrementalDecoder(prior, conditioning)
-    logits = decoder.start()
+
+    def mixed(logits: torch.Tensor) -> torch.Tensor:  # (2B or B, bins) → (B, bins)
+        if not guided:
+            return logits
+        conditioned_logits, unconditioned_logits = logits.chunk(2)
+        return torch.lerp(unconditioned_logits, conditioned_logits, guidance)
+
+    def doubled(codes: torch.Tensor) -> torch.Tensor:
+        return torch.cat([codes, codes]) if guided else codes
+
+    logits = mixed(decoder.start())
     tokens = [] if context is None else [context]
     P = 0 if context is None else context.shape[1]
     if 0 < P < length:
-        logits = decoder.feed(context)[:, -1]
+        logits = mixed(decoder.feed(doubled(context))[:, -1])
     for t in range(P, length):
         code = draw(logits, temperature, top_k, top_p, generator)
         tokens.append(code[:, None])
         if t + 1 < length:
-            logits = decoder.feed(code[:, None])[:, 0]
+            logits = mixed(decoder.feed(doubled(code[:, None]))[:, 0])
     return torch.cat(tokens, dim=1)[:, :length]
 
 
@@ -199,6 +227,8 @@ def sample_codes(
     segments: int = 1,
     overlap: float = 0.5,
     progress: bool = False,
+    character: torch.Tensor | None = None,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """(n, length) codes of one level, in windows when longer than n_ctx (see the module docstring).
 
@@ -211,6 +241,9 @@ def sample_codes(
 
     labels: a label tensor for the whole track (offset = the track position of token 0), a LabelMix,
     or a function of the window's start token returning either (e.g. `morph(a, b, length)`).
+
+    character: a top prior's track character (n, D), the same for every window; guidance other than 1
+    samples every token from the logits guided away from the unconditioned prior's (twice the rows).
     """
     cfg = prior.cfg
     if n < 1 or length < 1:
@@ -241,6 +274,10 @@ def sample_codes(
         raise UserError(f"hop_fraction is {hop_fraction}; it must be in (0, 1].")
     if segments < 1 or not 0 < overlap <= 1:
         raise UserError(f"segments is {segments} and overlap {overlap}; segments must be at least 1, overlap in (0, 1].")
+    if character is not None:
+        prior.character_embedding(character, n)  # one clear error before any window
+    if guidance < 0 or (guidance != 1 and character is None):
+        raise UserError(f"Guidance is {guidance}; it must be at least 0, and other than 1 only with a track character.")
     window_options = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
                           hop_fraction=hop_fraction, progress=progress)
     if segments > 1 and cfg.is_upsampler and prime is None and (labels is None or torch.is_tensor(labels)):
@@ -255,10 +292,13 @@ def sample_codes(
         if tokens.shape[1] >= start + window:
             continue  # the prime already covers this window
         upper = None if upper_codes is None else upper_codes[:, start // s : (start + window) // s]
-        conditioning = prior.conditioning(n, window, upper, _labels_at(prior, labels, start))
+        window_labels = _labels_at(prior, labels, start)
+        conditioning = prior.conditioning(n, window, upper, window_labels, character)
+        unconditioned = prior.conditioning(n, window, upper, window_labels) if guidance != 1 else None
         context = tokens[:, start:]
         log.debug("level %d: window at %d, %d context tokens, %d new", cfg.level, start, context.shape[1], start + window - tokens.shape[1])
-        sampled = sample_window(prior, conditioning, window, context, temperature, top_k, top_p, generator)
+        sampled = sample_window(prior, conditioning, window, context, temperature, top_k, top_p, generator,
+                                unconditioned, guidance)
         tokens = torch.cat([tokens, sampled[:, context.shape[1] :]], dim=1)
     return tokens
 

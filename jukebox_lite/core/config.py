@@ -372,6 +372,15 @@ class PriorConfig:
     cond_c_res: int = 1  # 1: resnet units kept in `blocks` (OpenAI's released key layout), recomputed in backward
     # training memory: recompute each transformer layer in backward (OpenAI's c_res), ~1/3 more compute
     checkpoint_layers: bool = False
+    # track character (top level; ours, not OpenAI's): a learned vector describing a whole track, read by a
+    # small encoder from `character_tokens` codes of another part of the same track and fed to every window
+    # like the labels; 0: off. `character_drop`: the share of training windows that go without it;
+    # `character_noise`: the std of Gaussian noise added to each (unit-RMS) vector in training, a bottleneck on
+    # how much a vector can tell about its track (with few tracks, a precise one lets the prior replay them)
+    character_tokens: int = 0
+    character_width: int = 64
+    character_drop: float = 0.2
+    character_noise: float = 0.0
     # fine-tuning an imported prior: new label rows for the corpus's names (null: they take ids 0, 1, ...)
     styles: StylesConfig | None = None
     train: TrainingConfig = field(default_factory=TrainingConfig)
@@ -444,6 +453,14 @@ class PriorConfig:
                 )
             if self.cond_width < 1 or self.cond_depth < 0 or self.cond_down_t < 1 or self.cond_stride_t < 1:
                 raise UserError(f"{section}: cond_width, cond_down_t, cond_stride_t must be positive, cond_depth not negative.")
+        if self.character_tokens:
+            if self.is_upsampler:
+                raise UserError(f"{section}.character_tokens: the track character conditions the top-level prior only.")
+            if self.character_tokens < 0 or self.character_width < 1 or not 0 <= self.character_drop < 1 or not 0 <= self.character_noise < math.inf:
+                raise UserError(
+                    f"{section}: character_tokens must be at least 0, character_width at least 1, character_drop in [0, 1), "
+                    "character_noise finite and at least 0."
+                )
         if self.styles is not None and not self.labels:
             raise UserError(f"{section}.styles: this prior has no labels (labels: false), so it has no style rows to add.")
         if self.styles is not None and self.train.lora is not None and not self.train.lora.train_embeddings:
@@ -605,6 +622,9 @@ class SampleConfig:
     # least two windows long; 1: one window after another, as Jukebox does
     upsampler_segments: int | str = "auto"
     upsampler_overlap: float = 0.5  # each segment after the first warms up over this fraction of n_ctx
+    # a top prior with a track character (prior_level2.character_tokens): logits = unconditioned +
+    # guidance · (conditioned − unconditioned); 1 is the plain conditioned prior (one pass per token, not two)
+    character_guidance: float = 1.0
 
     def hop_fraction(self, level: int) -> float:
         return getattr(self, f"hop_fraction_level{level}")
@@ -629,6 +649,8 @@ class SampleConfig:
             raise UserError(f"sample.upsampler_overlap is {self.upsampler_overlap}; it must be in (0, 1].")
         if self.refine_chunk_length is not None and self.refine_chunk_length < 1:
             raise UserError(f"sample.refine_chunk_length is {self.refine_chunk_length}; use at least 1, or null.")
+        if not 0 <= self.character_guidance < math.inf:
+            raise UserError(f"sample.character_guidance is {self.character_guidance}; use a finite value of at least 0 (1: plain conditioning).")
 
 
 @dataclass

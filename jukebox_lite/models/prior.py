@@ -2,15 +2,16 @@
 
 Read top to bottom: the token model that OpenAI calls `prior` (embeddings, the transformer of
 `nn.transformer`, tied output), the two conditioners (labels for the top level, codes of the level
-above for the upsamplers), then `Prior`, which ties them together. Loading is `models.checkpoints`'
-(ours) and `algorithms.openai_import`'s (OpenAI's).
+above for the upsamplers), our track-character encoder (a top prior's optional third), then `Prior`,
+which ties them together. Loading is `models.checkpoints`' (ours) and `algorithms.openai_import`'s
+(OpenAI's).
 
 Teacher forcing: the input at position t is the code at t-1 (the start token at t = 0), so the
 logits at t predict codes[:, t]. A lyrics prior (OpenAI's 1b_lyrics: `n_tokens`, `n_vocab`) puts the
 lyric characters before the codes in the same window and vocabulary (codes shifted by n_vocab); its
 logits are the codes' at the codes' positions. Conditioning (`cond`, one vector per position: timing embeddings
-on the top level, the upsampled upper codes on the upsamplers) is added to the input embeddings and
-again to the transformer's output, as in OpenAI's code.
+on the top level, the upsampled upper codes on the upsamplers; the track character, the same at every
+position) is added to the input embeddings and again to the transformer's output, as in OpenAI's code.
 """
 
 from __future__ import annotations
@@ -236,6 +237,63 @@ class UpperConditioner(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# Track character (ours): one vector per track, from another part of the same track
+
+
+class CharacterEncoder(nn.Module):
+    """Codes of one part of a track (B, R) → its character vector (B, D), and that vector → (B, W).
+
+    The vector is what a track is described by (a sample's is drawn, taken from a reference recording
+    or from its prime); `project` turns it into what is added to the start token and every position.
+    The projection starts at zero, so a prior with a new encoder begins as the prior without one, and
+    a zero vector (a dropped condition) adds exactly nothing. In training mode the encoder keeps the
+    running mean and second moment of the vectors it makes (like batch norm's statistics), which
+    `draw` samples from: the corpus's distribution of characters, kept in the checkpoint.
+    """
+
+    MOMENTUM = 0.01  # of the running statistics, once more than 1 / MOMENTUM batches have been seen
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        D = cfg.character_width
+        self.x_emb = nn.Embedding(cfg.bins, D)
+        nn.init.normal_(self.x_emb.weight, std=0.02)
+        self.convs = nn.Sequential(
+            nn.Conv1d(D, D, 3, padding=1), nn.GELU(), nn.Conv1d(D, D, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv1d(D, D, 3, stride=2, padding=1),
+        )
+        self.norm = nn.LayerNorm(D, elementwise_affine=False)
+        self.project = nn.Linear(D, cfg.width, bias=False)
+        nn.init.zeros_(self.project.weight)
+        self.register_buffer("running_mean", torch.zeros(D))
+        self.register_buffer("running_moment", torch.eye(D))  # E[v vᵀ]
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, R) → character vectors (B, D), unit RMS; in training mode the running statistics follow."""
+        x = self.convs(self.x_emb(codes).transpose(1, 2))  # (B, D, R / 4)
+        vectors = self.norm(x.mean(-1).float())  # (B, D)
+        if self.training:
+            with torch.no_grad():
+                v = vectors.detach()
+                weight = max(self.MOMENTUM, 1.0 / float(self.batches_seen + 1))
+                self.running_mean.lerp_(v.mean(0), weight)
+                self.running_moment.lerp_(v.T @ v / len(v), weight)
+                self.batches_seen += 1
+        return vectors
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n vectors (n, D) from a Gaussian with the running mean and covariance: characters like the
+        corpus's, of no track in particular."""
+        mean = self.running_mean.float()
+        covariance = self.running_moment.float() - torch.outer(mean, mean)
+        covariance = (covariance + covariance.T) / 2 + 1e-4 * torch.eye(len(mean), device=mean.device)
+        scale = torch.linalg.cholesky(covariance)
+        z = torch.randn(n, len(mean), generator=generator, device=mean.device)
+        return mean + z @ scale.T
+
+
+# ----------------------------------------------------------------------------------------------
 # The prior
 
 
@@ -260,6 +318,8 @@ class Prior(nn.Module):
             self.conditioner_blocks = nn.ModuleList([UpperConditioner(cfg)])
         if cfg.labels:
             self.y_emb = LabelConditioner(cfg, timing=not cfg.is_upsampler)
+        if cfg.character_tokens:
+            self.character = CharacterEncoder(cfg)
         self.prior = TokenModel(cfg, learned_start=not cfg.labels)
 
     @property
@@ -281,9 +341,11 @@ class Prior(nn.Module):
 
     def add_adapters(self, lora: LoRAConfig) -> None:
         """LoRA (nn/lora.py) on the transformer's `lora.targets` projections; every other weight frozen,
-        except the embeddings and layer norms the config chooses to train."""
+        except the embeddings and layer norms the config chooses to train and a track-character encoder."""
         add_adapters(self, lora.targets, lora.rank, lora.alpha)
         trained = self.embedding_parameters() if lora.train_embeddings else []
+        if self.cfg.character_tokens:  # the track-character encoder is new to an import: it trains whole
+            trained += list(self.character.parameters())
         if lora.train_norms:
             trained += [p for m in self.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
         for p in trained:
@@ -316,8 +378,9 @@ class Prior(nn.Module):
         self.y_emb.check(y)
         return self.y_emb(y)
 
-    def conditioning(self, batch: int, length: int, upper_codes=None, labels=None) -> Conditioning:
-        """Everything a window of `length` tokens (from position 0) is conditioned on."""
+    def conditioning(self, batch: int, length: int, upper_codes=None, labels=None, character=None) -> Conditioning:
+        """Everything a window of `length` tokens (from position 0) is conditioned on; `character`: the
+        track's character vectors (B, D) or None (a prior with an encoder then runs as without one)."""
         cfg = self.cfg
         if length > cfg.n_ctx:
             raise UserError(f"A window of {length} tokens is longer than this prior's n_ctx ({cfg.n_ctx}).")
@@ -339,7 +402,42 @@ class Prior(nn.Module):
             raise UserError("The top-level prior takes no upper codes; pass upper_codes only to upsamplers.")
         if lyrics is not None and cond is not None:  # the lyric positions have no timing
             cond = torch.cat([cond.new_zeros(batch, cfg.n_tokens, cond.shape[2]), cond], dim=1)
+        if character is not None:  # one vector for the whole window, like the labels
+            added = self.character_embedding(character, batch)  # (B, W)
+            start = start + added
+            positions = length + (0 if lyrics is None else cfg.n_tokens)
+            cond = added[:, None].expand(batch, positions, -1) if cond is None else cond + added[:, None]
         return Conditioning(start, cond, lyrics)
+
+    def character_embedding(self, character: torch.Tensor, batch: int) -> torch.Tensor:
+        """Character vectors (B, D) → what is added to every input position (B, W)."""
+        if not self.cfg.character_tokens:
+            raise UserError("This prior was trained without a track character (prior_level2.character_tokens is 0); leave it out.")
+        width = self.cfg.character_width
+        if not torch.is_tensor(character) or not character.is_floating_point() or tuple(character.shape) != (batch, width):
+            shape = tuple(character.shape) if torch.is_tensor(character) else type(character).__name__
+            raise UserError(f"A track character is {shape}; this prior takes ({batch}, {width}) float vectors.")
+        weight = self.character.project.weight
+        return self.character.project(character.to(weight.device, weight.dtype))
+
+    @torch.no_grad()
+    def describe(self, codes: torch.Tensor) -> torch.Tensor:
+        """Top-level codes of whole tracks (B, T) → each track's character (B, D): the mean of the vectors of
+        its character_tokens-long parts (one part, all of it, when shorter)."""
+        if not self.cfg.character_tokens:
+            raise UserError("This prior was trained without a track character (prior_level2.character_tokens is 0).")
+        self.check_codes(codes, f"level-{self.cfg.level} codes")
+        R = self.cfg.character_tokens
+        B, T = codes.shape
+        parts = max(1, T // R)
+        pieces = codes[:, : parts * R].reshape(B * parts, R) if T >= R else codes  # (B·parts, R)
+        training = self.character.training
+        self.character.eval()  # describing a track is no training step: the running statistics stay
+        try:
+            vectors = self.character(pieces.to(self.device, torch.long))
+        finally:
+            self.character.train(training)
+        return vectors.view(B, parts, -1).mean(1)
 
     def upper_conditioning(self, upper_codes, batch: int, length: int) -> torch.Tensor:
         cfg, s = self.cfg, self.cfg.cond_downsample
@@ -361,8 +459,12 @@ class Prior(nn.Module):
 
     # -- teacher forcing ------------------------------------------------------------------------
 
-    def logits(self, codes: torch.Tensor, upper_codes=None, labels=None) -> torch.Tensor:
+    def logits(self, codes: torch.Tensor, upper_codes=None, labels=None, reference=None) -> torch.Tensor:
         """codes (B, T) → float logits (B, T, bins); position t predicts codes[:, t].
+
+        reference (B, R): for a prior with a track character, codes of another part of each window's track,
+        which the encoder turns into the window's character; in training mode a share (`character_drop`) of
+        the windows go without it. None: no character.
 
         A lyrics prior (cfg.n_tokens) reads the labels' lyric character ids after the label columns (none
         given: all 0, OpenAI's padding, i.e. no lyrics) as a prefix of the window; the logits are those of
@@ -372,7 +474,7 @@ class Prior(nn.Module):
         self.check_codes(codes, f"level-{self.cfg.level} codes")
         B, T = codes.shape
         codes = codes.to(self.device, torch.long)
-        c = self.conditioning(B, T, upper_codes, labels)
+        c = self.conditioning(B, T, upper_codes, labels, self._reference_character(reference, B))
         n_vocab = self.cfg.n_vocab
         tokens = codes if c.lyrics is None else torch.cat([c.lyrics, codes + n_vocab], dim=1)  # (B, n_tokens + T)
         x = self.prior.x_emb(tokens)  # (B, n_tokens + T, W)
@@ -381,6 +483,24 @@ class Prior(nn.Module):
         if c.lyrics is not None:
             logits = logits[:, self.cfg.n_tokens :, n_vocab:]  # (B, T, bins): the codes at the codes' positions
         return logits.float()
+
+    def _reference_character(self, reference, batch: int) -> torch.Tensor | None:
+        """Reference codes (B, R) → character vectors (B, D); in training with `character_noise` added, and zero
+        for the windows dropped."""
+        if reference is None:
+            return None
+        if not self.cfg.character_tokens:
+            raise UserError("This prior was trained without a track character; pass no reference codes.")
+        if reference.dim() != 2 or reference.shape[0] != batch:
+            raise UserError(f"Reference codes have shape {tuple(reference.shape)}; expected ({batch}, R).")
+        self.check_codes(reference, "reference codes")
+        vectors = self.character(reference.to(self.device, torch.long))  # (B, D)
+        if self.training and self.cfg.character_noise:
+            vectors = vectors + self.cfg.character_noise * torch.randn_like(vectors)
+        if self.training and self.cfg.character_drop:
+            kept = torch.rand(batch, device=vectors.device) >= self.cfg.character_drop
+            vectors = vectors * kept[:, None]
+        return vectors
 
     def _lyrics(self, labels, batch: int) -> tuple[object, torch.Tensor | None]:
         """(labels without lyrics, lyric character ids (B, n_tokens) or None for a prior without them)."""
@@ -395,13 +515,13 @@ class Prior(nn.Module):
             return labels, lyrics
         return labels, torch.zeros(batch, cfg.n_tokens, dtype=torch.long, device=self.device)
 
-    def forward(self, codes: torch.Tensor, upper_codes=None, labels=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, codes: torch.Tensor, upper_codes=None, labels=None, reference=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """codes (B, T) → (logits (B, T, bins), metrics): the training objective, as DDP needs it in forward.
 
         metrics['loss'] is the mean cross-entropy in nats per token; 'bits_per_token' (OpenAI's unit)
         and 'accuracy' (of the most likely code) are detached.
         """
-        logits = self.logits(codes, upper_codes, labels)  # (B, T, bins) float32
+        logits = self.logits(codes, upper_codes, labels, reference)  # (B, T, bins) float32
         targets = codes.to(logits.device, torch.long)
         nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         with torch.no_grad():

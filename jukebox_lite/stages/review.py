@@ -347,6 +347,7 @@ def meta_rows(meta: dict) -> list[dict]:
         "weights": settings.get("checkpoint"),
         "prior steps": ", ".join(f"{level} {step}" for level, step in steps.items()),
         "prime": meta.get("prime"),
+        "track character": meta.get("character"),
         "refined": meta.get("refined"),
         "seconds per stage": ", ".join(f"{k} {v}" for k, v in meta.get("seconds_per_stage", {}).items()),
     }

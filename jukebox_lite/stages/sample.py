@@ -1,7 +1,7 @@
 """Sample stage: long tracks from the trained models, every stage audible.
 
     jukebox-lite sample --run RUN --seconds 90 --n 4 --genre deep_house [--morph-to tech_house]
-        [--prime intro.wav] [--temperature 0.98] [--seed 0] [--fast]
+        [--prime intro.wav] [--like track.wav | --like-mix a.wav b.wav] [--temperature 0.98] [--seed 0] [--fast]
 
     top prior (level 2)   windowed sampling with genre and timing labels for every window
       → upsamplers        level 1 and level 0 codes conditioned on the level above (--fast skips them)
@@ -11,6 +11,11 @@
 
 The fast path decodes level 1 and refines it with a refiner trained on level-1 audio
 (refiner.cond_level 1), skipping the level-0 upsampler, which is by far the slowest stage.
+
+A top prior trained with a track character (prior_level2.character_tokens) gives every window of a
+track the same character vector: that of a reference recording (--like), the midpoint of two
+(--like-mix), the prime's own (--prime), or by default one drawn from the corpus's distribution,
+a new one for each track. meta.json says which.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class SampleRequest:
     artist: str | None = None
     morph_to: str | None = None  # a genre the track morphs into by its end
     prime: Path | None = None  # audio whose top-level codes open every sample
+    like: tuple[Path, ...] = ()  # one or two recordings whose track character every sample takes (two: their midpoint)
     seed: int = 0
     fast: bool = False  # stop at level 1 (skip the level-0 upsampler)
     name: str | None = None  # sample folder prefix (default: a timestamp)
@@ -68,10 +74,12 @@ class SampleRequest:
     top_p: float | None = None
     refine_steps: int | None = None
     refine_strength: float | None = None
+    character_guidance: float | None = None
 
     def settings(self, recipe: SampleConfig) -> SampleConfig:
         """The recipe's sample section with this request's options put over it, checked."""
-        chosen = {k: getattr(self, k) for k in ("temperature", "top_k", "top_p", "refine_steps", "refine_strength")}
+        names = ("temperature", "top_k", "top_p", "refine_steps", "refine_strength", "character_guidance")
+        chosen = {k: getattr(self, k) for k in names}
         settings = dataclasses.replace(recipe, **{k: v for k, v in chosen.items() if v is not None})
         settings.validate()
         return settings
@@ -89,20 +97,41 @@ def _labels(loaded: LoadedPrior, request: SampleRequest, genre: str | None, tota
     return torch.tensor([row] * n, dtype=torch.long)
 
 
-def _prime_codes(vqvae: VQVAE, path: Path, tokens: int, n: int) -> torch.Tensor:
-    """The top-level codes of an audio file, at most `tokens` of them, repeated for n samples → (n, P)."""
+def _top_codes(vqvae: VQVAE, path: Path, what: str, tokens: int | None = None) -> torch.Tensor:
+    """The top-level codes of an audio file (its first `tokens`, or all) → (1, P); `what` names it in errors."""
     try:
         audio, sr = load_audio(path)
     except AudioError as e:
-        raise UserError(f"Prime '{path}' cannot be used: {e}.") from None
+        raise UserError(f"{what} '{path}' cannot be used: {e}.") from None
     audio = resample(to_mono(audio), sr, vqvae.sample_rate)
     top = vqvae.hop_lengths[-1]
-    usable = min(audio.shape[1] // top, tokens) * top
+    usable = min(audio.shape[1] // top, tokens or audio.shape[1]) * top
     if usable == 0:
-        raise UserError(f"Prime '{path}' is shorter than one top-level token ({top} samples).")
+        raise UserError(f"{what} '{path}' is shorter than one top-level token ({top} samples).")
     x = torch.from_numpy(audio[:, :usable])[None].to(next(vqvae.parameters()).device)  # (1, 1, T)
-    codes = vqvae.encode(x, levels=[vqvae.levels - 1])[-1]  # (1, P)
-    return codes.repeat(n, 1)
+    return vqvae.encode(x, levels=[vqvae.levels - 1])[-1]  # (1, P)
+
+
+def _character(
+    top: LoadedPrior, vqvae: VQVAE, request: SampleRequest, prime: torch.Tensor | None, generator: torch.Generator
+) -> tuple[torch.Tensor | None, str | None]:
+    """Each track's character (n, D) and a sentence saying where it came from; (None, None) for a prior without one."""
+    prior = top.prior
+    if not prior.cfg.character_tokens:
+        if request.like:
+            raise UserError(
+                f"--like needs a top prior trained with a track character, and '{top.path}' has none "
+                "(train one with prior_level2.character_tokens, e.g. 512)."
+            )
+        return None, None
+    if request.like:
+        vectors = torch.cat([prior.describe(_top_codes(vqvae, path, "Reference recording")) for path in request.like])
+        named = " and ".join(repr(str(path)) for path in request.like)
+        why = f"like {named}" if len(request.like) == 1 else f"between {named} (the midpoint of their characters)"
+        return vectors.mean(0, keepdim=True).repeat(request.n, 1), why
+    if prime is not None:
+        return prior.describe(prime[:1]).repeat(request.n, 1), f"the prime's own ('{request.prime}')"
+    return prior.character.draw(request.n, generator), "drawn from the corpus's distribution of characters, one per track"
 
 
 def _write_wav(path: Path, audio: torch.Tensor, sr: int) -> None:
@@ -212,11 +241,14 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
         top.prior.y_emb.check(labels)  # a length outside the timing embeddings fails before any sampling
     if request.morph_to and labels is not None:
         labels = morph(labels, _labels(top, request, request.morph_to, total, request.n), tokens)
-    prime = None if request.prime is None else _prime_codes(vqvae, request.prime, tokens, request.n)
+    prime = None if request.prime is None else _top_codes(vqvae, request.prime, "Prime", tokens).repeat(request.n, 1)
+    character, character_source = _character(top, vqvae, request, prime, generator)
+    guidance = dict(character=character, guidance=settings.character_guidance) if character is not None else {}
     options = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, generator=generator, progress=True)
     with autocast(device):
         codes[2] = sample_codes(
-            top.prior, request.n, tokens, labels=labels, prime=prime, hop_fraction=settings.hop_fraction_level2, **options
+            top.prior, request.n, tokens, labels=labels, prime=prime, hop_fraction=settings.hop_fraction_level2,
+            **guidance, **options,
         )
         timings["level2"] = time.perf_counter() - clock
         for level, loaded in upsamplers.items():
@@ -261,6 +293,7 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
             "artist": request.artist,
             "morph_to": request.morph_to,
             "prime": None if request.prime is None else str(request.prime),
+            "character": character_source,
             "fast": request.fast,
             "refined": why,
             "settings": dataclasses.asdict(settings),
@@ -291,6 +324,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artist", help="artist label (default: the prior's first artist)")
     parser.add_argument("--morph-to", help="a second genre the track morphs into by its end")
     parser.add_argument("--prime", type=Path, help="audio file whose opening every track continues")
+    like = parser.add_mutually_exclusive_group()
+    like.add_argument("--like", type=Path, help="a recording whose track character every track takes (a top prior with one)")
+    like.add_argument("--like-mix", type=Path, nargs=2, metavar=("A", "B"), help="tracks between the characters of two recordings")
+    parser.add_argument("--guidance", type=float, dest="character_guidance",
+                        help="track-character guidance, 1 = plain (default: sample.character_guidance)")
     parser.add_argument("--temperature", type=float, help="softmax temperature (default: sample.temperature)")
     parser.add_argument("--top-k", type=int, help="keep the k likeliest codes (default: sample.top_k)")
     parser.add_argument("--top-p", type=float, help="keep the codes holding this mass (default: sample.top_p)")
@@ -303,7 +341,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args)
-    fields = {f.name for f in dataclasses.fields(SampleRequest)} - {"name"}
-    request = SampleRequest(**{k: getattr(args, k) for k in fields}, name=args.name)
+    fields = {f.name for f in dataclasses.fields(SampleRequest)} - {"name", "like"}
+    like = tuple(args.like_mix or ([args.like] if args.like else []))
+    request = SampleRequest(**{k: getattr(args, k) for k in fields}, name=args.name, like=like)
     sample_tracks(recipe, Run(args.run), request)
     return 0

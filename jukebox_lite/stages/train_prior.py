@@ -122,7 +122,8 @@ def check_codes(cfg: PriorConfig, corpus: CodesCorpus, vocab: PriorVocabulary, s
                 f"[{cfg.min_duration}, {cfg.max_duration}) s; set {section}.min_duration and max_duration to cover them."
             )
     # a window must fit in some training file: the reader's own error says so now rather than at step 1
-    corpus.windows(level, cfg.n_ctx, 1, np.random.default_rng(0), "train", with_upper=cfg.is_upsampler)
+    corpus.windows(level, cfg.n_ctx, 1, np.random.default_rng(0), "train", with_upper=cfg.is_upsampler,
+                   reference=cfg.character_tokens)
 
 
 def architecture_fields(cfg: PriorConfig) -> tuple[str, ...]:
@@ -130,6 +131,20 @@ def architecture_fields(cfg: PriorConfig) -> tuple[str, ...]:
     if cfg.labels:
         fields += LABEL_ARCHITECTURE + (() if cfg.is_upsampler else TIMING_ARCHITECTURE)
     return fields + (UPSAMPLER_ARCHITECTURE if cfg.is_upsampler else ())
+
+
+def check_character(cfg: PriorConfig, state: dict, path: Path) -> None:
+    """A run resumed must have the recipe's track character (a checkpoint older than it has none). An
+    imported prior is not checked: a fine-tune adds a new encoder to it."""
+    theirs = {k: state["config"].get(k, 0) for k in ("character_tokens", "character_width")}
+    if not theirs["character_tokens"] and not cfg.character_tokens:
+        return
+    if theirs != {"character_tokens": cfg.character_tokens, "character_width": cfg.character_width}:
+        raise UserError(
+            f"'{path}' was trained with character_tokens {theirs['character_tokens']} and character_width "
+            f"{theirs['character_width']}, the recipe asks for {cfg.character_tokens} and {cfg.character_width}; set "
+            f"{section_name(cfg.level)}'s to the checkpoint's to resume it, or move it away to train afresh."
+        )
 
 
 def check_level(cfg: PriorConfig, state: dict, path: Path) -> None:
@@ -195,6 +210,8 @@ class PriorTask(Task):
         weights = state.get("ema") or state["model"]
         if self.growth is not None:
             weights = self.growth.apply(weights, model)
+        if not any(k.startswith("character.") for k in weights):  # an import: the track-character encoder is new
+            weights = {**{k: v for k, v in model.state_dict().items() if k.startswith("character.")}, **weights}
         load_state_checked(model, weights, str(path))
 
     def shard_units(self, model: nn.Module) -> list[nn.Module]:
@@ -207,16 +224,18 @@ class PriorTask(Task):
         return extra
 
     def batch(self, windows: CodesWindows) -> dict[str, torch.Tensor | None]:
-        """Windows → the model's inputs: tokens (B, n_ctx), upper (B, n_ctx / ratio) or None, labels or None."""
+        """Windows → the model's inputs: tokens (B, n_ctx), upper (B, n_ctx / ratio) or None, labels or None,
+        reference (B, character_tokens) or None."""
         labels = None
         if self.cfg.labels:
             labels = windows.labels(self.cfg.max_bow_genre_size)  # (B, 4 + G), corpus ids
             labels[:, 3] = self.artist_ids[windows.artist_ids]
             labels[:, 4] = self.genre_ids[windows.genre_ids]
-        return {"tokens": windows.tokens, "upper": windows.upper, "labels": labels}
+        return {"tokens": windows.tokens, "upper": windows.upper, "labels": labels, "reference": windows.reference}
 
     def windows(self, generator: np.random.Generator, batch_size: int, split: str = "train") -> CodesWindows:
-        return self.corpus.windows(self.level, self.cfg.n_ctx, batch_size, generator, split, with_upper=self.cfg.is_upsampler)
+        return self.corpus.windows(self.level, self.cfg.n_ctx, batch_size, generator, split,
+                                   with_upper=self.cfg.is_upsampler, reference=self.cfg.character_tokens)
 
     def batches(self, rank: int, world_size: int, seed: int, start_step: int) -> Iterator[dict]:
         """Step s's global batch is drawn from (seed, level, s); each rank keeps its slice of it."""
@@ -227,7 +246,12 @@ class PriorTask(Task):
             yield {k: None if v is None else v[rank * per_rank : (rank + 1) * per_rank] for k, v in batch.items()}
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, metrics = model(batch["tokens"], batch["upper"], batch["labels"])
+        """Nats per token; in validation a track-character prior also reports its bits per token without the
+        character (`bits_per_token_without_character`): what the condition is worth on held-out music."""
+        _, metrics = model(batch["tokens"], batch["upper"], batch["labels"], batch["reference"])
+        if batch["reference"] is not None and not model.training:
+            _, without = model(batch["tokens"], batch["upper"], batch["labels"])
+            metrics["bits_per_token_without_character"] = without["bits_per_token"]
         return metrics.pop("loss"), metrics
 
     def eval_batches(self, split: str, count: int, batch_size: int) -> list[dict]:
@@ -269,8 +293,11 @@ class PriorTask(Task):
         try:
             generator = torch.Generator(device).manual_seed(self.seed)
             with autocast(device, self.cfg.train.precision):
+                # a track-character prior samples with the character of the media window's own reference part
+                character = None if batch["reference"] is None else sampler.describe(batch["reference"].to(device))
                 sampled = sample_codes(
-                    sampler, 1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator
+                    sampler, 1, tokens.shape[1], labels=batch["labels"], upper_codes=batch["upper"], generator=generator,
+                    character=character,
                 )  # (1, length)
         finally:
             model.train()
@@ -309,6 +336,8 @@ def train_prior(recipe: RecipeConfig, run_dir: str | Path, level: int) -> TrainR
     if named_by is not None:  # a resumed or fine-tuned prior keeps its label ids and appends new names
         state = load_checkpoint(named_by, "prior", mmap=True)  # names and config: its tensors are not read
         check_level(cfg, state, named_by)
+        if is_training_run(state):
+            check_character(cfg, state, named_by)
         vocab = PriorVocabulary.from_checkpoint(state)
         imported = base or (None if is_training_run(state) else named_by)  # the weights a fine-tune starts from
         if cfg.styles is not None and imported is not None:

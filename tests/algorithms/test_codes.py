@@ -214,3 +214,30 @@ def test_corpus_at_another_rate_is_resampled_to_the_vqvae_rate(tmp_path):
     entry = CodesCorpus(run / "codes").files[0]
     assert entry["samples"] == 8000  # 0.5 s at 16 kHz
     assert entry["levels"][2]["length"] == 1000
+
+
+def test_a_reference_part_comes_from_the_same_file_and_never_overlaps_its_window(tmp_path):
+    """The track character's leakage test: the part a window's character is read from lies elsewhere in
+    the same track, at every position of every file, including a file with room on one side only."""
+    # level 2 (hop 8): t0 4000 tokens, t1 valid, t2 5200, t3 1300 (room on one side of most windows), t4 800 (none)
+    run = make_run(tmp_path, seconds=(2.0, 0.7, 2.6, 0.65, 0.4))
+    encode_run(run, chunk_seconds=0.5)
+    corpus = CodesCorpus(run / "codes")
+    n_ctx, R = 512, 400
+    batch = corpus.windows(level=2, n_ctx=n_ctx, batch_size=4000, generator=np.random.default_rng(1), reference=R)
+    assert batch.reference.shape == (4000, R) and batch.reference.dtype == torch.long
+    assert set(batch.file_ids) == {"t0", "t2", "t3"}  # t4 holds a window but no part of 400 tokens beside it
+    hop = corpus.hop_lengths[2]
+    starts = {"t0": set(), "t2": set(), "t3": set()}
+    for row in range(4000):
+        start, r = int(batch.offset[row]) // hop, int(batch.reference_offset[row]) // hop
+        codes = corpus.file_codes(batch.file_ids[row], 2)
+        assert r + R <= start or r >= start + n_ctx, (start, r)
+        assert 0 <= r and r + R <= len(codes)
+        assert torch.equal(batch.reference[row], torch.from_numpy(codes[r : r + R].astype(np.int64)))
+        starts[batch.file_ids[row]].add(start)
+    # t3's windows start in [0, 389) or [400, 789): both ranges are drawn, the middle never
+    assert min(starts["t3"]) < 20 and max(starts["t3"]) > 769 and not starts["t3"] & set(range(389, 400))
+    assert max(starts["t0"]) > 4000 - n_ctx - 40 and min(starts["t0"]) < 40  # every start of a long file is used
+    with pytest.raises(UserError, match="reference part of 5000"):
+        corpus.windows(level=2, n_ctx=n_ctx, batch_size=1, generator=np.random.default_rng(0), reference=5000)

@@ -166,9 +166,9 @@ def record_windows(prior):
     """Wrap prior.conditioning to record what each window was conditioned on."""
     seen, original = [], prior.conditioning
 
-    def spy(batch, length, upper_codes=None, labels=None):
+    def spy(batch, length, upper_codes=None, labels=None, character=None):
         seen.append((length, upper_codes, labels))
-        return original(batch, length, upper_codes, labels)
+        return original(batch, length, upper_codes, labels, character)
 
     prior.conditioning = spy
     return seen
@@ -266,3 +266,73 @@ def test_auto_segments_fill_the_batch_but_keep_segments_long():
     assert auto_segments(1, 55000, 512, cpu) == 16
     assert auto_segments(2, 3000, 512, cpu) == 2  # each segment at least two windows
     assert auto_segments(32, 55000, 512, cpu) == 1
+
+
+def character_top(**kw) -> Prior:
+    torch.manual_seed(0)
+    prior = Prior(top_config(character_tokens=16, character_width=8, **kw))
+    torch.nn.init.normal_(prior.character.project.weight, std=0.5)
+    return prior.eval()
+
+
+@pytest.mark.parametrize("labels", [True, False], ids=["labelled", "unlabelled"])
+def test_cached_steps_with_a_track_character_equal_the_full_forward(labels):
+    prior = character_top(labels=labels)
+    codes, reference = torch.randint(0, 16, (2, 32)), torch.randint(0, 16, (2, 16))
+    kwargs = dict(labels=labels_for()) if labels else {}
+    full = prior.logits(codes, reference=reference, **kwargs)
+    character = prior.character(reference)
+    torch.testing.assert_close(cached_logits(prior, codes, {**kwargs, "character": character}), full, atol=2e-5, rtol=1e-5)
+
+
+def test_guidance_mixes_conditioned_and_unconditioned_logits():
+    prior = character_top()
+    reference = torch.randint(0, 16, (2, 16))
+    character = prior.character(reference)
+    y = labels_for()
+
+    def sampled(**kw):
+        return sample_codes(prior, 2, 80, labels=y, generator=torch.Generator().manual_seed(5), **kw)
+
+    unconditioned, conditioned = sampled(), sampled(character=character)
+    assert not torch.equal(unconditioned, conditioned)
+    assert torch.equal(sampled(character=character, guidance=0.0), unconditioned)  # the pair's second half alone
+    assert torch.equal(sampled(character=character, guidance=1.0), conditioned)
+    # greedy decoding at guidance 2 follows the extrapolated logits
+    greedy = sample_codes(prior, 2, 32, labels=y, character=character, guidance=2.0, top_k=1)
+    without, with_it = prior.logits(greedy, labels=y), prior.logits(greedy, labels=y, reference=reference)
+    assert torch.equal((without + 2.0 * (with_it - without)).argmax(-1), greedy)
+    with pytest.raises(UserError, match="only with a track character"):
+        sampled(guidance=2.0)
+
+
+def test_a_track_character_keeps_a_track_together_where_its_windows_cannot_see_each_other():
+    """Synthesized tracks of four characters (each draws its codes from its own 4 of the 16), windows that
+    never see each other (hop 1): with the character of a track of one kind, every window keeps to its
+    kind; without it, each window picks a kind of its own."""
+    torch.manual_seed(0)
+    cfg = PriorConfig(n_ctx=16, width=32, depth=2, heads=1, blocks=4, bins=16, labels=False, init_scale=1.0,
+                      character_tokens=16, character_width=16, character_drop=0.25)
+    prior = Prior(cfg)
+    generator = torch.Generator().manual_seed(0)
+
+    def tracks(kinds: torch.Tensor, length: int) -> torch.Tensor:  # (B,) kinds → (B, length) codes
+        return kinds[:, None] * 4 + torch.randint(0, 4, (len(kinds), length), generator=generator)
+
+    optimizer = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    for _ in range(250):
+        track = tracks(torch.randint(0, 4, (32,), generator=generator), 32)  # window, then another part as reference
+        _, metrics = prior(track[:, :16], reference=track[:, 16:])
+        optimizer.zero_grad()
+        metrics["loss"].backward()
+        optimizer.step()
+    prior.eval()
+
+    def kept(character) -> float:  # the share of each track's tokens of its most common kind
+        codes = sample_codes(prior, 8, 64, hop_fraction=1.0, generator=torch.Generator().manual_seed(1), character=character)
+        counts = torch.stack([torch.bincount(row // 4, minlength=4) for row in codes])  # (8, kinds)
+        return float(counts.max(1).values.sum() / codes.numel())
+
+    like = prior.describe(tracks(torch.arange(8) % 4, 64))  # each sample takes the character of a track of one kind
+    assert kept(like) > 0.95
+    assert kept(None) < 0.8  # no character: about 4 windows' worth of independent kinds

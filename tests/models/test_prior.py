@@ -235,3 +235,92 @@ def test_released_level_1_upsampler_without_hps_gets_openai_res_scale():
     sizes = {"blocks": f["hps"]["blocks"]}  # the one setting this tiny fixture needs beyond the released defaults
     assert prior_config_from_openai(sizes, f["state_dict"]).cond_res_scale is True
     assert prior_config_from_openai({**sizes, "level": 0}, f["state_dict"]).cond_res_scale is False
+
+
+# ----------------------------------------------------------------------------------------------
+# Track character
+
+
+def character_prior(labels=True, **kw) -> Prior:
+    """A small top prior with a track-character encoder whose projection is not zero (as after training)."""
+    torch.manual_seed(0)
+    prior = Prior(small_top(labels, character_tokens=16, character_width=8, **kw))
+    torch.nn.init.normal_(prior.character.project.weight, std=0.5)
+    return prior.eval()
+
+
+@pytest.mark.parametrize("labels", [True, False], ids=["labelled", "unlabelled"])
+def test_without_its_character_a_prior_gives_the_logits_of_the_same_prior_without_an_encoder(labels):
+    prior = character_prior(labels)
+    plain = Prior(small_top(labels)).eval()
+    weights = {k: v for k, v in prior.state_dict().items() if not k.startswith("character.")}
+    plain.load_state_dict(weights)  # strict: the encoder is all the character prior adds
+    codes, reference = torch.randint(0, 16, (2, 32)), torch.randint(0, 16, (2, 16))
+    y = label().repeat(2, 1) if labels else None
+    expected = plain.logits(codes, labels=y)
+    assert torch.equal(prior.logits(codes, labels=y), expected)
+    # a dropped condition (a zero vector) adds exactly nothing either
+    zero = prior.conditioning(2, 32, labels=y, character=torch.zeros(2, 8))
+    none = plain.conditioning(2, 32, labels=y)
+    assert torch.equal(zero.start, none.start) and (none.cond is None or torch.equal(zero.cond, none.cond))
+    # with it, the logits change
+    assert not torch.allclose(prior.logits(codes, labels=y, reference=reference), expected, atol=1e-3)
+
+
+def test_training_drops_the_character_for_a_share_of_windows():
+    prior = character_prior(character_drop=0.5).train()
+    codes, reference = torch.randint(0, 16, (64, 32)), torch.randint(0, 16, (64, 16))
+    y = label().repeat(64, 1)
+    with torch.no_grad():
+        kept = prior.eval().logits(codes, labels=y, reference=reference)
+        dropped = prior.logits(codes, labels=y)
+        torch.manual_seed(3)
+        trained = prior.train().logits(codes, labels=y, reference=reference)
+    as_dropped = torch.tensor([torch.allclose(a, b, atol=1e-5) for a, b in zip(trained, dropped)])
+    as_kept = torch.tensor([torch.allclose(a, b, atol=1e-5) for a, b in zip(trained, kept)])
+    assert torch.all(as_dropped ^ as_kept)  # each window either has its character or none
+    assert 16 < int(as_dropped.sum()) < 48
+
+
+def test_character_noise_blurs_the_vector_in_training_only():
+    prior = character_prior(character_drop=0.0, character_noise=1.0)
+    codes, reference = torch.randint(0, 16, (4, 32)), torch.randint(0, 16, (4, 16))
+    with torch.no_grad():
+        clean = prior.eval().logits(codes, labels=label().repeat(4, 1), reference=reference)
+        assert torch.equal(clean, prior.logits(codes, labels=label().repeat(4, 1), reference=reference))  # eval: no noise
+        noisy = prior.train().logits(codes, labels=label().repeat(4, 1), reference=reference)
+    assert not torch.allclose(noisy, clean, atol=1e-3)
+
+
+def test_the_encoder_keeps_the_corpus_distribution_of_characters_and_draws_from_it():
+    prior = character_prior().train()
+    encoder = prior.character
+    generator = torch.Generator().manual_seed(0)
+    vectors = []
+    for _ in range(300):  # well past the first 1 / MOMENTUM batches, by then a moving average
+        vectors.append(encoder(torch.randint(0, 4, (16, 16), generator=generator)))  # a narrow corpus: codes 0..3
+    recent = torch.cat(vectors[-100:]).detach()
+    torch.testing.assert_close(encoder.running_mean, recent.mean(0), atol=0.05, rtol=0)
+    drawn = encoder.draw(20000, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(drawn.mean(0), recent.mean(0), atol=0.06, rtol=0)
+    torch.testing.assert_close(torch.cov(drawn.T), torch.cov(recent.T), atol=0.06, rtol=0)
+    # describing a track (eval-style) leaves the statistics as they were
+    before = encoder.running_mean.clone(), encoder.batches_seen.clone()
+    described = prior.describe(torch.randint(0, 16, (3, 40)))  # 2 parts of 16 tokens each (the rest unused)
+    assert described.shape == (3, 8) and prior.character.training
+    assert torch.equal(encoder.running_mean, before[0]) and torch.equal(encoder.batches_seen, before[1])
+    codes = torch.randint(0, 16, (1, 32))
+    parts = prior.eval().character(codes.view(2, 16)).mean(0, keepdim=True)
+    torch.testing.assert_close(prior.describe(codes), parts)
+
+
+def test_bad_characters_are_user_errors():
+    prior = character_prior()
+    with pytest.raises(UserError, match=r"this prior takes \(1, 8\) float vectors"):
+        prior.conditioning(1, 32, labels=label(), character=torch.zeros(1, 5))
+    with pytest.raises(UserError, match="trained without a track character"):
+        Prior(small_top()).conditioning(1, 32, labels=label(), character=torch.zeros(1, 8))
+    with pytest.raises(UserError, match="outside 0..15"):
+        prior.logits(torch.zeros(1, 32, dtype=torch.long), labels=label(), reference=torch.full((1, 16), 99))
+    with pytest.raises(UserError, match="top-level prior only"):
+        PriorLevel1Config(n_ctx=32, width=32, depth=2, blocks=4, bins=16, labels=False, character_tokens=16).validate()

@@ -152,6 +152,43 @@ def test_bad_requests_fail_in_one_sentence_before_any_work(sampled_run, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_a_track_character_comes_from_a_recording_the_prime_or_the_corpus_and_meta_says_which(sampled_run, tmp_path, capsys):
+    run = sampled_run
+    (run / "refiner" / "last.pt").unlink()
+    like = write_audio(tmp_path / "like.wav", synth_music(0.3, TINY_SR, seed=6, channels=1), TINY_SR)
+    other = write_audio(tmp_path / "other.wav", synth_music(0.3, TINY_SR, seed=7, channels=1), TINY_SR)
+    assert sample(run, "--fast", "--like", str(like)) == 2  # today's prior has no character to take
+    assert "--like needs a top prior trained with a track character" in capsys.readouterr().err
+    assert sample(run, "--fast", "--name", "plain") == 0
+    assert json.loads((run / "samples/plain_0/meta.json").read_text())["character"] is None
+
+    fingerprint = load_vqvae(run / "vqvae").fingerprint()
+    save_prior(run, 2, fingerprint, character_tokens=16, character_width=8)
+    state = torch.load(run / "prior_level2" / "last.pt", weights_only=False)
+    for key in ("character.project.weight", "character.x_emb.weight"):  # as if trained: tracks differ, and so do the logits
+        state["model"][key].normal_(std=1.0)
+    torch.save(state, run / "prior_level2" / "last.pt")
+    asked = {
+        "drawn": ((), "drawn from the corpus's distribution"),
+        "like": (("--like", str(like)), f"like '{like}'"),
+        "mix": (("--like-mix", str(like), str(other)), f"between '{like}' and '{other}'"),
+        "primed": (("--prime", str(like)), f"the prime's own ('{like}')"),
+        "guided": (("--like", str(like), "--guidance", "2"), f"like '{like}'"),
+    }
+    for name, (args, says) in asked.items():
+        assert sample(run, "--fast", "--n", "2", "--name", name, *args) == 0
+        meta = json.loads((run / f"samples/{name}_0/meta.json").read_text())
+        assert meta["character"].startswith(says), name
+    codes = {name: np.load(run / f"samples/{name}_0/codes_level2.npy") for name in asked}
+    assert not np.array_equal(codes["drawn"], codes["like"]) and not np.array_equal(codes["like"], codes["mix"])
+    assert not np.array_equal(codes["like"], codes["guided"])
+    assert json.loads((run / "samples/guided_0/meta.json").read_text())["settings"]["character_guidance"] == 2.0
+    assert sample(run, "--fast", "--like", str(tmp_path / "missing.wav")) == 2
+    assert "Reference recording" in capsys.readouterr().err
+    assert sample(run, "--fast", "--guidance", "-1") == 2
+    assert "character_guidance is -1.0" in capsys.readouterr().err
+
+
 def judge(run, helpful: bool, weights: str = "last.pt", estimate_helpful: bool | None = None) -> None:
     """An eval-refiner report on `weights` (as eval-refiner writes it) with the given verdict, and one on
     the estimate alone unless `estimate_helpful` is None."""

@@ -275,6 +275,37 @@ def test_lora_fine_tunes_an_import_keeping_it_frozen_and_samples_merged(run, tmp
             assert torch.equal(by_hand.state_dict()[key], value), key
 
 
+CHARACTER = ["prior_level2.character_tokens=16", "prior_level2.character_width=8"]
+
+
+def test_a_track_character_prior_learns_says_what_its_character_is_worth_and_resumes_only_as_itself(run, tmp_path):
+    result = train_prior(recipe(tmp_path, *CHARACTER, "prior_level2.train.media_every=40"), run, level=2)
+    assert np.mean(result.losses[-10:]) < unigram_entropy(run, 2) - 0.5
+    logged = scalars(run / "prior_level2")
+    assert [step for step, _ in logged["valid/bits_per_token_without_character"]] == [20, 40, 60, 80]
+    assert "audio/sample" in logged  # sampled with the media window's own character
+    prior = load_prior(run / "prior_level2")
+    assert int(prior.character.batches_seen) == 80 and prior.character.project.weight.abs().sum() > 0
+    drawn = prior.character.draw(2, torch.Generator().manual_seed(0))
+    assert drawn.shape == (2, 8) and torch.isfinite(drawn).all()
+    with pytest.raises(UserError, match="trained with character_tokens 16 and character_width 8, the recipe asks for 0"):
+        train_prior(recipe(tmp_path, "prior_level2.train.steps=100"), run, level=2)
+
+
+def test_a_lora_fine_tune_gives_an_import_a_track_character_that_trains_whole(run, tmp_path):
+    imported(run, recipe(tmp_path, *LORA))  # an import has no character
+    cfg = recipe(tmp_path, *LORA, *CHARACTER, "prior_level2.train.steps=20")
+    train_prior(cfg, run, level=2)
+    state = load_checkpoint(run / "prior_level2", "prior")
+    encoder = {f"character.{k}" for k in Prior(cfg.prior_level2).character.state_dict()}
+    assert encoder <= set(state["model"])  # its weights and statistics are saved with the adapters
+    merged = load_prior(run / "prior_level2")
+    assert merged.character.project.weight.abs().sum() > 0 and int(merged.character.batches_seen) == 20  # trained from zero
+    codes = sample_codes(merged, 1, 32, labels=torch.tensor([[TINY_SR * 2, 0, 64 * 8, 0, 0]]),
+                         character=merged.character.draw(1), generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (1, 32)
+
+
 def test_export_writes_a_lora_prior_merged_into_one_file_that_needs_no_base(run, tmp_path, capsys):
     cfg = recipe(tmp_path, *LORA, "prior_level2.train.steps=6")
     imported(run, cfg)
