@@ -324,3 +324,15 @@ def test_bad_characters_are_user_errors():
         prior.logits(torch.zeros(1, 32, dtype=torch.long), labels=label(), reference=torch.full((1, 16), 99))
     with pytest.raises(UserError, match="top-level prior only"):
         PriorLevel1Config(n_ctx=32, width=32, depth=2, blocks=4, bins=16, labels=False, character_tokens=16).validate()
+
+
+def test_a_checkpoint_from_before_the_track_character_loads_and_runs_as_before(tmp_path):
+    torch.manual_seed(0)
+    cfg = small_top()
+    model = Prior(cfg).eval()
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("character_")}  # as written then
+    save_checkpoint(tmp_path / "last.pt", "prior", config, model.state_dict())
+    loaded = load_prior(tmp_path)
+    assert not hasattr(loaded, "character") and loaded.cfg.character_tokens == 0
+    codes = torch.randint(0, 16, (1, 32))
+    assert torch.equal(loaded.logits(codes, labels=label()), model.logits(codes, labels=label()))
