@@ -268,6 +268,7 @@ class CharacterEncoder(nn.Module):
         self.register_buffer("running_mean", torch.zeros(D))
         self.register_buffer("running_moment", torch.eye(D))  # E[v vᵀ]
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+        self.noise = cfg.character_noise  # what training adds to every vector, so drawn ones include it too
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, R) → character vectors (B, D), unit RMS; in training mode the running statistics follow."""
@@ -283,11 +284,11 @@ class CharacterEncoder(nn.Module):
         return vectors
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n vectors (n, D) from a Gaussian with the running mean and covariance: characters like the
-        corpus's, of no track in particular."""
+        """n vectors (n, D) from a Gaussian with the running mean and covariance (plus the training noise's):
+        characters like those the prior was trained with, of no track in particular."""
         mean = self.running_mean.float()
         covariance = self.running_moment.float() - torch.outer(mean, mean)
-        covariance = (covariance + covariance.T) / 2 + 1e-4 * torch.eye(len(mean), device=mean.device)
+        covariance = (covariance + covariance.T) / 2 + (1e-4 + self.noise**2) * torch.eye(len(mean), device=mean.device)
         scale = torch.linalg.cholesky(covariance)
         z = torch.randn(n, len(mean), generator=generator, device=mean.device)
         return mean + z @ scale.T

@@ -290,6 +290,8 @@ def test_character_noise_blurs_the_vector_in_training_only():
         assert torch.equal(clean, prior.logits(codes, labels=label().repeat(4, 1), reference=reference))  # eval: no noise
         noisy = prior.train().logits(codes, labels=label().repeat(4, 1), reference=reference)
     assert not torch.allclose(noisy, clean, atol=1e-3)
+    drawn = prior.character.draw(20000, torch.Generator().manual_seed(0))  # the vectors training fed it, noise included
+    assert torch.diagonal(torch.cov(drawn.T)).min() > 1.9  # untrained statistics (identity) + noise² (1)
 
 
 def test_the_encoder_keeps_the_corpus_distribution_of_characters_and_draws_from_it():
