@@ -65,7 +65,7 @@ def sample_kinds(top, held_out: list[np.ndarray], args, tokens: int, hop: int) -
     characters: dict[str, torch.Tensor | None] = {kind: None for kind in cases}
     sources = {kind: "none" for kind in cases}
     if top.cfg.character_tokens:  # drawn for the sampled kinds, the prime's own when continued, a recording's for "like"
-        drawn = top.character.draw(args.n, torch.Generator().manual_seed(args.seed))
+        drawn = top.character.draw(args.n, torch.Generator(top.device).manual_seed(args.seed))
         characters.update({"sampled": drawn, "no context": drawn, "continued": top.describe(prime)})
         sources.update({"sampled": "drawn", "no context": "drawn", "continued": "prime's own"})
         cases["like held-out"] = (n_held, recipe_hop, None)

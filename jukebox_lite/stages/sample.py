@@ -244,6 +244,8 @@ def sample_tracks(recipe: RecipeConfig, run: Run, request: SampleRequest) -> lis
     prime = None if request.prime is None else _top_codes(vqvae, request.prime, "Prime", tokens).repeat(request.n, 1)
     character, character_source = _character(top, vqvae, request, prime, generator)
     guidance = dict(character=character, guidance=settings.character_guidance) if character is not None else {}
+    if character is None and settings.character_guidance != 1:
+        log.warning("sample.character_guidance is %g, but this top prior has no track character: ignored", settings.character_guidance)
     options = dict(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, generator=generator, progress=True)
     with autocast(device):
         codes[2] = sample_codes(
