@@ -306,9 +306,10 @@ class CodesCorpus:
             raise UserError(f"The codes in '{self.dir}' have no '{split}' files; check the data stage's split.")
         # start positions a window may take in each file, on multiples of `ratio`
         lengths = np.array([self.files[i]["levels"][level]["length"] for i in candidates])
-        starts = np.maximum((lengths - n_ctx) // ratio + 1, 0)
+        every_start = np.maximum((lengths - n_ctx) // ratio + 1, 0)  # S per file
+        starts = every_start
         if reference:  # only the starts that leave room for a reference before [0, S - R) or after [R, S) the window
-            starts = np.where(starts >= 2 * reference, starts, 2 * np.maximum(starts - reference, 0))
+            starts = np.where(every_start >= 2 * reference, every_start, 2 * np.maximum(every_start - reference, 0))
         hop = self.hop_lengths[level]
         if starts.sum() == 0:
             what = f"A window of {n_ctx}" + (f" and a reference part of {reference}" if reference else "")
@@ -322,7 +323,7 @@ class CodesCorpus:
         for pick in picks:
             file_index = candidates[pick]
             start = int(generator.integers(0, starts[pick])) * ratio
-            if reference and starts[pick] < int(lengths[pick]) - n_ctx + 1:  # two ranges of starts: [0, S - R), [R, S)
+            if starts[pick] < every_start[pick]:  # two ranges of starts: [0, S - R), [R, S)
                 room = int(starts[pick]) // 2
                 start = start if start < room else reference + start - room
             rows.append(self.file_codes(file_index, level)[start : start + n_ctx])

@@ -410,34 +410,37 @@ class Prior(nn.Module):
             cond = added[:, None].expand(batch, positions, -1) if cond is None else cond + added[:, None]
         return Conditioning(start, cond, lyrics)
 
-    def character_embedding(self, character: torch.Tensor, batch: int) -> torch.Tensor:
-        """Character vectors (B, D) → what is added to every input position (B, W)."""
+    def character_encoder(self) -> CharacterEncoder:
+        """The track-character encoder, or one UserError for a prior trained without one."""
         if not self.cfg.character_tokens:
             raise UserError("This prior was trained without a track character (prior_level2.character_tokens is 0); leave it out.")
+        return self.character
+
+    def character_embedding(self, character: torch.Tensor, batch: int) -> torch.Tensor:
+        """Character vectors (B, D) → what is added to every input position (B, W)."""
+        project = self.character_encoder().project
         width = self.cfg.character_width
         if not torch.is_tensor(character) or not character.is_floating_point() or tuple(character.shape) != (batch, width):
             shape = tuple(character.shape) if torch.is_tensor(character) else type(character).__name__
             raise UserError(f"A track character is {shape}; this prior takes ({batch}, {width}) float vectors.")
-        weight = self.character.project.weight
-        return self.character.project(character.to(weight.device, weight.dtype))
+        return project(character.to(project.weight.device, project.weight.dtype))
 
     @torch.no_grad()
     def describe(self, codes: torch.Tensor) -> torch.Tensor:
         """Top-level codes of whole tracks (B, T) → each track's character (B, D): the mean of the vectors of
         its character_tokens-long parts (one part, all of it, when shorter)."""
-        if not self.cfg.character_tokens:
-            raise UserError("This prior was trained without a track character (prior_level2.character_tokens is 0).")
+        encoder = self.character_encoder()
         self.check_codes(codes, f"level-{self.cfg.level} codes")
         R = self.cfg.character_tokens
         B, T = codes.shape
         parts = max(1, T // R)
         pieces = codes[:, : parts * R].reshape(B * parts, R) if T >= R else codes  # (B·parts, R)
-        training = self.character.training
-        self.character.eval()  # describing a track is no training step: the running statistics stay
+        training = encoder.training
+        encoder.eval()  # describing a track is no training step: the running statistics stay
         try:
-            vectors = self.character(pieces.to(self.device, torch.long))
+            vectors = encoder(pieces.to(self.device, torch.long))
         finally:
-            self.character.train(training)
+            encoder.train(training)
         return vectors.view(B, parts, -1).mean(1)
 
     def upper_conditioning(self, upper_codes, batch: int, length: int) -> torch.Tensor:
@@ -490,12 +493,11 @@ class Prior(nn.Module):
         for the windows dropped."""
         if reference is None:
             return None
-        if not self.cfg.character_tokens:
-            raise UserError("This prior was trained without a track character; pass no reference codes.")
+        encoder = self.character_encoder()
         if reference.dim() != 2 or reference.shape[0] != batch:
             raise UserError(f"Reference codes have shape {tuple(reference.shape)}; expected ({batch}, R).")
         self.check_codes(reference, "reference codes")
-        vectors = self.character(reference.to(self.device, torch.long))  # (B, D)
+        vectors = encoder(reference.to(self.device, torch.long))  # (B, D)
         if self.training and self.cfg.character_noise:
             vectors = vectors + self.cfg.character_noise * torch.randn_like(vectors)
         if self.training and self.cfg.character_drop:
